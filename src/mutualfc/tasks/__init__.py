@@ -1,0 +1,60 @@
+"""Registry of split task networks: ``create_task("yolov5n-coco", pretrained=True)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mutualfc.errors import WeightsError
+from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, SplitNetwork
+from mutualfc.tasks.weights import WeightsSpec, read_weights, resolve_weights
+from mutualfc.tasks.yolov5 import YOLOv5Detector
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    builder: Callable[[], YOLOv5Detector]
+    weights: WeightsSpec | None
+
+
+YOLOV5N_COCO_WEIGHTS = WeightsSpec(
+    state_dict_file="yolov5n-coco-v6.1.pth",
+    upstream_file="yolov5n.pt",
+    url="https://github.com/ultralytics/yolov5/releases/download/v6.1/yolov5n.pt",
+    sha256="4f180cf23ba0717ada0badd6c685026d73d48f184d00fc159c2641284b2ac0a3",
+    meta={"dataset": "COCO train2017", "classes": 80, "license": "AGPL-3.0 (Ultralytics)", "params": 1_881_736},
+)
+
+_REGISTRY: dict[str, TaskEntry] = {
+    "yolov5n-coco": TaskEntry(lambda: YOLOv5Detector("yolov5n-coco", width=0.25, depth=0.33), YOLOV5N_COCO_WEIGHTS),
+}
+
+
+def list_tasks() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_task(name: str = "yolov5n-coco", pretrained: bool = True, weights: str | Path | None = None):
+    """Build a split network by name; with ``pretrained`` its weights are resolved and loaded."""
+    if name not in _REGISTRY:
+        raise WeightsError(f"unknown task network {name!r}; choose from {', '.join(list_tasks())}")
+    entry = _REGISTRY[name]
+    net = entry.builder()
+    if pretrained or weights:
+        path = resolve_weights(entry.weights, weights)
+        try:
+            net.load_upstream_state(read_weights(path))
+        except (ValueError, KeyError) as e:
+            raise WeightsError(f"{path}: not weights for {name} ({e})") from None
+    return net
+
+
+__all__ = [
+    "Detections",
+    "FeatureSet",
+    "LetterboxGeometry",
+    "SplitNetwork",
+    "create_task",
+    "list_tasks",
+]

@@ -1,0 +1,82 @@
+"""Split-network interface: ``front`` runs on the edge, ``back`` on the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class LetterboxGeometry:
+    """How an original image was mapped into the network input (needed to map boxes back)."""
+
+    orig_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    ratio: float
+    pad_left: int
+    pad_top: int
+
+
+@dataclass
+class FeatureSet:
+    """Ordered, named pyramid levels of one image plus the geometry needed to finish the task."""
+
+    levels: dict[str, torch.Tensor]
+    geometry: LetterboxGeometry
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.levels)
+
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.levels.values())
+
+
+@dataclass
+class Detections:
+    """Boxes in original-image pixels (x1, y1, x2, y2), scores and COCO category ids."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    category_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_coco(self, image_id: int) -> list[dict]:
+        """COCO results format (xywh boxes)."""
+        out = []
+        for (x1, y1, x2, y2), s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist()):
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(c),
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(float(s), 5),
+                }
+            )
+        return out
+
+
+@runtime_checkable
+class SplitNetwork(Protocol):
+    """A task network that can be cut at its feature pyramid."""
+
+    name: str
+    level_names: tuple[str, ...]
+    level_channels: tuple[int, ...]
+    level_strides: tuple[int, ...]
+
+    def geometry(self, orig_hw: tuple[int, int]) -> LetterboxGeometry: ...
+
+    def level_shapes(self, geometry: LetterboxGeometry) -> dict[str, tuple[int, int, int]]: ...
+
+    def front(self, image: np.ndarray) -> FeatureSet: ...
+
+    def back(self, features: FeatureSet) -> Detections: ...
+
+    def detect(self, image: np.ndarray) -> Detections: ...
