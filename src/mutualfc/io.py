@@ -1,0 +1,52 @@
+"""Atomic file output: readers never see a half-written file, an interrupted run leaves the old one intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    from mutualfc.errors import MutualFCError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MutualFCError(f"results file not found: {path}")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise MutualFCError(f"{path}:{i}: not a JSON line") from None
+    return out
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON line atomically (the file is rewritten through a temporary file)."""
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write_text(path, old + json.dumps(record, sort_keys=False) + "\n")
