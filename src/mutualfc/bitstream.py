@@ -59,8 +59,15 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
         raise ValueError(f"parameter {header.param} is not representable in the container (float16)")
     body = bytearray(
         _FIXED.pack(
-            MAGIC, VERSION, header.codec_id, header.task_id, header.param, header.model_tag & 0xFFFFFFFF,
-            header.width, header.height, len(streams),
+            MAGIC,
+            VERSION,
+            header.codec_id,
+            header.task_id,
+            header.param,
+            header.model_tag & 0xFFFFFFFF,
+            header.width,
+            header.height,
+            len(streams),
         )
     )
     for s in streams:

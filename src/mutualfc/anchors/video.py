@@ -29,7 +29,9 @@ def x265_encode(frame: av.VideoFrame, qp: int, preset: str = X265_PRESET) -> byt
     ctx = av.CodecContext.create("libx265", "w")
     ctx.width, ctx.height, ctx.pix_fmt = frame.width, frame.height, frame.format.name
     ctx.time_base = fractions.Fraction(1, 1)
-    params = f"qp={int(qp)}:keyint=1:min-keyint=1:bframes=0:aq-mode=0:cutree=0:info=0:hash=0:frame-threads=1:log-level=error"
+    params = (
+        f"qp={int(qp)}:keyint=1:min-keyint=1:bframes=0:aq-mode=0:cutree=0:info=0:hash=0:frame-threads=1:log-level=error"
+    )
     ctx.options = {"preset": preset, "x265-params": params}
     packets = list(ctx.encode(frame)) + list(ctx.encode(None))
     return b"".join(bytes(p) for p in packets)
@@ -70,8 +72,11 @@ class VVCEncoder:
     @classmethod
     def find(cls, path: str | None = None, config: str | None = None) -> VVCEncoder:
         """Locate an encoder: explicit path, ``MUTUALFC_VVC_ENCODER``, then ``vvencapp``/``EncoderApp`` on PATH."""
-        candidates = [path or os.environ.get("MUTUALFC_VVC_ENCODER")] if (path or os.environ.get(
-            "MUTUALFC_VVC_ENCODER")) else ["vvencapp", "EncoderApp"]
+        candidates = (
+            [path or os.environ.get("MUTUALFC_VVC_ENCODER")]
+            if (path or os.environ.get("MUTUALFC_VVC_ENCODER"))
+            else ["vvencapp", "EncoderApp"]
+        )
         for c in candidates:
             found = shutil.which(c) if c else None
             if found:
@@ -89,9 +94,28 @@ class VVCEncoder:
                 raise ValueError("vvencapp reads 4:2:0 input only")
             fmt = "yuv420_10" if bit_depth == 10 else "yuv420"
             return [
-                self.path, "-i", yuv, "-s", f"{width}x{height}", "-c", fmt, "-r", "1", "-f", "1",
-                "--qp", str(qp), "--qpa", "0", "--preset", self.preset, "--internal-bitdepth", "10",
-                "-o", out, *self.extra,
+                self.path,
+                "-i",
+                yuv,
+                "-s",
+                f"{width}x{height}",
+                "-c",
+                fmt,
+                "-r",
+                "1",
+                "-f",
+                "1",
+                "--qp",
+                str(qp),
+                "--qpa",
+                "0",
+                "--preset",
+                self.preset,
+                "--internal-bitdepth",
+                "10",
+                "-o",
+                out,
+                *self.extra,
             ]
         cmd = [self.path]
         if self.config:

@@ -114,11 +114,14 @@ def cmd_bdrate(args) -> int:
     ref = curve_from_records(read_jsonl(args.reference), args.metric, args.ref_codec)
     res = bd_rate(test, ref, args.method)
     lo, hi = res["overlap"]
-    for c, k in ((test, "test"), (ref, "reference")):
+    for c in (test, ref):
         if c.dropped:
             print(f"note: {c.name}: {c.dropped} point(s) dropped to keep the curve monotone (upper envelope)")
-    print(f"test={res['test']} ({res['test_points']} pts)  reference={res['reference']} ({res['reference_points']} pts)")
-    print(f"method={res['method']}  metric={args.metric}  overlap={lo:.4f}..{hi:.4f} ({100 * res['overlap_fraction']:.0f}%)")
+    print(
+        f"test={res['test']} ({res['test_points']} pts)  reference={res['reference']} ({res['reference_points']} pts)"
+    )
+    share = 100 * res["overlap_fraction"]
+    print(f"method={res['method']}  metric={args.metric}  mAP overlap used={lo:.4f}..{hi:.4f} ({share:.0f}% of span)")
     if args.json:
         print(json.dumps(res))
     print(f"BD-rate: {res['bd_rate']:.2f} %")

@@ -50,7 +50,9 @@ class Detections:
     def to_coco(self, image_id: int) -> list[dict]:
         """COCO results format (xywh boxes)."""
         out = []
-        for (x1, y1, x2, y2), s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist()):
+        for (x1, y1, x2, y2), s, c in zip(
+            self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist(), strict=True
+        ):
             out.append(
                 {
                     "image_id": int(image_id),

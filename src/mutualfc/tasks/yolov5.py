@@ -207,13 +207,13 @@ class YOLOv5Detector(nn.Module):
         ih, iw = geometry.input_hw
         return {
             n: (c, ih // s, iw // s)
-            for n, c, s in zip(self.level_names, self.level_channels, self.level_strides)
+            for n, c, s in zip(self.level_names, self.level_channels, self.level_strides, strict=True)
         }
 
     @torch.inference_mode()
     def front(self, image: np.ndarray) -> FeatureSet:
         x, g = self.transform(image)
-        return FeatureSet(dict(zip(self.level_names, self.body(x))), g)
+        return FeatureSet(dict(zip(self.level_names, self.body(x), strict=True)), g)
 
     @torch.inference_mode()
     def back(self, features: FeatureSet) -> Detections:

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+from mutualfc.bitstream import unpack
+from mutualfc.codecs import create_codec
+from mutualfc.eval.bdrate import Curve, bd_rate, curve_from_records, monotone_envelope
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.eval.runner import evaluate_point
+from tests.conftest import EXAMPLE
+
+
+def test_bpp_counts_every_byte_of_the_files_over_original_pixels(task, tmp_path):
+    ds = CocoDataset(EXAMPLE / "images", EXAMPLE / "instances.json").subset(3)
+    codec = create_codec("hevc-feature", task)
+    rec = evaluate_point(task, codec, 30, ds, bitstream_dir=tmp_path, progress=False)
+    files = sorted(tmp_path.glob("*.mfc"))
+    assert len(files) == 3
+    bits = sum(8 * f.stat().st_size for f in files)
+    pixels = sum(r.width * r.height for r in ds.records)  # original sizes, not the 640 network input
+    assert rec["bits"] == bits and rec["pixels"] == pixels
+    assert rec["bpp"] == pytest.approx(bits / pixels)
+    for f in files:  # each file is a complete container the decoder accepts
+        header, _ = unpack(f.read_bytes())
+        assert header.param == 30
+    assert set(rec) >= {"codec", "param", "bpp", "map", "map50", "n_images"}
+    json.dumps(rec)
+
+
+def test_bd_rate_of_half_the_rate_is_minus_50_percent():
+    r = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    q = np.array([0.20, 0.25, 0.28, 0.30, 0.31])
+    res = bd_rate(Curve("t", r / 2, q), Curve("r", r, q))
+    assert res["bd_rate"] == pytest.approx(-50.0, abs=1e-6)
+    assert res["overlap"] == [0.20, 0.31]
+
+
+def test_bd_rate_matches_bjontegaard_package():
+    import bjontegaard
+
+    ra, qa = [0.1, 0.25, 0.5, 1.0, 2.0], [0.15, 0.22, 0.27, 0.29, 0.30]
+    rt, qt = [0.05, 0.1, 0.2, 0.4, 0.9, 1.5], [0.14, 0.2, 0.25, 0.28, 0.295, 0.3]
+    ours = bd_rate(Curve("t", np.array(rt), np.array(qt)), Curve("r", np.array(ra), np.array(qa)))["bd_rate"]
+    ref = bjontegaard.bd_rate(ra, qa, rt, qt, method="pchip", require_matching_points=False)
+    assert ours == pytest.approx(ref) and ours < 0
+
+
+def test_monotone_envelope_drops_points_that_lose_accuracy_with_rate():
+    r, q, dropped = monotone_envelope([0.1, 0.3, 0.2, 0.5], [0.2, 0.25, 0.26, 0.3])
+    assert r.tolist() == [0.1, 0.2, 0.5] and q.tolist() == [0.2, 0.26, 0.3] and dropped == 1
+
+
+def test_curve_needs_one_codec_and_enough_points():
+    from mutualfc.errors import MutualFCError
+
+    recs = [{"codec": "a", "bpp": 0.1 * i, "map": 0.1 * i} for i in range(1, 6)]
+    assert len(curve_from_records(recs).rate) == 5
+    with pytest.raises(MutualFCError, match="several codecs"):
+        curve_from_records(recs + [{"codec": "b", "bpp": 1, "map": 1}])
+    with pytest.raises(MutualFCError, match="at least 4"):
+        curve_from_records(recs[:3])
