@@ -72,13 +72,9 @@ class VVCEncoder:
     @classmethod
     def find(cls, path: str | None = None, config: str | None = None) -> VVCEncoder:
         """Locate an encoder: explicit path, ``MUTUALFC_VVC_ENCODER``, then ``vvencapp``/``EncoderApp`` on PATH."""
-        candidates = (
-            [path or os.environ.get("MUTUALFC_VVC_ENCODER")]
-            if (path or os.environ.get("MUTUALFC_VVC_ENCODER"))
-            else ["vvencapp", "EncoderApp"]
-        )
-        for c in candidates:
-            found = shutil.which(c) if c else None
+        explicit = path or os.environ.get("MUTUALFC_VVC_ENCODER")
+        for c in [explicit] if explicit else ["vvencapp", "EncoderApp"]:
+            found = shutil.which(c)
             if found:
                 kind = "vtm" if "encoderapp" in Path(found).name.lower() else "vvenc"
                 return cls(kind, found, config or os.environ.get("MUTUALFC_VTM_CONFIG"))
