@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from mutualfc.anchors.feature import MAX_CODE, FeatureRange, dequantize, quantize, tile, tile_layout, untile
 from mutualfc.anchors.video import VVCEncoder
@@ -92,4 +91,3 @@ def test_vvc_encoder_found_on_path(tmp_path, monkeypatch):
     # a failing encoder gives a one-line error, not a crash
     with pytest.raises(EncoderNotFoundError, match="failed"):
         enc.encode(np.zeros((24, 16), np.uint8), 16, 16, 32, "420", 8)
-    _ = torch  # keep import used

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 
 @dataclass
 class MutualConfig:
-    """Configuration as data: which levels form the base, latent sizes, residual on/off, number of qualities."""
+    """Configuration as data: which levels form the base, latent sizes, number of qualities."""
 
     levels: tuple[str, ...] = ("p3", "p4", "p5")
     channels: tuple[int, ...] = (64, 128, 256)
@@ -39,11 +39,8 @@ class MutualConfig:
     latent: int = 192  # latent channels M
     hyper: int = 96
     groups: tuple[int, ...] = (16, 16, 32, 64, 64)
-    residual: bool = False  # learned residual stream on the largest predicted level
-    residual_latent: int = 64
     qualities: int = 8
     feature_scale: float = 0.25  # features are scaled by this before analysis (post-SiLU, heavy-tailed)
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +115,6 @@ class BFCNet(nn.Module):
         super().__init__()
         ch = dict(zip(cfg.levels, cfg.channels, strict=True))
         n, m = cfg.width, cfg.latent
-        coarsest = cfg.base[-1]
         # each base level is brought to the coarsest base resolution and concatenated
         self.inputs = nn.ModuleDict()
         for i, name in enumerate(cfg.base):
@@ -140,7 +136,6 @@ class BFCNet(nn.Module):
         self.latent_codec = _latent_codec(m, cfg.hyper, cfg.groups, cfg.hyper * 2)
         self.gain = nn.Parameter(torch.ones(cfg.qualities, m, 1, 1))
         self.inv_gain = nn.Parameter(torch.ones(cfg.qualities, m, 1, 1))
-        self.coarsest = coarsest
 
     def analysis(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.g_a(torch.cat([self.inputs[k](levels[k]) for k in self.inputs], 1))
