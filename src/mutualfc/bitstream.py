@@ -13,7 +13,7 @@ from mutualfc.errors import BitstreamError
 MAGIC = b"MFC"
 VERSION = 1
 _FIXED = struct.Struct("<3sBBBeIHHB")  # magic, version, codec id, task id, param (f16), model tag, w, h, n streams
-MAX_STREAMS = 16
+MAX_STREAMS = 64
 MAX_SIDE = 16384
 
 

@@ -33,13 +33,23 @@ def _add_dataset(p: argparse.ArgumentParser, annotations_required: bool = False)
 
 
 def _add_codec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", help="learned codecs: use this checkpoint instead of the zoo's (mutualfc train export)"
+    )
+    p.add_argument("--no-residual", action="store_true", help="mutual codec: leave out the residual stream")
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")
     p.add_argument("--vvc-config", help="VTM encoder config file (e.g. cfg/encoder_intra_vtm.cfg); VTM only")
 
 
 def _codec_options(args) -> dict:
-    return {"preset": args.preset, "vvc_encoder": args.vvc_encoder, "vvc_config": args.vvc_config}
+    return {
+        "preset": args.preset,
+        "vvc_encoder": args.vvc_encoder,
+        "vvc_config": args.vvc_config,
+        "checkpoint": args.checkpoint,
+        "residual": False if getattr(args, "no_residual", False) else None,
+    }
 
 
 def _params(text: str | None, default: tuple) -> list[float]:
@@ -90,12 +100,13 @@ def cmd_eval(args) -> int:
     done = set()
     if args.skip_existing and Path(args.out).is_file():
         done = {(r["codec"], r["param"], r["n_images"]) for r in read_jsonl(args.out)}
+    label = args.label or args.codec
     for p in params:
-        if (args.codec, p, len(ds)) in done:
-            print(f"skip {args.codec} {p} (already in {args.out})")
+        if (label, p, len(ds)) in done:
+            print(f"skip {label} {p} (already in {args.out})")
             continue
-        bdir = Path(args.bitstreams) / f"{args.codec}-{p:g}" if (args.bitstreams and p is not None) else None
-        rec = evaluate_point(task, codec, p, ds, bdir, _progress(args))
+        bdir = Path(args.bitstreams) / f"{label}-{p:g}" if (args.bitstreams and p is not None) else None
+        rec = evaluate_point(task, codec, p, ds, bdir, _progress(args), label=args.label)
         append_jsonl(args.out, rec)
         bpp = "-" if rec["bpp"] is None else f"{rec['bpp']:.5f}"
         print(f"{rec['codec']} param={p} bpp={bpp} mAP={rec['map']:.4f} mAP50={rec['map50']:.4f}", flush=True)
@@ -171,16 +182,25 @@ def cmd_encode(args) -> int:
     task = create_task(args.task, weights=args.weights)
     codec = create_codec(args.codec, task, **_codec_options(args))
     param = args.quality if args.quality is not None else codec.default_params[len(codec.default_params) // 2]
+    if args.target_bpp is not None and not hasattr(codec, "quality_for_bpp"):
+        raise MutualFCError(f"--target-bpp needs a learned codec (mutual, separate), not {codec.name}")
+    if args.target_bpp is not None and args.target_bpp <= 0:
+        raise MutualFCError("--target-bpp must be positive")
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     total_bits = total_px = 0
     for f in args.images:
         image = load_image(f)
         x = task.front(image) if codec.domain == "features" else image
-        data = codec.encode(x, param)
+        if args.target_bpp is not None:
+            param, data = codec.quality_for_bpp(x, args.target_bpp, image.shape[0] * image.shape[1])
+        else:
+            data = codec.encode(x, param)
         out = Path(args.out_dir) / (Path(f).stem + ".mfc")
         atomic_write_bytes(out, data)
         total_bits += 8 * len(data)
         total_px += image.shape[0] * image.shape[1]
-        print(f"{f} -> {out}  {len(data)} bytes  {8 * len(data) / (image.shape[0] * image.shape[1]):.5f} bpp")
+        bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
+        print(f"{f} -> {out}  {codec.param_name}={param:g}  {len(data)} bytes  {bpp:.5f} bpp")
     print(f"total {total_bits} bits / {total_px} pixels = {total_bits / total_px:.5f} bpp")
     return 0
 
@@ -229,6 +249,44 @@ def cmd_decode(args) -> int:
     return 0
 
 
+def cmd_train_cache(args) -> int:
+    from mutualfc.tasks import create_task
+    from mutualfc.train.cache import build_feature_cache
+
+    task = create_task(args.task, weights=args.weights)
+    n = build_feature_cache(task, args.images, args.cache, _progress(args))
+    print(f"{n} images cached in {args.cache}")
+    return 0
+
+
+def cmd_train_run(args) -> int:
+    import torch
+
+    from mutualfc.train.trainer import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = {"arch": args.arch}
+    if args.base:
+        model["base"] = [x.strip() for x in args.base.split(",")]
+    if args.residual is not None:
+        model["residual"] = args.residual
+    cfg = TrainConfig(cache=args.cache, task=args.task, model=model, steps=args.steps, batch=args.batch, crop=args.crop,
+                      lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
+                      seed=args.seed, snapshot_every=args.snapshot_every)  # fmt: skip
+    last = train(cfg, args.run_dir, device=args.device, progress=_progress(args))
+    print(f"checkpoint: {last}")
+    return 0
+
+
+def cmd_train_export(args) -> int:
+    from mutualfc.train.trainer import export_checkpoint
+
+    meta = export_checkpoint(args.run_dir, args.out, args.name or Path(args.out).stem, args.checkpoint)
+    print(f"exported {meta['model_cfg']['arch']} (step {meta['step']}, task {meta['task']}) -> {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -247,11 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a codec at one or more rate points (one JSON line each)")
     _add_task(p)
     _add_dataset(p, annotations_required=True)
-    p.add_argument("--codec", required=True, help="none, jpeg, webp, hevc-image, hevc-feature, vvc-image, vvc-feature")
+    p.add_argument(
+        "--codec",
+        required=True,
+        help="none, mutual, separate, jpeg, webp, hevc-image, hevc-feature, vvc-image, vvc-feature",
+    )
     p.add_argument("--param", help="comma-separated qualities / QPs (default: the codec's own sweep)")
     p.add_argument("--out", required=True, help="JSON-lines results file; one line is appended per rate point")
     p.add_argument("--bitstreams", help="keep the bitstream files here (default: a temporary folder)")
     p.add_argument("--skip-existing", action="store_true", help="skip rate points already in --out (resume a sweep)")
+    p.add_argument("--label", help="name written as 'codec' in the results (default: the codec name)")
     p.add_argument("--plot", help="also draw all curves in --out to this PNG")
     _add_codec_options(p)
     p.set_defaults(func=cmd_eval)
@@ -261,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--codec", required=True, help="codec name (see 'mutualfc anchor list')")
     p.add_argument("--quality", type=float, help="quality / QP (default: middle of the codec's sweep)")
+    p.add_argument(
+        "--target-bpp",
+        type=float,
+        help="learned codecs: per image, the highest (fractional) quality whose file fits this many bits per pixel",
+    )
     p.add_argument("--out-dir", required=True, help="folder for the .mfc files")
     _add_codec_options(p)
     p.set_defaults(func=cmd_encode)
@@ -283,6 +351,43 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, help="use only the first N images")
     q.add_argument("--out", required=True, help="output JSON")
     q.set_defaults(func=cmd_anchor_stats)
+
+    p = sub.add_parser("train", help="train learned codecs: cache features, run (resumable, DDP), export")
+    tsub = p.add_subparsers(dest="train_command", required=True, metavar="ACTION")
+    q = tsub.add_parser("cache", help="cache the task network's split features of a training image folder (fp16)")
+    _add_task(q)
+    q.add_argument("--images", required=True, help="folder of training images")
+    q.add_argument("--cache", required=True, help="feature cache folder (resumable)")
+    q.set_defaults(func=cmd_train_cache)
+    q = tsub.add_parser(
+        "run",
+        help="train a codec on cached features; resumes from RUN_DIR/last.pt; multi-GPU with "
+        "'torchrun --nproc-per-node N -m mutualfc.cli.main train run ... --device cuda'",
+    )
+    _add_task(q)
+    q.add_argument("--cache", required=True, help="feature cache folder (from 'train cache')")
+    q.add_argument("--run-dir", required=True, help="checkpoints (last.pt), log.csv and config.json go here")
+    q.add_argument("--arch", default="mutual", choices=["mutual", "separate"], help="network (default: mutual)")
+    q.add_argument("--base", help="mutual: comma-separated base levels coded by BFCNet (default: p4,p5)")
+    q.add_argument("--residual", type=int, help="mutual: residual latent channels, 0 = no residual (default: 64)")
+    q.add_argument("--steps", type=int, default=4000, help="training steps (default: %(default)s)")
+    q.add_argument("--batch", type=int, default=8, help="crops per step and process (default: %(default)s)")
+    q.add_argument("--crop", type=int, default=8, help="crop size at the coarsest level (default: %(default)s)")
+    q.add_argument("--lr", type=float, default=1e-3, help="initial learning rate, cosine decay (default: %(default)s)")
+    q.add_argument("--lambda-min", type=float, default=1.0, help="lambda of quality 0 (default: %(default)s)")
+    q.add_argument("--lambda-max", type=float, default=32768.0, help="lambda of the top quality (default: %(default)s)")
+    q.add_argument("--task-weight", type=float, default=300.0, help="task-aware term weight, 0 = off (default: 300)")
+    q.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    q.add_argument("--snapshot-every", type=int, default=0, help="keep stepN.pt every N steps (default: never)")
+    q.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    q.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    q.set_defaults(func=cmd_train_run)
+    q = tsub.add_parser("export", help="strip a run's checkpoint to a small zoo checkpoint (fp16, entropy tables)")
+    q.add_argument("--run-dir", required=True, help="training run folder")
+    q.add_argument("--checkpoint", help="checkpoint file in the run folder (default: last.pt)")
+    q.add_argument("--out", required=True, help="output checkpoint file")
+    q.add_argument("--name", help="name recorded in the checkpoint (default: file stem)")
+    q.set_defaults(func=cmd_train_export)
 
     p = sub.add_parser("bdrate", help="BD-rate of a test curve against a reference curve (JSON-lines results)")
     p.add_argument("test", help="test results (JSON lines)")

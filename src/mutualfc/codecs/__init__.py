@@ -15,9 +15,10 @@ def _registry() -> dict[str, type[Codec]]:
         VVCImageCodec,
         WebPCodec,
     )
+    from mutualfc.codecs.learned import MutualCodec, SeparateCodec
 
     return {c.name: c for c in (JPEGCodec, WebPCodec, HEVCImageCodec, VVCImageCodec, HEVCFeatureCodec,
-                                VVCFeatureCodec)}  # fmt: skip
+                                VVCFeatureCodec, MutualCodec, SeparateCodec)}  # fmt: skip
 
 
 def list_codecs() -> list[str]:

@@ -47,6 +47,7 @@ class Codec(ABC):
             h, w = x.shape[:2]
         else:
             h, w = x.geometry.orig_hw
+        param = float(np.float16(param))  # the container stores the parameter as float16
         streams = self.encode_streams(x, param)
         header = bitstream.Header(self.codec_id, self.task_id, float(param), self.model_tag, w, h)
         return bitstream.pack(header, streams)

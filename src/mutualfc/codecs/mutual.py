@@ -1,10 +1,14 @@
-"""Learnt mutual feature compression (after Liu et al., ICASSP 2023).
+"""Learnt mutual feature compression (after Liu et al., ICASSP 2023), and its separate-scale baseline.
 
-BFCNet codes the base (small-scale, high-level) pyramid levels with a hyperprior whose entropy parameters also use
-a checkerboard spatial context and channel-group context (CompressAI latent codecs, decodable in parallel).
-MFCNet predicts the remaining large-scale levels from the decoded base, so they cost no bits; an optional learned
-residual stream refines the largest predicted level. One model covers the rate range through per-quality gain
-vectors on the latent (continuous quality by interpolating neighbouring gains).
+BFCNet codes the base (small-scale, high-level) pyramid levels into one latent at the coarsest resolution, with a
+hyperprior whose entropy parameters also use a checkerboard spatial context and channel-group context (CompressAI
+latent codecs: every step decodes in parallel over the whole map). MFCNet continues BFCNet's synthesis trunk to the
+finer levels, so those are *predicted* from the decoded base and cost no bits; an optional residual stream refines
+the finest level, with its entropy parameters predicted from the decoded base (conditional coding, no side
+information). One model covers the rate range through per-quality gain vectors (fractional qualities interpolate).
+
+``SeparateFeatureNet`` applies the same kind of codec to each level independently: the "existing approach" that
+the mutual design has to beat.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -30,34 +34,47 @@ from torch import nn
 
 @dataclass
 class MutualConfig:
-    """Configuration as data: which levels form the base, latent sizes, number of qualities."""
+    """Configuration as data (stored in every checkpoint)."""
 
-    levels: tuple[str, ...] = ("p3", "p4", "p5")
+    arch: str = "mutual"  # "mutual" (BFCNet + MFCNet) or "separate" (one codec per level)
+    levels: tuple[str, ...] = ("p3", "p4", "p5")  # fine -> coarse, each level half the size of the previous
     channels: tuple[int, ...] = (64, 128, 256)
-    base: tuple[str, ...] = ("p4", "p5")  # coded by BFCNet; the others are predicted by MFCNet
-    width: int = 128  # transform width N
-    latent: int = 192  # latent channels M
-    hyper: int = 96
-    groups: tuple[int, ...] = (16, 16, 32, 64, 64)
+    base: tuple[str, ...] = ("p4", "p5")  # coded by BFCNet; the finer levels are predicted by MFCNet
+    width: int = 128  # transform width at the coarsest level; halved per finer level (at least min_width)
+    min_width: int = 32
+    latent: int = 0  # latent channels; 0 = as many as the packed base has (a complete transform)
+    hyper: int = 128
+    groups: tuple[int, ...] = (1, 1, 2, 4, 16)  # relative sizes of the latent's channel groups (context order)
+    residual: int = 64  # channels of the finest level's residual latent; 0 = no residual stream
     qualities: int = 8
-    feature_scale: float = 0.25  # features are scaled by this before analysis (post-SiLU, heavy-tailed)
+    init_samples: int = 20000  # positions used for the closed-form (PCA / least-squares) initialisation
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> MutualConfig:
-        d = dict(d)
-        for k in ("levels", "channels", "base", "groups"):
-            if k in d:
-                d[k] = tuple(d[k])
+        known = {f.name for f in fields(cls)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         return cls(**d)
+
+    def latent_groups(self, packed: int) -> tuple[int, tuple[int, ...]]:
+        """-> latent channels and channel-group sizes for a base that packs into ``packed`` channels."""
+        m = self.latent or packed
+        total = sum(self.groups)
+        sizes = [max(1, round(m * g / total)) for g in self.groups[:-1]]
+        return m, (*sizes, m - sum(sizes))
+
+    def width_at(self, i: int) -> int:
+        """Transform width at level index ``i`` (0 = finest)."""
+        return max(self.min_width, self.width >> (len(self.levels) - 1 - i))
 
 
 @contextlib.contextmanager
 def reproducible_threads() -> Iterator[None]:
-    """Entropy parameters must match to the last bit between encoder and decoder: intra-op parallelism changes
-    float summation order, so coding always runs single-threaded whatever the caller set."""
+    """Entropy parameters must match to the last bit between encoder and decoder, and decoded features should not
+    depend on the machine's thread count: intra-op parallelism changes float summation order, so coding always
+    runs single-threaded whatever the caller set."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -84,21 +101,24 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def _latent_codec(m: int, n_hyper: int, groups: tuple[int, ...], side_ch: int) -> HyperpriorLatentCodec:
-    """Hyperprior + channel groups + checkerboard context (CompressAI latent codecs)."""
-    h_a = nn.Sequential(_conv(m, n_hyper), nn.GELU(), _conv(n_hyper, n_hyper, 3, 2))
-    h_s = nn.Sequential(_up(n_hyper, n_hyper), nn.GELU(), _conv(n_hyper, side_ch))
+def _hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> HyperpriorLatentCodec:
+    """Hyperprior (hyper-latent at half the latent's resolution) + channel groups + checkerboard context."""
+    side = n_hyper * 2
+    h_a = nn.Sequential(_conv(m, n_hyper, 1), nn.GELU(), _conv(n_hyper, n_hyper, 3, 2))
+    h_s = nn.Sequential(_up(n_hyper, n_hyper), nn.GELU(), _conv(n_hyper, side))
     channel_context = {
-        f"y{k}": nn.Sequential(_conv(sum(groups[:k]), 96, 3), nn.GELU(), _conv(96, groups[k] * 2, 3))
+        f"y{k}": nn.Sequential(
+            _conv(sum(groups[:k]), 64, 1), nn.GELU(), _conv(64, 64, 3), nn.GELU(), _conv(64, groups[k] * 2, 1)
+        )
         for k in range(1, len(groups))
     }
     per_group = {}
     for k, g in enumerate(groups):
-        cin = g * 2 + (k > 0) * g * 2 + side_ch
+        cin = g * 2 + (k > 0) * g * 2 + side
         per_group[f"y{k}"] = CheckerboardLatentCodec(
             latent_codec={"y": GaussianConditionalLatentCodec(quantizer="ste")},
-            context_prediction=CheckerboardMaskedConv2d(g, g * 2, kernel_size=5, stride=1, padding=2),
-            entropy_parameters=nn.Sequential(nn.Conv2d(cin, 128, 1), nn.GELU(), nn.Conv2d(128, g * 2, 1)),
+            context_prediction=CheckerboardMaskedConv2d(g, g * 2, kernel_size=5, stride=1, padding=2, groups=g),
+            entropy_parameters=nn.Sequential(nn.Conv2d(cin, 96, 1), nn.GELU(), nn.Conv2d(96, g * 2, 1)),
         )
     return HyperpriorLatentCodec(
         latent_codec={
@@ -108,160 +128,508 @@ def _latent_codec(m: int, n_hyper: int, groups: tuple[int, ...], side_ch: int) -
     )
 
 
-class BFCNet(nn.Module):
-    """Basic feature compression of the base levels: analysis -> latent codec -> synthesis (at the coarsest level)."""
+class GainUnit(nn.Module):
+    """Per-quality channel gains (variable rate in one model); fractional qualities interpolate log-linearly."""
 
-    def __init__(self, cfg: MutualConfig):
+    def __init__(self, qualities: int, ch: int, lo: float = 0.25, hi: float = 16.0):
+        super().__init__()
+        # geometric initial gains: latents start well above the quantisation step, so information flows at once
+        g = lo * (hi / lo) ** (torch.arange(qualities, dtype=torch.float32) / max(qualities - 1, 1))
+        self.gain = nn.Parameter(g.view(-1, 1, 1, 1).repeat(1, ch, 1, 1))
+        self.inv_gain = nn.Parameter((1 / g).view(-1, 1, 1, 1).repeat(1, ch, 1, 1))
+
+    def forward(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
+        q = min(max(float(quality), 0.0), self.gain.shape[0] - 1.0)
+        lo, hi = math.floor(q), math.ceil(q)
+        t = q - lo
+        out = []
+        for p in (self.gain, self.inv_gain):
+            v = p.abs().clamp_min(1e-4)
+            out.append(torch.exp((1 - t) * v[lo].log() + t * v[hi].log()) if t else v[lo])
+        return out[0], out[1]
+
+
+def _zero_init(conv: nn.Conv2d) -> nn.Conv2d:
+    """A non-linear branch that starts at zero leaves the closed-form linear path in charge at initialisation."""
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _flat(u: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """(B, C, H, W) -> at most ``n`` random positions as rows (C columns)."""
+    x = u.permute(0, 2, 3, 1).reshape(-1, u.shape[1])
+    if x.shape[0] > n:
+        x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
+    return x.double()
+
+
+def _pca(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> mean (C,), top-``k`` principal directions (C, k)."""
+    mu = x.mean(0)
+    cov = (x - mu).T @ (x - mu) / max(x.shape[0] - 1, 1)
+    _, vecs = torch.linalg.eigh(cov)
+    return mu, vecs[:, -k:].flip(1)
+
+
+def _set_linear(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        conv.weight.copy_(weight.to(conv.weight).view_as(conv.weight))
+        conv.bias.copy_(bias.to(conv.bias))
+
+
+class LevelPacker(nn.Module):
+    """Brings pyramid levels to the coarsest resolution without losing anything (space-to-depth) and back, and
+    normalises them (per-channel mean, per-level scale; set from data by ``init_from_data``)."""
+
+    def __init__(self, cfg: MutualConfig, names: tuple[str, ...]):
         super().__init__()
         ch = dict(zip(cfg.levels, cfg.channels, strict=True))
-        n, m = cfg.width, cfg.latent
-        # each base level is brought to the coarsest base resolution and concatenated
-        self.inputs = nn.ModuleDict()
-        for i, name in enumerate(cfg.base):
-            factor = 2 ** (len(cfg.base) - 1 - i)
-            layers: list[nn.Module] = [_conv(ch[name], n)]
-            for _ in range(int(math.log2(factor))):
-                layers += [nn.GELU(), _conv(n, n, 3, 2)]
-            self.inputs[name] = nn.Sequential(*layers)
-        self.g_a = nn.Sequential(_conv(n * len(cfg.base), n), ResBlock(n), _conv(n, n, 3, 2), ResBlock(n), _conv(n, m))
-        self.g_s = nn.Sequential(_conv(m, n), ResBlock(n), _up(n, n), ResBlock(n), ResBlock(n))
-        self.outputs = nn.ModuleDict()
-        for i, name in enumerate(cfg.base):
-            factor = 2 ** (len(cfg.base) - 1 - i)
-            layers = [ResBlock(n)]
-            for _ in range(int(math.log2(factor))):
-                layers += [_up(n, n), nn.GELU()]
-            layers.append(_conv(n, ch[name]))
-            self.outputs[name] = nn.Sequential(*layers)
-        self.latent_codec = _latent_codec(m, cfg.hyper, cfg.groups, cfg.hyper * 2)
-        self.gain = nn.Parameter(torch.ones(cfg.qualities, m, 1, 1))
-        self.inv_gain = nn.Parameter(torch.ones(cfg.qualities, m, 1, 1))
+        top = len(cfg.levels) - 1
+        self.names = names
+        self.factor = {k: 2 ** (top - cfg.levels.index(k)) for k in names}
+        self.ch = {k: ch[k] * self.factor[k] ** 2 for k in names}
+        self.channels = sum(self.ch.values())
+        for k in names:
+            self.register_buffer(f"mean_{k}", torch.zeros(1, ch[k], 1, 1))
+            self.register_buffer(f"std_{k}", torch.ones(()))
+
+    def pack(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for k in self.names:
+            x = (levels[k] - getattr(self, f"mean_{k}")) / getattr(self, f"std_{k}")
+            parts.append(F.pixel_unshuffle(x, self.factor[k]) if self.factor[k] > 1 else x)
+        return torch.cat(parts, 1)
+
+    def unpack(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 1), strict=True):
+            x = F.pixel_shuffle(part, self.factor[k]) if self.factor[k] > 1 else part
+            out[k] = x * getattr(self, f"std_{k}") + getattr(self, f"mean_{k}")
+        return out
+
+    def set_stats(self, levels: dict[str, torch.Tensor]) -> None:
+        for k in self.names:
+            x = levels[k].double()
+            getattr(self, f"mean_{k}").copy_(x.mean((0, 2, 3), keepdim=True).float())
+            getattr(self, f"std_{k}").copy_((x - x.mean((0, 2, 3), keepdim=True)).std().float())
+
+
+class BFCNet(nn.Module):
+    """Basic feature compression: base levels (packed to the coarsest resolution) -> latent -> decoded base levels
+    and a shared representation for MFCNet. Analysis and synthesis are a linear transform (initialised as PCA) plus
+    non-linear residual branches; ``latent_codec`` is hyperprior + checkerboard + channel-group context."""
+
+    def __init__(self, cfg: MutualConfig, base: tuple[str, ...]):
+        super().__init__()
+        n = cfg.width
+        self.pack = LevelPacker(cfg, base)
+        c = self.pack.channels
+        m, self.groups = cfg.latent_groups(c)
+        self.lin_a = _conv(c, m, 1)
+        self.g_a = nn.Sequential(_conv(c, n, 1), ResBlock(n), _zero_init(_conv(n, m, 1)))
+        self.lin_s = _conv(m, c, 1)
+        self.g_s = nn.Sequential(_conv(m, n, 1), ResBlock(n), ResBlock(n))
+        self.out_s = _zero_init(_conv(n, c, 1))
+        self.latent_codec = _hyperprior_codec(m, cfg.hyper, self.groups)
+        self.gain = GainUnit(cfg.qualities, m)
 
     def analysis(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.g_a(torch.cat([self.inputs[k](levels[k]) for k in self.inputs], 1))
+        u = self.pack.pack(levels)
+        return self.lin_a(u) + self.g_a(u)
 
-    def synthesis(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """-> shared decoded representation (coarsest base resolution) and the decoded base levels."""
+    def synthesis(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> shared representation, decoded base (packed, normalised)."""
         shared = self.g_s(y_hat)
-        return shared, {k: self.outputs[k](shared) for k in self.outputs}
+        return shared, self.lin_s(y_hat) + self.out_s(shared)
+
+    def init_from_data(self, levels: dict[str, torch.Tensor], samples: int) -> torch.Tensor:
+        """PCA of the packed base; returns the packed base as reconstructed from the principal components."""
+        self.pack.set_stats(levels)
+        u = self.pack.pack(levels)
+        x = _flat(u, samples)
+        mu, v = _pca(x, self.lin_a.out_channels)
+        _set_linear(self.lin_a, v.T, -(v.T @ mu))
+        _set_linear(self.lin_s, v, mu)
+        with torch.no_grad():
+            return self.lin_s(self.lin_a(u))
 
 
 class MFCNet(nn.Module):
-    """Predicts the non-base (larger) levels from BFCNet's decoded representation, coarse to fine; a decoded base
-    level at an intermediate resolution is fused in on the way."""
+    """Predicts the non-base levels from the decoded base: a linear map of the packed decoded base (least-squares
+    initialisation) plus a non-linear coarse-to-fine branch from the shared representation."""
 
-    def __init__(self, cfg: MutualConfig):
+    def __init__(self, cfg: MutualConfig, base: tuple[str, ...], targets: tuple[str, ...]):
         super().__init__()
         ch = dict(zip(cfg.levels, cfg.channels, strict=True))
-        n = cfg.width
-        self.order = [k for k in reversed(cfg.levels)][1:]  # coarse -> fine, below the coarsest level
-        self.targets = [k for k in cfg.levels if k not in cfg.base]
-        self.stages = nn.ModuleDict({k: nn.Sequential(_up(n, n), ResBlock(n), ResBlock(n)) for k in self.order})
-        self.fuse = nn.ModuleDict({k: _conv(ch[k], n) for k in self.order if k in cfg.base})
-        self.heads = nn.ModuleDict({k: _conv(n, ch[k]) for k in self.targets})
+        self.base_pack = LevelPacker(cfg, base)
+        self.pack = LevelPacker(cfg, targets)
+        self.lin = _conv(self.base_pack.channels, self.pack.channels, 1)
+        finest = min(cfg.levels.index(k) for k in targets)
+        self.order = list(reversed(cfg.levels[finest:]))[1:]  # coarse -> fine below the coarsest level
+        self.ups = nn.ModuleDict(
+            {k: nn.Sequential(_up(cfg.width_at(cfg.levels.index(k) + 1), cfg.width_at(cfg.levels.index(k))),
+                              ResBlock(cfg.width_at(cfg.levels.index(k)))) for k in self.order}
+        )  # fmt: skip
+        self.heads = nn.ModuleDict({k: _zero_init(_conv(cfg.width_at(cfg.levels.index(k)), ch[k])) for k in targets})
 
-    def forward(self, shared: torch.Tensor, base_hat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        h, out = shared, {}
-        for name in self.order:
-            h = self.stages[name](h)
-            if name in self.fuse:
-                h = h + self.fuse[name](base_hat[name])
-            else:
-                out[name] = self.heads[name](h)
+    def forward(self, shared: torch.Tensor, base_packed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> predicted levels (feature units)."""
+        lin = self.pack.unpack(self.lin(base_packed))
+        out, h = {}, shared
+        for k in self.order:
+            h = self.ups[k](h)
+            if k in self.heads:
+                out[k] = lin[k] + self.heads[k](h) * getattr(self.pack, f"std_{k}")
         return out
 
+    def init_from_data(self, levels: dict[str, torch.Tensor], base_rec: torch.Tensor, samples: int) -> None:
+        self.pack.set_stats(levels)
+        t = _flat(self.pack.pack(levels), samples, seed=1)
+        b = _flat(base_rec, samples, seed=1)
+        b1 = torch.cat([b, torch.ones_like(b[:, :1])], 1)
+        reg = 1e-3 * torch.eye(b1.shape[1], dtype=b1.dtype)
+        w = torch.linalg.solve(b1.T @ b1 + reg, b1.T @ t)  # (C_base + 1, C_target)
+        _set_linear(self.lin, w[:-1].T, w[-1])
 
-class MutualFeatureNet(nn.Module):
-    """BFCNet + MFCNet: ``forward`` for training (noisy/STE quantisation, likelihoods), ``compress`` and
-    ``decompress`` for real bits (call ``update()`` first)."""
 
-    def __init__(self, cfg: MutualConfig | None = None):
+class ResidualCoder(nn.Module):
+    """Low-rate residual stream refining the finest predicted level: the residual (packed to the coarsest
+    resolution) is transformed linearly (PCA initialisation) plus a non-linear branch that also sees the shared
+    representation; its Gaussian (mean, scale) come from the shared representation, so it needs no side information."""
+
+    def __init__(self, cfg: MutualConfig, level: str):
         super().__init__()
-        self.cfg = cfg or MutualConfig()
-        self.bfc = BFCNet(self.cfg)
-        self.mfc = MFCNet(self.cfg)
-        self.pad_multiple = 4  # at the coarsest level: latent (/2) and hyper-latent (/4) stay even-sized
+        n, r = cfg.width, cfg.residual
+        self.level = level
+        self.pack = LevelPacker(cfg, (level,))
+        c = self.pack.channels
+        self.lin_a = _conv(c, r, 1)
+        self.g_a = nn.Sequential(_conv(c + n, n, 1), ResBlock(n), _zero_init(_conv(n, r)))
+        self.lin_s = _conv(r, c, 1)
+        self.g_s = nn.Sequential(_conv(r + n, n, 1), ResBlock(n), _zero_init(_conv(n, c, 1)))
+        ep = nn.Sequential(_conv(n, 96, 1), nn.GELU(), _conv(96, 96, 3), nn.GELU(), _conv(96, 2 * r, 1))
+        self.codec = GaussianConditionalLatentCodec(quantizer="ste", entropy_parameters=ep)
+        self.gain = GainUnit(cfg.qualities, r)
 
-    # -- helpers -------------------------------------------------------------------------------------------
-    def _gains(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gain vectors for a (possibly fractional) quality in [0, qualities-1], log-linearly interpolated."""
-        q = min(max(float(quality), 0.0), self.cfg.qualities - 1.0)
-        lo, hi = math.floor(q), math.ceil(q)
-        t = q - lo
-        g = self.bfc.gain.abs().clamp_min(1e-4)
-        ig = self.bfc.inv_gain.abs().clamp_min(1e-4)
-        gain = torch.exp((1 - t) * g[lo].log() + t * g[hi].log())
-        inv = torch.exp((1 - t) * ig[lo].log() + t * ig[hi].log())
-        return gain, inv
+    def analysis(self, d: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return self.lin_a(d) + self.g_a(torch.cat([d, shared], 1))
 
-    def _prepare(self, levels: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
-        coarse = levels[self.cfg.levels[-1]]
-        h, w = coarse.shape[-2:]
-        ph = -h % self.pad_multiple
-        pw = -w % self.pad_multiple
-        out = {}
-        for i, name in enumerate(self.cfg.levels):
-            f = 2 ** (len(self.cfg.levels) - 1 - i)
-            x = levels[name] * self.cfg.feature_scale
-            out[name] = F.pad(x, (0, pw * f, 0, ph * f), mode="replicate") if (ph or pw) else x
-        return out, (h, w)
+    def synthesis(self, r_hat: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return self.lin_s(r_hat) + self.g_s(torch.cat([r_hat, shared], 1))
 
-    def _finish(self, shared, base_hat, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        pred = self.mfc(shared, base_hat)
-        h, w = size
-        out = {}
-        for i, name in enumerate(self.cfg.levels):
-            f = 2 ** (len(self.cfg.levels) - 1 - i)
-            x = base_hat[name] if name in base_hat else pred[name]
-            out[name] = x[..., : h * f, : w * f] / self.cfg.feature_scale
-        return out
+    def init_from_data(self, d: torch.Tensor, samples: int) -> None:
+        mu, v = _pca(_flat(d, samples, seed=2), self.lin_a.out_channels)
+        _set_linear(self.lin_a, v.T, -(v.T @ mu))
+        _set_linear(self.lin_s, v, mu)
 
-    # -- training --------------------------------------------------------------------------------------
-    def forward(self, levels: dict[str, torch.Tensor], quality: float) -> dict:
-        x, size = self._prepare(levels)
-        gain, inv = self._gains(quality)
-        y = self.bfc.analysis({k: x[k] for k in self.cfg.base}) * gain
-        lc = self.bfc.latent_codec(y)
-        shared, base_hat = self.bfc.synthesis(lc["y_hat"] * inv)
-        return {"levels": self._finish(shared, base_hat, size), "likelihoods": lc["likelihoods"]}
 
-    # -- real bits -------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    @reproducible_threads()
-    def compress(self, levels: dict[str, torch.Tensor], quality: float) -> tuple[list[bytes], dict]:
-        x, size = self._prepare(levels)
-        gain, _ = self._gains(quality)
-        y = self.bfc.analysis({k: x[k] for k in self.cfg.base}) * gain
-        out = self.bfc.latent_codec.compress(y)
-        strings = [s[0] for s in out["strings"]]  # 2 checkerboard halves per channel group, then z; batch of 1
-        return strings, {"size": size, "shape": out["shape"], "n_strings": len(strings)}
+def _pad_levels(cfg: MutualConfig, levels: dict[str, torch.Tensor], pad: int) -> tuple[dict, tuple[int, int]]:
+    """Replicate-pad so the coarsest level is a multiple of ``pad``; -> padded levels, coarsest original size."""
+    h, w = levels[cfg.levels[-1]].shape[-2:]
+    ph, pw = -h % pad, -w % pad
+    out = {}
+    for i, name in enumerate(cfg.levels):
+        f = 2 ** (len(cfg.levels) - 1 - i)
+        x = levels[name].float()
+        out[name] = F.pad(x, (0, pw * f, 0, ph * f), mode="replicate") if (ph or pw) else x
+    return out, (h, w)
 
-    @torch.inference_mode()
-    @reproducible_threads()
-    def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
-        h, w = size
-        hp, wp = h + (-h % self.pad_multiple), w + (-w % self.pad_multiple)
-        y_shape = (self.cfg.latent, hp // 2, wp // 2)
-        shape = {"y": _y_shapes(self.cfg.groups, y_shape), "hyper": (hp // 4, wp // 4)}
-        y_hat = self.bfc.latent_codec.decompress([[s] for s in strings], shape)["y_hat"]
-        _, inv = self._gains(quality)
-        shared, base_hat = self.bfc.synthesis(y_hat * inv)
-        return self._finish(shared, base_hat, size)
+
+def _crop_levels(cfg: MutualConfig, levels: dict[str, torch.Tensor], size: tuple[int, int]) -> dict:
+    h, w = size
+    out = {}
+    for i, name in enumerate(cfg.levels):
+        f = 2 ** (len(cfg.levels) - 1 - i)
+        out[name] = levels[name][..., : h * f, : w * f]
+    return out
+
+
+class _CodingMixin:
+    """``update()`` and latent-codec helpers shared by the mutual and the separate network."""
+
+    pad_multiple = 2  # at the coarsest level, so that the hyper-latent (/2) tiles the latent exactly
+    cfg: MutualConfig
 
     def update(self, force: bool = True) -> None:
         """Build the entropy coders' CDF tables (CompressAI) before ``compress``/``decompress``."""
         for m in self.modules():
             if isinstance(m, EntropyBottleneck):
                 m.update(force=force)
-        for m in self.modules():
-            if isinstance(m, GaussianConditional):
+            elif isinstance(m, GaussianConditional):
                 m.update_scale_table(_scale_table(), force=force)
+
+    def _padded(self, size: tuple[int, int]) -> tuple[int, int]:
+        h, w = size
+        return h + (-h % self.pad_multiple), w + (-w % self.pad_multiple)
+
+    @staticmethod
+    def _compress_latent(bfc: BFCNet, x: dict, quality: float) -> tuple[list[bytes], torch.Tensor]:
+        gain, inv = bfc.gain(quality)
+        out = bfc.latent_codec.compress(bfc.analysis(x) * gain)
+        return [s[0] for s in out["strings"]], out["y_hat"] * inv  # batch of one
+
+    def _decompress_latent(self, bfc: BFCNet, strings: list[bytes], size, quality: float) -> torch.Tensor:
+        hp, wp = self._padded(size)
+        shape = {"y": [(g, hp, wp) for g in bfc.groups], "hyper": (hp // 2, wp // 2)}
+        y_hat = bfc.latent_codec.decompress([[s] for s in strings], shape)["y_hat"]
+        return y_hat * bfc.gain(quality)[1]
+
+    def _guarded(self, strings: list[bytes], size: tuple[int, int]) -> list[bytes]:
+        """Zero-pad every stream so that the rANS decoder (which does not bounds-check) can never read past the end
+        of a crafted or damaged stream: each decoded symbol consumes at most one 32-bit word."""
+        hp, wp = self._padded(size)
+        widest = max(max(m.gain.shape[1] for m in self.modules() if isinstance(m, GainUnit)), self.cfg.hyper)
+        pad = b"\0" * (4 * widest * hp * wp + 64)
+        return [bytes(s) + pad for s in strings]
+
+    @staticmethod
+    def latent_streams(cfg: MutualConfig) -> int:
+        return 2 * len(cfg.groups) + 1  # two checkerboard halves per channel group, then the hyper-latent
+
+
+def _check(cfg: MutualConfig) -> None:
+    if not cfg.groups or min(cfg.groups) <= 0:
+        raise ValueError(f"channel groups {cfg.groups} must be positive")
+
+
+class MutualFeatureNet(_CodingMixin, nn.Module):
+    """BFCNet + MFCNet (+ residual): ``forward`` for training (noisy/STE quantisation, likelihoods; also returns the
+    prediction-only reconstruction), ``compress``/``decompress`` for real bits (call ``update()`` first)."""
+
+    def __init__(self, cfg: MutualConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or MutualConfig(arch="mutual")
+        _check(cfg)
+        self.targets = tuple(k for k in cfg.levels if k not in cfg.base)
+        if not self.targets:
+            raise ValueError("the mutual codec needs at least one predicted level (base must not hold all levels)")
+        self.finest = cfg.levels[0]
+        self.bfc = BFCNet(cfg, cfg.base)
+        self.mfc = MFCNet(cfg, cfg.base, self.targets)
+        self.res = ResidualCoder(cfg, self.finest) if cfg.residual and self.finest in self.targets else None
+
+    @torch.no_grad()
+    def init_from_data(self, levels: dict[str, torch.Tensor]) -> None:
+        """Closed-form start (PCA transforms, least-squares prediction) from a batch of training crops."""
+        levels, _ = _pad_levels(self.cfg, levels, self.pad_multiple)
+        base_rec = self.bfc.init_from_data({k: levels[k] for k in self.cfg.base}, self.cfg.init_samples)
+        self.mfc.init_from_data({k: levels[k] for k in self.targets}, base_rec, self.cfg.init_samples)
+        if self.res is not None:
+            self.res.pack.set_stats({self.finest: levels[self.finest]})
+            pred = self.mfc.pack.unpack(self.mfc.lin(base_rec))[self.finest]  # linear part of the prediction
+            d = self.res.pack.pack({self.finest: levels[self.finest]}) - self.res.pack.pack({self.finest: pred})
+            self.res.init_from_data(d, self.cfg.init_samples)
+
+    def _decode(self, y_hat: torch.Tensor, residual_fn=None) -> tuple[dict, dict]:
+        """-> (levels with the residual applied, prediction-only levels)."""
+        shared, base_u = self.bfc.synthesis(y_hat)
+        out = self.bfc.pack.unpack(base_u)
+        out.update(self.mfc(shared, base_u))
+        pred = dict(out)
+        if residual_fn is not None:
+            p = self.res.pack
+            d_hat = residual_fn(shared, p.pack({self.finest: out[self.finest]}))
+            out[self.finest] = p.unpack(p.pack({self.finest: out[self.finest]}) + d_hat)[self.finest]
+        return out, pred
+
+    # -- training --------------------------------------------------------------------------------------
+    def forward(self, levels: dict[str, torch.Tensor], quality: float) -> dict:
+        x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
+        gain, inv = self.bfc.gain(quality)
+        lc = self.bfc.latent_codec(self.bfc.analysis({k: x[k] for k in self.cfg.base}) * gain)
+        likelihoods = dict(lc["likelihoods"])
+
+        def residual(shared, pred_u):
+            rg, rinv = self.res.gain(quality)
+            d = self.res.pack.pack({self.finest: x[self.finest]}) - pred_u
+            rc = self.res.codec(self.res.analysis(d, shared) * rg, shared)
+            likelihoods["r"] = rc["likelihoods"]["y"]
+            return self.res.synthesis(rc["y_hat"] * rinv, shared)
+
+        rec, pred = self._decode(lc["y_hat"] * inv, residual if self.res is not None else None)
+        return {"likelihoods": likelihoods, "levels": _crop_levels(self.cfg, rec, size),
+                "prediction": _crop_levels(self.cfg, pred, size)}  # fmt: skip
+
+    # -- real bits -------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    @reproducible_threads()
+    def compress(
+        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True
+    ) -> tuple[list[bytes], dict]:
+        """-> byte strings (latent streams, then the residual stream if used) and what decoding needs besides
+        them: the coarsest level's size; also the encoder's own reconstruction under ``"levels"``."""
+        x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
+        strings, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality)
+
+        def code_residual(shared, pred_u):
+            rg, rinv = self.res.gain(quality)
+            d = self.res.pack.pack({self.finest: x[self.finest]}) - pred_u
+            rc = self.res.codec.compress(self.res.analysis(d, shared) * rg, shared)
+            strings.append(rc["strings"][0][0])
+            return self.res.synthesis(rc["y_hat"] * rinv, shared)
+
+        rec, _ = self._decode(y_hat, code_residual if residual and self.res is not None else None)
+        return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size)}
+
+    @torch.inference_mode()
+    @reproducible_threads()
+    def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
+        n = self.latent_streams(self.cfg)
+        if len(strings) not in (n, n + 1) or (len(strings) == n + 1 and self.res is None):
+            raise ValueError(f"expected {n} streams (+1 residual), got {len(strings)}")
+        strings = self._guarded(strings, size)
+        y_hat = self._decompress_latent(self.bfc, strings[:n], size, quality)
+
+        def decode_residual(shared, pred_u):
+            _, rinv = self.res.gain(quality)
+            r_hat = self.res.codec.decompress([[strings[n]]], shared.shape[-2:], shared)["y_hat"]
+            return self.res.synthesis(r_hat * rinv, shared)
+
+        rec, _ = self._decode(y_hat, decode_residual if len(strings) == n + 1 else None)
+        return _crop_levels(self.cfg, rec, size)
+
+
+class SeparateFeatureNet(_CodingMixin, nn.Module):
+    """Separate-scale baseline: the same kind of codec (BFCNet: packing, PCA-initialised transforms, hyperprior +
+    checkerboard + channel groups) applied to every level independently, no cross-scale prediction."""
+
+    def __init__(self, cfg: MutualConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or MutualConfig(arch="separate")
+        _check(cfg)
+        self.codecs = nn.ModuleDict({k: BFCNet(cfg, (k,)) for k in cfg.levels})
+
+    @torch.no_grad()
+    def init_from_data(self, levels: dict[str, torch.Tensor]) -> None:
+        levels, _ = _pad_levels(self.cfg, levels, self.pad_multiple)
+        for k, bfc in self.codecs.items():
+            bfc.init_from_data({k: levels[k]}, self.cfg.init_samples)
+
+    def forward(self, levels: dict[str, torch.Tensor], quality: float) -> dict:
+        x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
+        lik, rec = {}, {}
+        for k, bfc in self.codecs.items():
+            gain, inv = bfc.gain(quality)
+            lc = bfc.latent_codec(bfc.analysis({k: x[k]}) * gain)
+            lik.update({f"{k}.{n}": v for n, v in lc["likelihoods"].items()})
+            rec.update(bfc.pack.unpack(bfc.synthesis(lc["y_hat"] * inv)[1]))
+        out = _crop_levels(self.cfg, rec, size)
+        return {"likelihoods": lik, "levels": out, "prediction": out}
+
+    @torch.inference_mode()
+    @reproducible_threads()
+    def compress(
+        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True
+    ) -> tuple[list[bytes], dict]:
+        x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
+        strings, rec = [], {}
+        for k, bfc in self.codecs.items():
+            s, y_hat = self._compress_latent(bfc, {k: x[k]}, quality)
+            strings += s
+            rec.update(bfc.pack.unpack(bfc.synthesis(y_hat)[1]))
+        return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size)}
+
+    @torch.inference_mode()
+    @reproducible_threads()
+    def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
+        n = self.latent_streams(self.cfg)
+        if len(strings) != n * len(self.codecs):
+            raise ValueError(f"expected {n * len(self.codecs)} streams, got {len(strings)}")
+        strings = self._guarded(strings, size)
+        rec = {}
+        for i, bfc in enumerate(self.codecs.values()):
+            y_hat = self._decompress_latent(bfc, strings[i * n : (i + 1) * n], size, quality)
+            rec.update(bfc.pack.unpack(bfc.synthesis(y_hat)[1]))
+        return _crop_levels(self.cfg, rec, size)
+
+
+def build_network(cfg: MutualConfig) -> MutualFeatureNet | SeparateFeatureNet:
+    """The network a configuration describes (configs as data: checkpoints store ``cfg.to_dict()``)."""
+    if cfg.arch == "mutual":
+        return MutualFeatureNet(cfg)
+    if cfg.arch == "separate":
+        return SeparateFeatureNet(cfg)
+    raise ValueError(f"unknown architecture {cfg.arch!r}")
 
 
 def _scale_table(lo: float = 0.11, hi: float = 256.0, levels: int = 64) -> torch.Tensor:
     return torch.exp(torch.linspace(math.log(lo), math.log(hi), levels))
 
 
-def _y_shapes(groups: tuple[int, ...], y_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    _, h, w = y_shape
-    return [(g, h, w) for g in groups]
+def load_entropy_state(net: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """``load_state_dict`` that first resizes the entropy coders' table buffers (their sizes depend on the trained
+    distributions), so stored tables are used as they are instead of being recomputed."""
+    for name, module in net.named_modules():
+        if isinstance(module, (EntropyBottleneck, GaussianConditional)):
+            for buf in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
+                key = f"{name}.{buf}"
+                if key in state and hasattr(module, buf):
+                    getattr(module, buf).resize_(state[key].shape)
+    net.load_state_dict(state, strict=strict)
+
+
+_INT8 = "::int8"
+_SCALE = "::scale"
+
+
+def _quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 (keeps zoo checkpoints small; encoder and decoder use the same values)."""
+    scale = w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127
+    scale = scale.half().float()
+    q = torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))).clamp(-127, 127).to(torch.int8)
+    return q, scale.half()
+
+
+def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Large weights as int8 + per-channel scale, other floats as float16; integer tables as they are."""
+    out = {}
+    for k, v in state.items():
+        if v.is_floating_point() and k.endswith(".weight") and v.dim() >= 2 and v.numel() >= 4096:
+            out[k + _INT8], out[k + _SCALE] = _quantize_weight(v.float())
+        elif v.is_floating_point() and not k.endswith("scale_table"):
+            out[k] = v.half()
+        else:
+            out[k] = v
+    return out
+
+
+def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in packed.items():
+        if k.endswith(_SCALE):
+            continue
+        if k.endswith(_INT8):
+            name = k[: -len(_INT8)]
+            scale = packed[name + _SCALE].float()
+            out[name] = v.float() * scale.view(-1, *([1] * (v.dim() - 1)))
+        else:
+            out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def export_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Packed weights plus the entropy-bottleneck tables built from exactly the unpacked weights. The Gaussian
+    conditionals' tables depend only on the fixed scale table and are rebuilt by ``update()`` at load."""
+    packed = pack_state({k: v for k, v in net.state_dict().items() if not _is_table(k)})
+    load_entropy_state(net, unpack_state(packed), strict=False)
+    net.update(force=True)
+    tables = {k: v for k, v in net.state_dict().items() if _is_table(k) and ".entropy_bottleneck." in k}
+    return packed | tables
+
+
+def _is_table(key: str) -> bool:
+    return key.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table"))
+
+
+def load_packed(net: nn.Module, packed: dict[str, torch.Tensor]) -> None:
+    """Load a zoo checkpoint: unpack weights, keep the stored entropy-bottleneck tables, rebuild the Gaussian ones."""
+    state = unpack_state(packed)
+    load_entropy_state(net, state, strict=False)
+    missing = [k for k in net.state_dict() if k not in state and not _is_table(k)]
+    unexpected = [k for k in state if k not in net.state_dict()]
+    if missing or unexpected:
+        raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for m in net.modules():
+        if isinstance(m, GaussianConditional):
+            m.update_scale_table(_scale_table(), force=True)

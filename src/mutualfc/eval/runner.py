@@ -46,15 +46,17 @@ def evaluate_point(
     dataset: CocoDataset,
     bitstream_dir: str | Path | None = None,
     progress: bool = True,
+    label: str | None = None,
 ) -> dict:
-    """One JSON-lines record for ``codec`` at ``param`` (``codec=None``: uncompressed)."""
+    """One JSON-lines record for ``codec`` at ``param`` (``codec=None``: uncompressed); ``label`` replaces the codec
+    name in the record (e.g. to tell apart two checkpoints of one codec)."""
     results: list[dict] = []
     bits = pixels = 0
     t_enc = t_dec = t_task = 0.0
-    label = "none" if codec is None else f"{codec.name}@{param:g}"
+    desc = "none" if codec is None else f"{label or codec.name}@{param:g}"
     with tempfile.TemporaryDirectory(prefix="mutualfc-bits-") as tmp:
         out_dir = Path(bitstream_dir) if bitstream_dir else Path(tmp)
-        for rec in tqdm(dataset.records, desc=label, unit="img", disable=not progress):
+        for rec in tqdm(dataset.records, desc=desc, unit="img", disable=not progress):
             image = load_image(rec.path)
             pixels += image.shape[0] * image.shape[1]
             if codec is None:
@@ -83,7 +85,7 @@ def evaluate_point(
     n = len(dataset)
     scores = dataset.evaluate(results)
     return {
-        "codec": "none" if codec is None else codec.name,
+        "codec": label or ("none" if codec is None else codec.name),
         "param": param,
         "param_name": None if codec is None else codec.param_name,
         "task": task.name,
@@ -99,4 +101,4 @@ def evaluate_point(
         "dataset": str(dataset.annotations or dataset.root),
         "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    } | ({} if codec is None else {"codec_info": codec.describe()})

@@ -65,6 +65,10 @@ class AlignedCropDataset(Dataset):
         self.crop = crop
         self.rng = np.random.default_rng(seed)
         self.items = [self._load(p) for p in self.files] if in_memory else None
+        if self.items is not None:  # images too small for a full crop would give ragged batches
+            keep = [i for i, t in enumerate(self.items) if min(t[self.levels[-1]].shape[-2:]) >= crop]
+            self.files = [self.files[i] for i in keep]
+            self.items = [self.items[i] for i in keep]
 
     def _load(self, path: Path) -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,107 @@
+"""Learned-codec benchmark: mutual and separate-scale codecs (and ablation checkpoints) on COCO val, against the
+anchors in results/anchors.jsonl.
+
+Each run is ``LABEL=CODEC[:CHECKPOINT][:nores]`` (zoo checkpoint when none is given). Results are appended to
+results/learned.jsonl (resumable: finished points are skipped); the report writes results/learned.md (BD-rate table),
+results/learned_bdrate.json and results/rd_all.png (all curves).
+
+    python benchmarks/learned.py --data ../shared/data/coco-val212
+    python benchmarks/learned.py --runs p5base=mutual:runs/p5/export.pt --param 0,2,4,6,7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mutualfc.eval.bdrate import bd_rate, curve_from_records
+from mutualfc.eval.plot import plot_rd
+from mutualfc.io import atomic_write_text, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ["mutual=mutual", "separate=separate"]
+REFERENCES = ("hevc-feature", "hevc-image", "separate")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder")
+    ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated LABEL=CODEC[:CHECKPOINT][:nores]")
+    ap.add_argument("--param", default="0,1,2,3,4,5,6,7", help="qualities (default: %(default)s)")
+    ap.add_argument("--limit", type=int, help="first N images only")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the tables and plot")
+    args = ap.parse_args()
+    out = Path(args.out_dir)
+    jsonl = out / "learned.jsonl"
+    data = Path(args.data)
+    if not args.report_only:
+        for spec in args.runs.split(","):
+            label, _, rest = spec.partition("=")
+            parts = rest.split(":")
+            cmd = [sys.executable, "-m", "mutualfc.cli.main", "eval", "--codec", parts[0], "--label", label,
+                   "--param", args.param, "--images", str(data / "images"), "--annotations",
+                   str(data / "instances.json"), "--out", str(jsonl), "--skip-existing"]  # fmt: skip
+            if len(parts) > 1 and parts[1] and parts[1] != "nores":
+                cmd += ["--checkpoint", parts[1]]
+            if "nores" in parts[1:]:
+                cmd.append("--no-residual")
+            if args.limit:
+                cmd += ["--limit", str(args.limit)]
+            print("$", " ".join(cmd), flush=True)
+            if subprocess.call(cmd) != 0:
+                return 1
+    report(jsonl, out / "anchors.jsonl", out)
+    return 0
+
+
+def report(jsonl: Path, anchors: Path, out: Path) -> None:
+    learned = read_jsonl(jsonl)
+    records = learned + (read_jsonl(anchors) if anchors.is_file() else [])
+    base = [r for r in records if r["codec"] == "none"][-1]
+    keep = {"none", "hevc-feature", "hevc-image", "webp", "jpeg"}
+    plot_rd([r for r in records if r["codec"] in keep
+             or r in learned], out / "rd_all.png", title="YOLOv5n split at P3/P4/P5, COCO val (212 images)")  # fmt: skip
+    labels = list(dict.fromkeys(r["codec"] for r in learned))
+    codecs = {r["codec"] for r in records}
+    head = "| codec | points | bpp range | mAP range (% of uncompressed) | " + " | ".join(
+        f"BD-rate vs {c}" for c in REFERENCES
+    )
+    rows = [head + " |", "|---" * (4 + len(REFERENCES)) + "|"]
+    bd = {}
+    for c in labels:
+        pts = [r for r in records if r["codec"] == c]
+        cells = []
+        for ref in REFERENCES:
+            if ref == c or ref not in codecs:
+                cells.append("—")
+                continue
+            try:
+                res = bd_rate(curve_from_records(records, "map", c), curve_from_records(records, "map", ref))
+            except Exception as e:  # noqa: BLE001 - e.g. curves that do not overlap in mAP
+                cells.append(f"n/a ({type(e).__name__})")
+                continue
+            bd[f"{c} vs {ref}"] = res
+            cells.append(f"{res['bd_rate']:+.1f}% ({100 * res['overlap_fraction']:.0f}% overlap)")
+        bpps, maps = [p["bpp"] for p in pts], [p["map"] for p in pts]
+        rows.append(
+            f"| {c} | {len(pts)} | {min(bpps):.4f}–{max(bpps):.3f} | {min(maps):.3f}–{max(maps):.3f} "
+            f"({100 * min(maps) / base['map']:.0f}–{100 * max(maps) / base['map']:.1f}%) | " + " | ".join(cells) + " |"
+        )
+    points = ["", "| codec | quality | bpp | mAP | mAP50 | % of uncompressed | enc ms | dec ms |", "|---" * 8 + "|"]
+    for r in learned:
+        points.append(f"| {r['codec']} | {r['param']:g} | {r['bpp']:.4f} | {r['map']:.4f} | {r['map50']:.4f} | "
+                      f"{100 * r['map'] / base['map']:.1f}% | {1000 * r['encode_s_per_image']:.0f} | "
+                      f"{1000 * r['decode_s_per_image']:.0f} |")  # fmt: skip
+    table = (f"Uncompressed: mAP@[.5:.95] = {base['map']:.4f} ({base['n_images']} images)\n\n" + "\n".join(rows)
+             + "\n" + "\n".join(points) + "\n")  # fmt: skip
+    atomic_write_text(out / "learned.md", table)
+    atomic_write_text(out / "learned_bdrate.json", json.dumps(bd, indent=1) + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Speed benchmark: encode / decode milliseconds per image for each codec alone, and with the detector's front/back.
+
+Learned codecs code single-threaded by design (bit-exact entropy parameters whatever the machine's thread count);
+the detector uses ``--threads``. Prints a table and writes results/speed.json and results/speed.md.
+
+    python benchmarks/speed.py --data ../shared/data/coco-val212 --images 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mutualfc.codecs import create_codec
+from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.io import atomic_write_text
+from mutualfc.tasks import create_task
+
+ROOT = Path(__file__).resolve().parents[1]
+POINTS = {"mutual": 4, "separate": 4, "hevc-feature": 22, "hevc-image": 37}
+
+
+def _ms(f, *a):
+    t = time.perf_counter()
+    out = f(*a)
+    return out, 1000 * (time.perf_counter() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder with images/")
+    ap.add_argument("--images", type=int, default=20, help="number of images (default: %(default)s)")
+    ap.add_argument("--codecs", default=",".join(POINTS), help="codec=param pairs or names (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the detector (default: %(default)s)")
+    ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    task = create_task("yolov5n-coco")
+    ds = CocoDataset(Path(args.data) / "images").subset(args.images)
+    images = [load_image(r.path) for r in ds.records]
+    rows = []
+    for spec in args.codecs.split(","):
+        name, _, p = spec.partition("=")
+        param = float(p) if p else POINTS.get(name, 0)
+        codec = create_codec(name, task)
+        enc = dec = front = back = 0.0
+        nbytes = pixels = 0
+        for i, im in enumerate(images + images[:1]):  # the first image warms up and is not counted
+            x, t_front = _ms(task.front, im) if codec.domain == "features" else (im, 0.0)
+            data, t_enc = _ms(codec.encode, x, param)
+            y, t_dec = _ms(codec.decode, data)
+            _, t_back = _ms(task.back if codec.domain == "features" else task.detect, y)
+            if i == 0:
+                continue
+            enc, dec, front, back = enc + t_enc, dec + t_dec, front + t_front, back + t_back
+            nbytes += len(data)
+            pixels += im.shape[0] * im.shape[1]
+        n = len(images)
+        row = {"codec": name, "param": param, "images": n, "bpp": round(8 * nbytes / pixels, 4),
+               "encode_ms": round(enc / n, 1), "decode_ms": round(dec / n, 1),
+               "codec_ms": round((enc + dec) / n, 1), "front_ms": round(front / n, 1), "back_ms": round(back / n, 1),
+               "end_to_end_ms": round((enc + dec + front + back) / n, 1)}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    lines = ["| codec | param | bpp | encode ms | decode ms | codec enc+dec ms | + front/back (detector) ms |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['codec']} | {r['param']:g} | {r['bpp']} | {r['encode_ms']} | {r['decode_ms']} | "
+                     f"{r['codec_ms']} | {r['end_to_end_ms']} |")  # fmt: skip
+    atomic_write_text(out / "speed.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

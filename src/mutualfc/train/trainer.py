@@ -1,0 +1,259 @@
+"""Training of the learned feature codecs: rate + lambda * distortion on aligned random crops of cached features.
+
+Distortion is a level-weighted, variance-normalised feature MSE, optionally plus a task-aware term (the distance
+between the detection head's outputs on decoded and on original features). One model covers the rate range: every
+step draws a quality index and uses that quality's gains and lambda. The prediction-only reconstruction (no
+residual stream) is trained alongside, so the residual stream stays optional at encode time.
+
+Runs on CPU or GPU, resumes from ``last.pt`` in the run directory, logs CSV, and scales out with
+``torchrun --nproc-per-node N -m mutualfc.cli.main train ...`` (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from mutualfc.codecs.mutual import MutualConfig, build_network
+from mutualfc.errors import MutualFCError
+from mutualfc.io import atomic_write_bytes
+from mutualfc.train.cache import AlignedCropDataset
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, stored in its checkpoints (configs as data)."""
+
+    cache: str = ""
+    task: str = "yolov5n-coco"
+    model: dict = field(default_factory=dict)  # MutualConfig fields
+    steps: int = 20000
+    batch: int = 8
+    crop: int = 8  # crop size at the coarsest level (8 -> 256x256 image pixels)
+    lr: float = 1e-3
+    lr_final: float = 5e-5  # cosine decay to this
+    lambda_min: float = 1.0  # lambda of quality 0; qualities are spaced geometrically up to lambda_max
+    lambda_max: float = 32768.0
+    level_weights: tuple[float, ...] = (0.25, 0.5, 1.0)  # ~1/variance of p3, p4, p5 on coco-train
+    task_weight: float = 300.0  # 0 disables the task-aware term
+    prediction_weight: float = 0.5  # weight of the prediction-only (no residual) distortion
+    freeze_linear: bool = True  # keep the closed-form linear transforms (PCA, least squares) as initialised
+    seed: int = 0
+    workers: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 250
+    snapshot_every: int = 0  # also keep step{N}.pt every N steps (e.g. for equal-budget comparisons); 0 = never
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**d)
+
+    def lambdas(self, qualities: int) -> list[float]:
+        r = self.lambda_max / self.lambda_min
+        return [self.lambda_min * r ** (q / max(qualities - 1, 1)) for q in range(qualities)]
+
+
+def _collate(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    return [torch.stack(x) for x in zip(*batch, strict=True)]
+
+
+class _Loss(nn.Module):
+    def __init__(self, cfg: TrainConfig, task, level_names: tuple[str, ...]):
+        super().__init__()
+        self.cfg, self.levels = cfg, level_names
+        self.head = task.head.m if (task is not None and cfg.task_weight > 0) else None
+        if self.head is not None:
+            for p in self.head.parameters():
+                p.requires_grad_(False)
+
+    def distortion(self, rec: dict, ref: dict, head_ref: list | None) -> tuple[torch.Tensor, torch.Tensor]:
+        mse = sum(w * (rec[k] - ref[k]).pow(2).mean() for k, w in zip(self.levels, self.cfg.level_weights, strict=True))
+        task = torch.zeros((), device=mse.device)
+        if self.head is not None:
+            task = sum((self.head[i](rec[k]).sigmoid() - head_ref[i]).pow(2).mean() for i, k in enumerate(self.levels))
+        return mse, task
+
+    def forward(self, out: dict, ref: dict, lam: float) -> dict[str, torch.Tensor]:
+        b, _, h, w = ref[self.levels[-1]].shape
+        pixels = b * h * w * 32 * 32
+        bits = sum(-torch.log2(v.clamp_min(1e-9)).sum() for v in out["likelihoods"].values())
+        bpp = bits / pixels
+        head_ref = None
+        if self.head is not None:
+            with torch.no_grad():
+                head_ref = [self.head[i](ref[k]).sigmoid() for i, k in enumerate(self.levels)]
+        mse, task = self.distortion(out["levels"], ref, head_ref)
+        d = mse + self.cfg.task_weight * task
+        pmse, ptask = (
+            self.distortion(out["prediction"], ref, head_ref) if out["prediction"] is not out["levels"] else (mse, task)
+        )
+        d = d + self.cfg.prediction_weight * (pmse + self.cfg.task_weight * ptask)
+        return {"loss": bpp + lam * d, "bpp": bpp, "mse": mse, "task": task, "pred_mse": pmse}
+
+
+def _state_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def export_checkpoint(run_dir: str | Path, out: str | Path, name: str, checkpoint: str | None = None) -> dict:
+    """Strip a training checkpoint to what coding needs (config, task, fp16 weights, entropy tables) for the zoo."""
+    from mutualfc.codecs.mutual import export_state
+
+    path = Path(run_dir) / (checkpoint or "last.pt")
+    if not path.is_file():
+        raise MutualFCError(f"no checkpoint {path}")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    net = build_network(MutualConfig.from_dict(ck["model_cfg"]))
+    net.load_state_dict(ck["model"])
+    meta = {"name": name, "task": ck["task"], "model_cfg": ck["model_cfg"], "train_cfg": ck["train_cfg"],
+            "step": ck["step"]}  # fmt: skip
+    atomic_write_bytes(out, _state_bytes({"meta": meta, "model": export_state(net)}))
+    return meta
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
+    """Train (or resume) in ``run_dir``; returns the path of the final checkpoint."""
+    from mutualfc.tasks import create_task
+
+    run_dir = Path(run_dir)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank = dist.get_rank()
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    main = rank == 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    resume = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
+    if resume is not None:
+        cfg = TrainConfig.from_dict(resume["train_cfg"])  # a resumed run keeps its configuration
+    model_cfg = MutualConfig.from_dict(cfg.model)
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+
+    task = create_task(cfg.task, pretrained=True).eval()
+    if tuple(task.level_names) != tuple(model_cfg.levels):
+        raise MutualFCError(f"model levels {model_cfg.levels} do not match {cfg.task} levels {task.level_names}")
+    data = AlignedCropDataset(
+        cfg.cache, cfg.task, crop=cfg.crop, strides=tuple(task.level_strides), seed=cfg.seed + rank
+    )
+    sampler = DistributedSampler(data, seed=cfg.seed) if distributed else None
+    loader = DataLoader(data, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, collate_fn=_collate)  # fmt: skip
+
+    net = build_network(model_cfg).to(device)
+    crit = _Loss(cfg, task, model_cfg.levels).to(device)
+    if cfg.freeze_linear:  # shared by all qualities, the linear paths otherwise drift towards the low-rate end
+        for n, p in net.named_parameters():
+            if any(part in {"lin_a", "lin_s", "lin"} for part in n.split(".")):
+                p.requires_grad_(False)
+    aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
+    main_params = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
+    opt = torch.optim.Adam(main_params, lr=cfg.lr)
+    aux_opt = torch.optim.Adam(aux, lr=1e-3)
+    step = 0
+    if resume is not None:
+        net.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        aux_opt.load_state_dict(resume["aux_opt"])
+        step = resume["step"]
+        torch.set_rng_state(resume["rng"]["torch"])
+        data.rng = np.random.default_rng(resume["rng"]["data_seed"] + step + rank)
+    else:  # closed-form start (PCA / least squares) from a few hundred crops; DDP then broadcasts rank 0's weights
+        crops = _collate([data[i % len(data)] for i in range(256)])
+        net.init_from_data({k: t.to(device) for k, t in zip(model_cfg.levels, crops, strict=True)})
+    model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if distributed else net
+    lambdas = cfg.lambdas(model_cfg.qualities)
+    qrng = random.Random(cfg.seed * 7919 + step)
+
+    def save() -> None:
+        if not main:
+            return
+        state = {
+            "train_cfg": asdict(cfg) | {"model": model_cfg.to_dict()},
+            "model_cfg": model_cfg.to_dict(),
+            "task": cfg.task,
+            "model": net.state_dict(),
+            "opt": opt.state_dict(),
+            "aux_opt": aux_opt.state_dict(),
+            "step": step,
+            "rng": {"torch": torch.get_rng_state(), "data_seed": cfg.seed},
+        }
+        atomic_write_bytes(last, _state_bytes(state))
+
+    log_path = run_dir / "log.csv"
+    new_log = not log_path.is_file()
+    log_file = open(log_path, "a", newline="") if main else None  # noqa: SIM115 - kept open for the run
+    writer = csv.writer(log_file) if log_file else None
+    if writer and new_log:
+        writer.writerow(["step", "quality", "lambda", "loss", "bpp", "mse", "task", "pred_mse", "lr", "elapsed_s"])
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_cfg.to_dict()}, indent=1))
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not (progress and main))
+    t0 = time.time()
+    epoch = 0
+    net.train()
+    while step < cfg.steps:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        epoch += 1
+        for batch in loader:
+            if step >= cfg.steps:
+                break
+            ref = {k: t.to(device, non_blocking=True) for k, t in zip(model_cfg.levels, batch, strict=True)}
+            q = qrng.randrange(model_cfg.qualities)
+            lr = cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * step / cfg.steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            out = model(ref, q)
+            terms = crit(out, ref, lambdas[q])
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            nn.utils.clip_grad_norm_(main_params, 1.0)
+            opt.step()
+            aux_loss = sum(m.loss() for m in net.modules() if hasattr(m, "quantiles") and hasattr(m, "loss"))
+            aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_opt.step()
+            step += 1
+            bar.update(1)
+            if writer:  # one row per step: the quality varies from step to step
+                vals = [f"{float(terms[k].detach()):.5g}" for k in ("loss", "bpp", "mse", "task", "pred_mse")]
+                writer.writerow([step, q, f"{lambdas[q]:.4g}", *vals, f"{lr:.3g}", f"{time.time() - t0:.0f}"])
+                if step % cfg.log_every == 0:
+                    log_file.flush()
+                    bar.set_postfix(q=q, bpp=vals[1], mse=vals[2])
+            if step % cfg.checkpoint_every == 0:
+                save()
+            if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                save()
+                atomic_write_bytes(run_dir / f"step{step}.pt", last.read_bytes())
+    save()
+    bar.close()
+    if log_file:
+        log_file.close()
+    if distributed:
+        dist.destroy_process_group()
+    return last

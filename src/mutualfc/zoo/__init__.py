@@ -1,0 +1,95 @@
+"""Model zoo: trained feature codecs loadable by name (``load_model("mutual", "yolov5n-coco")``).
+
+Checkpoints ship inside the package (``zoo/checkpoints``), declared here with their SHA-256 and metadata, as
+torchvision declares weights next to models. A checkpoint stores its configuration, the task network it was trained
+for, and its entropy-coder tables (so ``compress`` works right after loading, with the exact tables the encoder used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mutualfc.errors import MutualFCError
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str  # codec name
+    task: str  # task network the codec was trained for
+    file: str
+    sha256: str
+    notes: str = ""
+
+
+ZOO: dict[tuple[str, str], ZooEntry] = {
+    (e.name, e.task): e
+    for e in (
+        ZooEntry("mutual", "yolov5n-coco", "mutual_yolov5n-coco.pt", "", "BFCNet {P4,P5} + MFCNet P3, residual"),
+        ZooEntry("separate", "yolov5n-coco", "separate_yolov5n-coco.pt", "", "one codec per level"),
+    )
+}
+
+
+def list_models() -> list[tuple[str, str]]:
+    return sorted(ZOO)
+
+
+@dataclass
+class LoadedModel:
+    net: torch.nn.Module
+    meta: dict
+    tag: int  # CRC-32 of the checkpoint file: the model identity written into every bitstream
+
+
+def read_checkpoint(path: str | Path, expect_sha256: str = "") -> tuple[dict, bytes]:
+    path = Path(path)
+    if not path.is_file():
+        raise MutualFCError(f"codec checkpoint not found: {path}")
+    raw = path.read_bytes()
+    if expect_sha256 and hashlib.sha256(raw).hexdigest() != expect_sha256:
+        raise MutualFCError(f"codec checkpoint {path} does not match its declared SHA-256 (damaged or replaced)")
+    try:
+        ck = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        meta, state = ck["meta"], ck["model"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise MutualFCError(f"{path} is not a mutualfc codec checkpoint ({type(e).__name__})") from None
+    return {"meta": meta, "model": state}, raw
+
+
+def load_model(name: str, task: str, checkpoint: str | Path | None = None) -> LoadedModel:
+    """The trained network for codec ``name`` and task network ``task`` (or a user's ``checkpoint``), ready to code."""
+    from mutualfc.codecs.mutual import MutualConfig, build_network, load_packed
+
+    if checkpoint is None:
+        entry = ZOO.get((name, task))
+        if entry is None:
+            have = ", ".join(f"{n} for {t}" for n, t in list_models())
+            raise MutualFCError(f"no trained {name!r} codec for task {task!r} in the zoo (have: {have})")
+        ck, raw = read_checkpoint(CHECKPOINTS / entry.file, entry.sha256)
+    else:
+        ck, raw = read_checkpoint(checkpoint)
+    meta = ck["meta"]
+    if meta.get("task") != task:
+        raise MutualFCError(f"codec checkpoint was trained for task {meta.get('task')!r}, not {task!r}")
+    cfg = MutualConfig.from_dict(meta["model_cfg"])
+    if cfg.arch != name:
+        raise MutualFCError(f"codec checkpoint holds a {cfg.arch!r} model, not {name!r}")
+    net = build_network(cfg)
+    try:
+        load_packed(net, ck["model"])
+    except RuntimeError as e:
+        raise MutualFCError(
+            f"codec checkpoint does not fit the {name} architecture: {str(e).splitlines()[0]}"
+        ) from None
+    return LoadedModel(net.eval(), meta, zlib.crc32(raw))
+
+
+__all__ = ["ZOO", "LoadedModel", "ZooEntry", "list_models", "load_model", "read_checkpoint"]

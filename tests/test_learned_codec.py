@@ -1,0 +1,128 @@
+"""Learned codecs behind the Codec interface: checkpoints, containers, cross-process decoding, target bpp, errors."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mutualfc import bitstream
+from mutualfc.codecs import create_codec
+from mutualfc.codecs.mutual import MutualConfig, build_network, export_state
+from mutualfc.errors import BitstreamError, MutualFCError
+from tests.conftest import need_shared_weights
+from tests.test_mutual_model import SMALL, _levels
+
+
+def _write_checkpoint(path, arch="mutual", task="yolov5n-coco", **kw):
+    torch.manual_seed(0)
+    cfg = MutualConfig(arch=arch, **(SMALL | kw))
+    net = build_network(cfg)
+    net.init_from_data(_levels(9, 8, 8, n=4))
+    meta = {"name": path.stem, "task": task, "model_cfg": cfg.to_dict(), "train_cfg": {}, "step": 0}
+    buf = io.BytesIO()
+    torch.save({"meta": meta, "model": export_state(net.eval())}, buf)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    need_shared_weights()
+    return _write_checkpoint(tmp_path_factory.mktemp("ck") / "tiny-mutual.pt")
+
+
+@pytest.fixture(scope="module")
+def features(task, example_images):
+    return task.front(example_images[0])
+
+
+def test_container_round_trip_matches_encoder_reconstruction(task, ckpt, features):
+    codec = create_codec("mutual", task, checkpoint=str(ckpt))
+    streams, rec = codec.reconstruct(features, 2.25)
+    data = codec.encode(features, 2.25)
+    header, payload = bitstream.unpack(data)
+    assert payload == streams and header.param == 2.25 and header.model_tag == codec.model_tag
+    out = codec.decode(data)
+    assert out.geometry == features.geometry
+    for k, v in features.levels.items():
+        assert out.levels[k].shape == v.shape
+        assert torch.equal(out.levels[k], rec.levels[k])
+
+
+def test_decoding_in_another_process_is_bit_identical(task, ckpt, features, tmp_path):
+    codec = create_codec("mutual", task, checkpoint=str(ckpt))
+    data = codec.encode(features, 3)
+    (tmp_path / "a.mfc").write_bytes(data)
+    _, rec = codec.reconstruct(features, 3)
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from mutualfc.tasks import create_task\nfrom mutualfc.codecs import create_codec\n"
+        "torch.set_num_threads(2)\n"
+        f"c = create_codec('mutual', create_task('yolov5n-coco'), checkpoint={str(ckpt)!r})\n"
+        f"fs = c.decode(open({str(tmp_path / 'a.mfc')!r}, 'rb').read())\n"
+        f"np.savez({str(tmp_path / 'dec.npz')!r}, **{{k: v.numpy() for k, v in fs.levels.items()}})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    dec = np.load(tmp_path / "dec.npz")
+    for k, v in rec.levels.items():
+        assert np.array_equal(dec[k], v.numpy()), k
+
+
+def test_target_bpp_meets_the_budget(task, ckpt, features, example_images):
+    codec = create_codec("mutual", task, checkpoint=str(ckpt))
+    pixels = example_images[0].shape[0] * example_images[0].shape[1]
+    lo = 8 * len(codec.encode(features, 0)) / pixels
+    hi = 8 * len(codec.encode(features, 3)) / pixels
+    target = (lo + hi) / 2
+    q, data = codec.quality_for_bpp(features, target, pixels)
+    assert 0 < q < 3
+    assert 8 * len(data) / pixels <= target
+    assert codec.decode(data).levels["p3"].shape == features.levels["p3"].shape
+
+
+def test_damaged_or_foreign_payloads_fail_cleanly(task, ckpt, features):
+    codec = create_codec("mutual", task, checkpoint=str(ckpt))
+    data = codec.encode(features, 1)
+    header, streams = bitstream.unpack(data)
+    with pytest.raises(BitstreamError):  # a stream missing, CRC intact
+        codec.decode(bitstream.pack(header, streams[:-2]))
+    for junk in (b"\x00" * 3, b"\xff" * 7, bytes(range(256)) * 4):  # crafted garbage with a valid CRC:
+        try:  # rANS streams carry no redundancy, so this may decode; it must not crash, hang or blow up
+            out = codec.decode(bitstream.pack(header, [junk for _ in streams]))
+        except BitstreamError:
+            continue
+        assert all(torch.isfinite(v).all() and v.shape == features.levels[k].shape for k, v in out.levels.items())
+    other = bitstream.Header(header.codec_id, header.task_id, header.param, header.model_tag ^ 1, 640, 480)
+    with pytest.raises(BitstreamError, match="another mutual model"):
+        codec.decode(bitstream.pack(other, streams))
+    with pytest.raises(MutualFCError, match="quality"):
+        codec.encode(features, 9)
+
+
+def test_checkpoint_errors(task, tmp_path):
+    need_shared_weights()
+    other = _write_checkpoint(tmp_path / "other.pt", task="faster-rcnn-r50")
+    with pytest.raises(MutualFCError, match="trained for task 'faster-rcnn-r50'"):
+        create_codec("mutual", task, checkpoint=str(other))
+    sep = _write_checkpoint(tmp_path / "sep.pt", arch="separate")
+    with pytest.raises(MutualFCError, match="holds a 'separate' model"):
+        create_codec("mutual", task, checkpoint=str(sep))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(MutualFCError, match="not a mutualfc codec checkpoint"):
+        create_codec("mutual", task, checkpoint=str(bad))
+    with pytest.raises(MutualFCError, match="not found"):
+        create_codec("mutual", task, checkpoint=str(tmp_path / "missing.pt"))
+
+
+def test_separate_codec_round_trip(task, features, tmp_path):
+    need_shared_weights()
+    ck = _write_checkpoint(tmp_path / "sep.pt", arch="separate")
+    codec = create_codec("separate", task, checkpoint=str(ck))
+    data = codec.encode(features, 2)
+    _, rec = codec.reconstruct(features, 2)
+    out = codec.decode(data)
+    assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)

@@ -1,0 +1,52 @@
+"""Training loop: runs, logs, resumes exactly where it stopped, exports a checkpoint the codec loads."""
+
+import csv
+import shutil
+
+import pytest
+import torch
+
+from mutualfc.cli.main import main as cli
+from mutualfc.codecs import create_codec
+from mutualfc.train import build_feature_cache
+from mutualfc.train.trainer import TrainConfig, export_checkpoint, train
+from tests.conftest import EXAMPLE, need_shared_weights
+from tests.test_mutual_model import SMALL
+
+
+@pytest.fixture(scope="module")
+def cache(task, tmp_path_factory):
+    need_shared_weights()
+    root = tmp_path_factory.mktemp("train")
+    imgs = root / "imgs"
+    imgs.mkdir()
+    for p in sorted((EXAMPLE / "images").glob("*.jpg")):
+        shutil.copy(p, imgs)
+    build_feature_cache(task, imgs, root / "cache", progress=False)
+    return root / "cache"
+
+
+def test_train_resume_and_export(task, cache, tmp_path, features=None):
+    cfg = TrainConfig(cache=str(cache), model=SMALL, steps=3, batch=2, crop=4, checkpoint_every=1, log_every=1)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    ck = torch.load(run / "last.pt", weights_only=False)
+    assert ck["step"] == 3
+    train(TrainConfig.from_dict({**cfg.__dict__, "steps": 3}), run, progress=False)  # nothing left to do
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["bpp"]) > 0 and float(r["mse"]) > 0 for r in rows)
+    meta = export_checkpoint(run, tmp_path / "tiny.pt", "tiny")
+    assert meta["task"] == "yolov5n-coco" and meta["step"] == 3
+    codec = create_codec("mutual", task, checkpoint=str(tmp_path / "tiny.pt"))
+    fs = task.front(torch.zeros(0).new_zeros((96, 128, 3), dtype=torch.uint8).numpy() + 114)
+    assert codec.decode(codec.encode(fs, 1)).levels["p3"].shape == fs.levels["p3"].shape
+
+
+def test_cli_train_refuses_a_cache_of_another_task(cache, tmp_path, capsys):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "manifest.json").write_text('{"task": "other-net", "levels": ["p3", "p4", "p5"]}')
+    rc = cli(["-q", "train", "run", "--cache", str(tmp_path / "c"), "--run-dir", str(tmp_path / "r"), "--steps", "1"])
+    assert rc == 2
+    assert "holds features of other-net" in capsys.readouterr().err
