@@ -63,8 +63,8 @@ def report(jsonl: Path, anchors: Path, out: Path) -> None:
     records = learned + (read_jsonl(anchors) if anchors.is_file() else [])
     base = [r for r in records if r["codec"] == "none"][-1]
     keep = {"none", "hevc-feature", "hevc-image", "webp", "jpeg"}
-    plot_rd([r for r in records if r["codec"] in keep
-             or r in learned], out / "rd_all.png", title="YOLOv5n split at P3/P4/P5, COCO val (212 images)")  # fmt: skip
+    shown = [r for r in records if r["codec"] in keep or r in learned]
+    plot_rd(shown, out / "rd_all.png", title="YOLOv5n split at P3/P4/P5, COCO val (212 images)")
     labels = list(dict.fromkeys(r["codec"] for r in learned))
     codecs = {r["codec"] for r in records}
     head = "| codec | points | bpp range | mAP range (% of uncompressed) | " + " | ".join(
