@@ -135,10 +135,16 @@ def test_encode_decode_files_and_damage(capsys, tmp_path):
     )
     f = tmp_path / "bits" / (img.stem + ".mfc")
     dets = tmp_path / "dets.json"
-    assert main(["decode", str(f), "--detections", str(dets), "--features", str(tmp_path / "feat")]) == 0
+    draw = tmp_path / "drawn"
+    args = ["--features", str(tmp_path / "feat"), "--draw", str(draw), "--images", str(EXAMPLE / "images")]
+    assert main(["decode", str(f), "--detections", str(dets), *args]) == 0
     res = json.loads(dets.read_text())
     assert res and res[0]["image_id"] == int(img.stem)
     assert (tmp_path / "feat" / (img.stem + ".npz")).is_file()
+    from PIL import Image
+
+    with Image.open(draw / (img.stem + ".png")) as im:
+        assert im.size == Image.open(img).size
     capsys.readouterr()
     data = f.read_bytes()
     for bad in (data[: len(data) // 2], data[:10], b"hello world" * 10):

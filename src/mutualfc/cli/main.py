@@ -205,6 +205,27 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def _draw(args, path: Path, header, decoded_image, det) -> None:
+    """Boxes on the decoded image (image codecs), else on the original from --images, else on a grey canvas."""
+    import io
+
+    import numpy as np
+
+    from mutualfc.eval.coco import IMAGE_SUFFIXES, load_image
+    from mutualfc.eval.draw import draw_detections
+    from mutualfc.io import atomic_write_bytes
+
+    canvas = decoded_image
+    if canvas is None and args.images:
+        found = [f for f in Path(args.images).glob(path.stem + ".*") if f.suffix.lower() in IMAGE_SUFFIXES]
+        canvas = load_image(found[0]) if found else None
+    if canvas is None:
+        canvas = np.full((header.height, header.width, 3), 114, np.uint8)
+    buf = io.BytesIO()
+    draw_detections(canvas, det, args.min_score).save(buf, format="PNG")
+    atomic_write_bytes(Path(args.draw) / f"{path.stem}.png", buf.getvalue())
+
+
 def cmd_decode(args) -> int:
     from mutualfc import bitstream
     from mutualfc.codecs import _registry, create_codec
@@ -232,6 +253,8 @@ def cmd_decode(args) -> int:
         except BitstreamError as e:
             raise BitstreamError(f"{p}: {e}") from None
         det = task.back(y) if codec.domain == "features" else task.detect(y)
+        if args.draw:
+            _draw(args, p, header, y if codec.domain == "image" else None, det)
         image_id = int(p.stem) if p.stem.isdigit() else len(results)
         results += det.to_coco(image_id)
         if args.features and codec.domain == "features":
@@ -338,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help=".mfc bitstream files")
     p.add_argument("--detections", help="write detections here (COCO results; image_id from the file name)")
     p.add_argument("--features", help="write decoded feature levels here as .npz (feature codecs)")
+    p.add_argument("--draw", help="write a PNG per file with the detected boxes drawn here")
+    p.add_argument("--images", help="with --draw: folder of the originals to draw on (feature codecs; matched by name)")
+    p.add_argument("--min-score", type=float, default=0.25, help="with --draw: lowest score drawn (default: 0.25)")
     _add_codec_options(p)
     p.set_defaults(func=cmd_decode)
 
