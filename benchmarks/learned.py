@@ -24,6 +24,7 @@ from mutualfc.io import atomic_write_text, read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["mutual=mutual", "separate=separate"]
 REFERENCES = ("hevc-feature", "hevc-image", "separate")
+ABLATION_REFERENCE = "abl-ref"
 
 
 def main() -> int:
@@ -61,21 +62,23 @@ def main() -> int:
 def report(jsonl: Path, anchors: Path, out: Path) -> None:
     learned = read_jsonl(jsonl)
     records = learned + (read_jsonl(anchors) if anchors.is_file() else [])
-    base = [r for r in records if r["codec"] == "none"][-1]
+    nones = [r for r in records if r["codec"] == "none" and r["n_images"] == learned[0]["n_images"]]
+    base = nones[-1] if nones else {"map": float("nan"), "n_images": learned[0]["n_images"]}
     keep = {"none", "hevc-feature", "hevc-image", "webp", "jpeg"}
     shown = [r for r in records if r["codec"] in keep or r in learned]
     plot_rd(shown, out / "rd_all.png", title="YOLOv5n split at P3/P4/P5, COCO val (212 images)")
     labels = list(dict.fromkeys(r["codec"] for r in learned))
     codecs = {r["codec"] for r in records}
+    refs = (ABLATION_REFERENCE,) if ABLATION_REFERENCE in codecs else REFERENCES
     head = "| codec | points | bpp range | mAP range (% of uncompressed) | " + " | ".join(
-        f"BD-rate vs {c}" for c in REFERENCES
+        f"BD-rate vs {c}" for c in refs
     )
-    rows = [head + " |", "|---" * (4 + len(REFERENCES)) + "|"]
+    rows = [head + " |", "|---" * (4 + len(refs)) + "|"]
     bd = {}
     for c in labels:
         pts = [r for r in records if r["codec"] == c]
         cells = []
-        for ref in REFERENCES:
+        for ref in refs:
             if ref == c or ref not in codecs:
                 cells.append("—")
                 continue

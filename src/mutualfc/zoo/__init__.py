@@ -32,8 +32,20 @@ class ZooEntry:
 ZOO: dict[tuple[str, str], ZooEntry] = {
     (e.name, e.task): e
     for e in (
-        ZooEntry("mutual", "yolov5n-coco", "mutual_yolov5n-coco.pt", "", "BFCNet {P4,P5} + MFCNet P3, residual"),
-        ZooEntry("separate", "yolov5n-coco", "separate_yolov5n-coco.pt", "", "one codec per level"),
+        ZooEntry(
+            "mutual",
+            "yolov5n-coco",
+            "mutual_yolov5n-coco.pt",
+            "f15c1d837a30d853b87ba68fec321e702c0a45138ac2c6394d7c33c2ae6ab9e6",
+            "BFCNet {P4,P5} + MFCNet P3, residual",
+        ),
+        ZooEntry(
+            "separate",
+            "yolov5n-coco",
+            "separate_yolov5n-coco.pt",
+            "c8161d8272a3e94e0c23ea6d205e99519183b34ceba3d97405ed5b75e0350ed3",
+            "one codec per level",
+        ),
     )
 }
 
