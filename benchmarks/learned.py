@@ -1,7 +1,7 @@
 """Learned-codec benchmark: mutual and separate-scale codecs (and ablation checkpoints) on COCO val, against the
 anchors in results/anchors.jsonl.
 
-Each run is ``LABEL=CODEC[:CHECKPOINT][:nores]`` (zoo checkpoint when none is given). Results are appended to
+Each run is ``LABEL=CODEC[:CHECKPOINT][:res]`` (zoo checkpoint when none is given). Results are appended to
 results/learned.jsonl (resumable: finished points are skipped); the report writes results/learned.md (BD-rate table),
 results/learned_bdrate.json and results/rd_all.png (all curves).
 
@@ -22,16 +22,16 @@ from mutualfc.eval.plot import plot_rd
 from mutualfc.io import atomic_write_text, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ["mutual=mutual", "separate=separate"]
+RUNS = ["mutual=mutual", "mutual+residual=mutual::res", "separate=separate"]
 REFERENCES = ("hevc-feature", "hevc-image", "separate")
-ABLATION_REFERENCE = "abl-ref"
+ABLATION_REFERENCES = ("abl-ref", "abl-separate")  # used when the results hold ablation runs
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
-    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated LABEL=CODEC[:CHECKPOINT][:nores]")
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated LABEL=CODEC[:CHECKPOINT][:res]")
     ap.add_argument("--param", default="0,1,2,3,4,5,6,7", help="qualities (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="first N images only")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the tables and plot")
@@ -46,10 +46,10 @@ def main() -> int:
             cmd = [sys.executable, "-m", "mutualfc.cli.main", "eval", "--codec", parts[0], "--label", label,
                    "--param", args.param, "--images", str(data / "images"), "--annotations",
                    str(data / "instances.json"), "--out", str(jsonl), "--skip-existing"]  # fmt: skip
-            if len(parts) > 1 and parts[1] and parts[1] != "nores":
+            if len(parts) > 1 and parts[1] and parts[1] != "res":
                 cmd += ["--checkpoint", parts[1]]
-            if "nores" in parts[1:]:
-                cmd.append("--no-residual")
+            if "res" in parts[1:]:
+                cmd.append("--residual")
             if args.limit:
                 cmd += ["--limit", str(args.limit)]
             print("$", " ".join(cmd), flush=True)
@@ -60,16 +60,18 @@ def main() -> int:
 
 
 def report(jsonl: Path, anchors: Path, out: Path) -> None:
-    learned = read_jsonl(jsonl)
-    records = learned + (read_jsonl(anchors) if anchors.is_file() else [])
-    nones = [r for r in records if r["codec"] == "none" and r["n_images"] == learned[0]["n_images"]]
-    base = nones[-1] if nones else {"map": float("nan"), "n_images": learned[0]["n_images"]}
+    own = read_jsonl(jsonl)
+    learned = [r for r in own if r["codec"] != "none"]
+    records = own + (read_jsonl(anchors) if anchors.is_file() else [])
+    n = learned[0]["n_images"]
+    nones = [r for r in records if r["codec"] == "none" and r["n_images"] == n]
+    base = nones[-1] if nones else {"map": float("nan"), "n_images": n}
     keep = {"none", "hevc-feature", "hevc-image", "webp", "jpeg"}
-    shown = [r for r in records if r["codec"] in keep or r in learned]
-    plot_rd(shown, out / "rd_all.png", title="YOLOv5n split at P3/P4/P5, COCO val (212 images)")
+    shown = [r for r in records if (r["codec"] in keep or r in learned) and r["n_images"] == n]
+    plot_rd(shown, out / "rd_all.png", title=f"YOLOv5n split at P3/P4/P5, COCO val ({n} images)")
     labels = list(dict.fromkeys(r["codec"] for r in learned))
     codecs = {r["codec"] for r in records}
-    refs = (ABLATION_REFERENCE,) if ABLATION_REFERENCE in codecs else REFERENCES
+    refs = ABLATION_REFERENCES if ABLATION_REFERENCES[0] in codecs else REFERENCES
     head = "| codec | points | bpp range | mAP range (% of uncompressed) | " + " | ".join(
         f"BD-rate vs {c}" for c in refs
     )

@@ -39,12 +39,14 @@ def features(task, example_images):
     return task.front(example_images[0])
 
 
-def test_container_round_trip_matches_encoder_reconstruction(task, ckpt, features):
-    codec = create_codec("mutual", task, checkpoint=str(ckpt))
+@pytest.mark.parametrize("residual", [False, True])
+def test_container_round_trip_matches_encoder_reconstruction(task, ckpt, features, residual):
+    codec = create_codec("mutual", task, checkpoint=str(ckpt), residual=residual)
     streams, rec = codec.reconstruct(features, 2.25)
     data = codec.encode(features, 2.25)
     header, payload = bitstream.unpack(data)
     assert payload == streams and header.param == 2.25 and header.model_tag == codec.model_tag
+    assert len(streams) == codec.net.latent_streams(codec.net.cfg) + residual  # the residual stream is opt-in
     out = codec.decode(data)
     assert out.geometry == features.geometry
     for k, v in features.levels.items():

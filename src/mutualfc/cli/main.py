@@ -36,7 +36,12 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", help="learned codecs: use this checkpoint instead of the zoo's (mutualfc train export)"
     )
-    p.add_argument("--no-residual", action="store_true", help="mutual codec: leave out the residual stream")
+    p.add_argument(
+        "--residual",
+        action="store_true",
+        help="mutual codec: also code the P3 residual stream (off by default: with the shipped model it costs more "
+        "bits than it saves, see the README's ablation)",
+    )
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")
     p.add_argument("--vvc-config", help="VTM encoder config file (e.g. cfg/encoder_intra_vtm.cfg); VTM only")
@@ -48,7 +53,7 @@ def _codec_options(args) -> dict:
         "vvc_encoder": args.vvc_encoder,
         "vvc_config": args.vvc_config,
         "checkpoint": args.checkpoint,
-        "residual": False if getattr(args, "no_residual", False) else None,
+        "residual": True if getattr(args, "residual", False) else None,
     }
 
 

@@ -23,7 +23,7 @@ class LearnedFeatureCodec(Codec):
     param_name = "quality"
     default_params: ClassVar[tuple[float, ...]] = (0, 1, 2, 3, 4, 5, 6, 7)
 
-    def __init__(self, task=None, checkpoint: str | None = None, residual: bool = True):
+    def __init__(self, task=None, checkpoint: str | None = None, residual: bool = False):
         super().__init__(task)
         from mutualfc.zoo import load_model
 
@@ -99,7 +99,8 @@ class LearnedFeatureCodec(Codec):
 
 
 class MutualCodec(LearnedFeatureCodec):
-    """Learnt mutual feature codec: BFCNet codes {P4,P5}, MFCNet predicts P3 (+ residual stream)."""
+    """Learnt mutual feature codec: BFCNet codes {P4,P5}, MFCNet predicts P3; the P3 residual stream is optional
+    (``residual=True``) and off by default, because with the shipped model it costs more bits than it gains."""
 
     name = "mutual"
     codec_id = 16

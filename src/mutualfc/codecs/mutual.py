@@ -15,21 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.latent_codecs import (
-    ChannelGroupsLatentCodec,
-    CheckerboardLatentCodec,
-    GaussianConditionalLatentCodec,
-    HyperLatentCodec,
-    HyperpriorLatentCodec,
-)
-from compressai.layers import CheckerboardMaskedConv2d
 from torch import nn
+
+with warnings.catch_warnings():
+    # CompressAI's package import pulls in torch_geometric, which calls the deprecated torch.jit.script at import
+    # time; the warning says nothing about mutualfc, so it is kept off the user's terminal.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.latent_codecs import (
+        ChannelGroupsLatentCodec,
+        CheckerboardLatentCodec,
+        GaussianConditionalLatentCodec,
+        HyperLatentCodec,
+        HyperpriorLatentCodec,
+    )
+    from compressai.layers import CheckerboardMaskedConv2d
 
 
 @dataclass
