@@ -37,7 +37,7 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "yolov5n-coco",
             "mutual_yolov5n-coco.pt",
             "f15c1d837a30d853b87ba68fec321e702c0a45138ac2c6394d7c33c2ae6ab9e6",
-            "BFCNet {P4,P5} + MFCNet P3, residual",
+            "BFCNet {P4,P5} + MFCNet P3 (+ opt-in P3 residual coder)",
         ),
         ZooEntry(
             "separate",
