@@ -1,9 +1,9 @@
 """Learned-codec benchmark: mutual and separate-scale codecs (and ablation checkpoints) on COCO val, against the
 anchors in results/anchors.jsonl.
 
-Each run is ``LABEL=CODEC[:CHECKPOINT][:res]`` (zoo checkpoint when none is given). Results are appended to
-results/learned.jsonl (resumable: finished points are skipped); the report writes results/learned.md (BD-rate table),
-results/learned_bdrate.json and results/rd_all.png (all curves).
+Each run is ``LABEL=CODEC[:CHECKPOINT][:RESIDUAL]`` (zoo checkpoint when none is given; RESIDUAL is auto, on or
+off). Results are appended to results/learned.jsonl (resumable: finished points are skipped); the report writes
+results/learned.md (BD-rate table), results/learned_bdrate.json and results/rd_all.png (all curves).
 
     python benchmarks/learned.py --data ../shared/data/coco-val212
     python benchmarks/learned.py --runs p5base=mutual:runs/p5/export.pt --param 0,2,4,6,7
@@ -22,7 +22,7 @@ from mutualfc.eval.plot import plot_rd
 from mutualfc.io import atomic_write_text, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ["mutual=mutual", "mutual+residual=mutual::res", "separate=separate"]
+RUNS = ["mutual=mutual", "separate=separate"]
 REFERENCES = ("hevc-feature", "hevc-image", "separate")
 ABLATION_REFERENCES = ("abl-ref", "abl-separate")  # used when the results hold ablation runs
 
@@ -31,7 +31,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
-    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated LABEL=CODEC[:CHECKPOINT][:res]")
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated LABEL=CODEC[:CHECKPOINT][:auto|on|off]")
     ap.add_argument("--param", default="0,1,2,3,4,5,6,7", help="qualities (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="first N images only")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the tables and plot")
@@ -46,10 +46,12 @@ def main() -> int:
             cmd = [sys.executable, "-m", "mutualfc.cli.main", "eval", "--codec", parts[0], "--label", label,
                    "--param", args.param, "--images", str(data / "images"), "--annotations",
                    str(data / "instances.json"), "--out", str(jsonl), "--skip-existing"]  # fmt: skip
-            if len(parts) > 1 and parts[1] and parts[1] != "res":
+            modes = {"res": "on", "on": "on", "off": "off", "auto": "auto"}
+            if len(parts) > 1 and parts[1] and parts[1] not in modes:
                 cmd += ["--checkpoint", parts[1]]
-            if "res" in parts[1:]:
-                cmd.append("--residual")
+            for p in parts[1:]:
+                if p in modes:
+                    cmd += ["--residual", modes[p]]
             if args.limit:
                 cmd += ["--limit", str(args.limit)]
             print("$", " ".join(cmd), flush=True)

@@ -13,15 +13,15 @@ from mutualfc.codecs import create_codec
 from mutualfc.codecs.mutual import MutualConfig, build_network, export_state
 from mutualfc.errors import BitstreamError, MutualFCError
 from tests.conftest import need_shared_weights
-from tests.test_mutual_model import SMALL, _levels
+from tests.test_mutual_model import SMALL, _init, _levels
 
 
-def _write_checkpoint(path, arch="mutual", task="yolov5n-coco", **kw):
+def _write_checkpoint(path, arch="mutual", task="yolov5n-coco", train_cfg=None, **kw):
     torch.manual_seed(0)
     cfg = MutualConfig(arch=arch, **(SMALL | kw))
     net = build_network(cfg)
-    net.init_from_data(_levels(9, 8, 8, n=4))
-    meta = {"name": path.stem, "task": task, "model_cfg": cfg.to_dict(), "train_cfg": {}, "step": 0}
+    _init(net, _levels(9, 8, 8, n=4))
+    meta = {"name": path.stem, "task": task, "model_cfg": cfg.to_dict(), "train_cfg": train_cfg or {}, "step": 0}
     buf = io.BytesIO()
     torch.save({"meta": meta, "model": export_state(net.eval())}, buf)
     path.write_bytes(buf.getvalue())
@@ -46,12 +46,27 @@ def test_container_round_trip_matches_encoder_reconstruction(task, ckpt, feature
     data = codec.encode(features, 2.25)
     header, payload = bitstream.unpack(data)
     assert payload == streams and header.param == 2.25 and header.model_tag == codec.model_tag
-    assert len(streams) == codec.net.latent_streams(codec.net.cfg) + residual  # the residual stream is opt-in
+    assert len(streams) == codec.net.latent_streams(codec.net.cfg) + residual  # forced on or off
     out = codec.decode(data)
     assert out.geometry == features.geometry
     for k, v in features.levels.items():
         assert out.levels[k].shape == v.shape
         assert torch.equal(out.levels[k], rec.levels[k])
+
+
+@pytest.mark.parametrize("lam", [1e-9, 1e12])
+def test_auto_residual_follows_the_trained_lambda(task, features, tmp_path, lam):
+    """``residual="auto"`` weighs the residual's bits against the error it removes with the checkpoint's lambda: a
+    lambda near zero never sends it, a huge one always does; either way the decoder follows the file."""
+    ck = _write_checkpoint(tmp_path / "lam.pt", train_cfg={"lambda_min": lam, "lambda_max": lam})
+    codec = create_codec("mutual", task, checkpoint=str(ck))
+    assert codec.residual == "auto" and codec.rd_lambda(1.5) == pytest.approx(lam)
+    streams, rec = codec.reconstruct(features, 1.5)
+    assert len(streams) == codec.net.latent_streams(codec.net.cfg) + (lam > 1)
+    out = codec.decode(codec.encode(features, 1.5))
+    assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
+    with pytest.raises(MutualFCError, match="residual must be"):
+        create_codec("mutual", task, checkpoint=str(ck), residual="sometimes")
 
 
 def test_decoding_in_another_process_is_bit_identical(task, ckpt, features, tmp_path):

@@ -36,7 +36,7 @@ def test_train_resume_and_export(task, cache, tmp_path, features=None):
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
-    assert all(float(r["bpp"]) > 0 and float(r["mse"]) > 0 for r in rows)
+    assert all(float(r["bpp"]) > 0 and float(r["mse"]) > 0 and float(r["task"]) > 0 for r in rows)  # task term on
     meta = export_checkpoint(run, tmp_path / "tiny.pt", "tiny")
     assert meta["task"] == "yolov5n-coco" and meta["step"] == 3
     codec = create_codec("mutual", task, checkpoint=str(tmp_path / "tiny.pt"))

@@ -38,9 +38,9 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--residual",
-        action="store_true",
-        help="mutual codec: also code the P3 residual stream (off by default: with the shipped model it costs more "
-        "bits than it saves, see the README's ablation)",
+        choices=["auto", "on", "off"],
+        help="mutual codec: the P3 residual stream; 'auto' (default) sends it for an image only when its bits buy "
+        "more accuracy than the rate-distortion trade-off the model was trained for, 'on'/'off' force it",
     )
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")
@@ -53,7 +53,7 @@ def _codec_options(args) -> dict:
         "vvc_encoder": args.vvc_encoder,
         "vvc_config": args.vvc_config,
         "checkpoint": args.checkpoint,
-        "residual": True if getattr(args, "residual", False) else None,
+        "residual": getattr(args, "residual", None),
     }
 
 
@@ -299,6 +299,7 @@ def cmd_train_run(args) -> int:
         model["base"] = [x.strip() for x in args.base.split(",")]
     if args.residual is not None:
         model["residual"] = args.residual
+    model["metric"] = args.metric
     cfg = TrainConfig(cache=args.cache, task=args.task, model=model, steps=args.steps, batch=args.batch, crop=args.crop,
                       lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
                       seed=args.seed, snapshot_every=args.snapshot_every)  # fmt: skip
@@ -405,9 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch", type=int, default=8, help="crops per step and process (default: %(default)s)")
     q.add_argument("--crop", type=int, default=8, help="crop size at the coarsest level (default: %(default)s)")
     q.add_argument("--lr", type=float, default=1e-3, help="initial learning rate, cosine decay (default: %(default)s)")
-    q.add_argument("--lambda-min", type=float, default=1.0, help="lambda of quality 0 (default: %(default)s)")
-    q.add_argument("--lambda-max", type=float, default=32768.0, help="lambda of the top quality (default: %(default)s)")
-    q.add_argument("--task-weight", type=float, default=300.0, help="task-aware term weight, 0 = off (default: 300)")
+    q.add_argument("--lambda-min", type=float, default=9.0, help="lambda of quality 0 (default: %(default)s)")
+    q.add_argument("--lambda-max", type=float, default=9000.0, help="lambda of the top quality (default: %(default)s)")
+    q.add_argument("--task-weight", type=float, default=1.0,
+                   help="weight of the task-aware term (the weighted change of the detection head's outputs, in the "
+                   "task metric's units), 0 = off (default: %(default)s)")  # fmt: skip
+    q.add_argument("--metric", choices=["task", "std"], default="task",
+                   help="feature space of the codec: 'task' whitens each level by the detector's sensitivity, 'std' "
+                   "only scales it by its standard deviation (default: %(default)s)")  # fmt: skip
     q.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     q.add_argument("--snapshot-every", type=int, default=0, help="keep stepN.pt every N steps (default: never)")
     q.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")

@@ -17,13 +17,15 @@ from mutualfc.codecs.base import Codec
 from mutualfc.errors import BitstreamError, MutualFCError
 from mutualfc.tasks.base import FeatureSet
 
+RESIDUAL_MODES = ("auto", "on", "off")
+
 
 class LearnedFeatureCodec(Codec):
     domain = "features"
     param_name = "quality"
     default_params: ClassVar[tuple[float, ...]] = (0, 1, 2, 3, 4, 5, 6, 7)
 
-    def __init__(self, task=None, checkpoint: str | None = None, residual: bool = False):
+    def __init__(self, task=None, checkpoint: str | None = None, residual: bool | str = "auto"):
         super().__init__(task)
         from mutualfc.zoo import load_model
 
@@ -31,6 +33,9 @@ class LearnedFeatureCodec(Codec):
             raise MutualFCError(f"the {self.name} codec needs a task network")
         self.model = load_model(self.name, task.name, checkpoint)
         self.net = self.model.net
+        residual = {True: "on", False: "off"}.get(residual, residual)
+        if residual not in RESIDUAL_MODES:
+            raise MutualFCError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, got {residual!r}")
         self.residual = residual
         q = self.net.cfg.qualities - 1
         self.default_params = tuple(float(x) for x in range(q + 1))
@@ -49,15 +54,27 @@ class LearnedFeatureCodec(Codec):
             raise MutualFCError(f"{self.name} quality must be in 0..{top}, got {q:g}")
         return q
 
-    def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
+    def rd_lambda(self, quality: float) -> float | None:
+        """The Lagrange multiplier the checkpoint was trained with at ``quality`` (geometric between qualities);
+        None when the checkpoint does not record it or measured distortion in another space."""
+        tc = self.model.meta.get("train_cfg") or {}
+        lo, hi = tc.get("lambda_min"), tc.get("lambda_max")
+        if lo is None or hi is None or self.net.cfg.metric != "task":
+            return None
+        return float(lo) * (float(hi) / float(lo)) ** (quality / max(self.net.cfg.qualities - 1, 1))
+
+    def _compress(self, x: FeatureSet, param: float) -> tuple[list[bytes], dict]:
         q = self._check_quality(float(np.float16(param)))  # the decoder only sees the float16 value
-        strings, _ = self.net.compress(x.levels, q, residual=self.residual)
-        return strings
+        lam = self.rd_lambda(q) if self.residual == "auto" else None
+        use = self.residual == "on" or (self.residual == "auto" and lam is not None)
+        return self.net.compress(x.levels, q, residual=use, rd_lambda=lam)
+
+    def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
+        return self._compress(x, param)[0]
 
     def reconstruct(self, x: FeatureSet, param: float) -> tuple[list[bytes], FeatureSet]:
         """Encode and return the encoder's own reconstruction (identical to what ``decode`` yields)."""
-        q = self._check_quality(float(np.float16(param)))
-        strings, meta = self.net.compress(x.levels, q, residual=self.residual)
+        strings, meta = self._compress(x, param)
         return strings, FeatureSet(meta["levels"], x.geometry)
 
     def decode_streams(self, header: bitstream.Header, streams: list[bytes]) -> FeatureSet:
@@ -99,8 +116,9 @@ class LearnedFeatureCodec(Codec):
 
 
 class MutualCodec(LearnedFeatureCodec):
-    """Learnt mutual feature codec: BFCNet codes {P4,P5}, MFCNet predicts P3; the P3 residual stream is optional
-    (``residual=True``) and off by default, because with the shipped model it costs more bits than it gains."""
+    """Learnt mutual feature codec: BFCNet codes {P4,P5}, MFCNet predicts P3. The P3 residual stream is, by default
+    (``residual="auto"``), sent for an image only when it pays in rate-distortion terms (the encoder measures both
+    options with the checkpoint's training lambda); ``"on"``/``"off"`` force it."""
 
     name = "mutual"
     codec_id = 16

@@ -38,6 +38,10 @@ with warnings.catch_warnings():
     from compressai.layers import CheckerboardMaskedConv2d
 
 
+_PRE_METRIC_FIELDS = {"arch", "levels", "channels", "base", "width", "min_width", "latent", "hyper", "groups",
+                      "residual", "qualities", "init_samples"}  # fmt: skip
+
+
 @dataclass
 class MutualConfig:
     """Configuration as data (stored in every checkpoint)."""
@@ -53,7 +57,14 @@ class MutualConfig:
     groups: tuple[int, ...] = (1, 1, 2, 4, 16)  # relative sizes of the latent's channel groups (context order)
     residual: int = 64  # channels of the finest level's residual latent; 0 = no residual stream
     qualities: int = 8
+    gains: tuple[float, float] = (1.0, 32.0)  # initial latent gains of the lowest and the highest quality
     init_samples: int = 20000  # positions used for the closed-form (PCA / least-squares) initialisation
+    # Feature space the transforms work in: "task" whitens each level with the square root of the detector's
+    # sensitivity (task network's ``level_sensitivity``), so squared error there approximates the change in the
+    # detections; "std" only divides each level by its standard deviation (checkpoints before the task metric).
+    metric: str = "task"
+    metric_eps: float = 1e-5  # floor of the sensitivity's eigenvalues, relative to the largest (keeps it invertible)
+    metric_scale: float = 50.0  # brings the whitened features to a range where quantisation steps of 1 are coarse
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +73,8 @@ class MutualConfig:
     def from_dict(cls, d: dict) -> MutualConfig:
         known = {f.name for f in fields(cls)}
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        if "metric" not in d and _PRE_METRIC_FIELDS <= d.keys():  # a complete config from before the task metric
+            d |= {"metric": "std", "gains": (0.25, 16.0)}
         return cls(**d)
 
     def latent_groups(self, packed: int) -> tuple[int, tuple[int, ...]]:
@@ -137,7 +150,7 @@ def _hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> Hyperpri
 class GainUnit(nn.Module):
     """Per-quality channel gains (variable rate in one model); fractional qualities interpolate log-linearly."""
 
-    def __init__(self, qualities: int, ch: int, lo: float = 0.25, hi: float = 16.0):
+    def __init__(self, qualities: int, ch: int, lo: float = 1.0, hi: float = 32.0):
         super().__init__()
         # geometric initial gains: latents start well above the quantisation step, so information flows at once
         g = lo * (hi / lo) ** (torch.arange(qualities, dtype=torch.float32) / max(qualities - 1, 1))
@@ -185,25 +198,42 @@ def _set_linear(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> No
 
 
 class LevelPacker(nn.Module):
-    """Brings pyramid levels to the coarsest resolution without losing anything (space-to-depth) and back, and
-    normalises them (per-channel mean, per-level scale; set from data by ``init_from_data``)."""
+    """Brings pyramid levels into the codec's feature space and back: per-channel mean removed, then the metric
+    (``cfg.metric``: the detector's sensitivity whitening, or a per-level scale; set from data by ``set_stats``),
+    then the coarsest resolution by lossless space-to-depth."""
 
     def __init__(self, cfg: MutualConfig, names: tuple[str, ...]):
         super().__init__()
         ch = dict(zip(cfg.levels, cfg.channels, strict=True))
         top = len(cfg.levels) - 1
-        self.names = names
+        self.names, self.metric = names, cfg.metric
+        self.eps, self.scale = cfg.metric_eps, cfg.metric_scale
+        if self.metric not in ("task", "std"):
+            raise ValueError(f"unknown feature metric {self.metric!r}")
         self.factor = {k: 2 ** (top - cfg.levels.index(k)) for k in names}
         self.ch = {k: ch[k] * self.factor[k] ** 2 for k in names}
         self.channels = sum(self.ch.values())
         for k in names:
             self.register_buffer(f"mean_{k}", torch.zeros(1, ch[k], 1, 1))
-            self.register_buffer(f"std_{k}", torch.ones(()))
+            if self.metric == "task":
+                self.register_buffer(f"proj_{k}", torch.eye(ch[k]).view(ch[k], ch[k], 1, 1))
+                self.register_buffer(f"unproj_{k}", torch.eye(ch[k]).view(ch[k], ch[k], 1, 1))
+            else:
+                self.register_buffer(f"std_{k}", torch.ones(()))
+
+    def normalize(self, k: str, x: torch.Tensor) -> torch.Tensor:
+        """Feature units -> the codec's feature space (one level, its own resolution)."""
+        x = x - getattr(self, f"mean_{k}")
+        return F.conv2d(x, getattr(self, f"proj_{k}")) if self.metric == "task" else x / getattr(self, f"std_{k}")
+
+    def to_features(self, k: str, x: torch.Tensor) -> torch.Tensor:
+        """A difference in the codec's feature space -> feature units (no mean)."""
+        return F.conv2d(x, getattr(self, f"unproj_{k}")) if self.metric == "task" else x * getattr(self, f"std_{k}")
 
     def pack(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         for k in self.names:
-            x = (levels[k] - getattr(self, f"mean_{k}")) / getattr(self, f"std_{k}")
+            x = self.normalize(k, levels[k])
             parts.append(F.pixel_unshuffle(x, self.factor[k]) if self.factor[k] > 1 else x)
         return torch.cat(parts, 1)
 
@@ -211,14 +241,26 @@ class LevelPacker(nn.Module):
         out = {}
         for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 1), strict=True):
             x = F.pixel_shuffle(part, self.factor[k]) if self.factor[k] > 1 else part
-            out[k] = x * getattr(self, f"std_{k}") + getattr(self, f"mean_{k}")
+            out[k] = self.to_features(k, x) + getattr(self, f"mean_{k}")
         return out
 
-    def set_stats(self, levels: dict[str, torch.Tensor]) -> None:
+    def set_stats(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor] | None = None) -> None:
+        if self.metric == "task" and sensitivity is None:
+            raise ValueError("the task metric needs the task network's level_sensitivity()")
         for k in self.names:
             x = levels[k].double()
-            getattr(self, f"mean_{k}").copy_(x.mean((0, 2, 3), keepdim=True).float())
-            getattr(self, f"std_{k}").copy_((x - x.mean((0, 2, 3), keepdim=True)).std().float())
+            mean = x.mean((0, 2, 3), keepdim=True)
+            getattr(self, f"mean_{k}").copy_(mean.float())
+            if self.metric == "std":
+                getattr(self, f"std_{k}").copy_((x - mean).std().float())
+                continue
+            e, v = torch.linalg.eigh(sensitivity[k].double().cpu())
+            e = e.clamp_min(0) + self.eps * e.max().clamp_min(1e-30)
+            c = e.numel()
+            proj = self.scale * (v * e.sqrt()) @ v.T
+            unproj = (v / e.sqrt()) @ v.T / self.scale
+            getattr(self, f"proj_{k}").copy_(proj.float().view(c, c, 1, 1))
+            getattr(self, f"unproj_{k}").copy_(unproj.float().view(c, c, 1, 1))
 
 
 class BFCNet(nn.Module):
@@ -238,7 +280,7 @@ class BFCNet(nn.Module):
         self.g_s = nn.Sequential(_conv(m, n, 1), ResBlock(n), ResBlock(n))
         self.out_s = _zero_init(_conv(n, c, 1))
         self.latent_codec = _hyperprior_codec(m, cfg.hyper, self.groups)
-        self.gain = GainUnit(cfg.qualities, m)
+        self.gain = GainUnit(cfg.qualities, m, *cfg.gains)
 
     def analysis(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
         u = self.pack.pack(levels)
@@ -249,9 +291,11 @@ class BFCNet(nn.Module):
         shared = self.g_s(y_hat)
         return shared, self.lin_s(y_hat) + self.out_s(shared)
 
-    def init_from_data(self, levels: dict[str, torch.Tensor], samples: int) -> torch.Tensor:
+    def init_from_data(
+        self, levels: dict[str, torch.Tensor], samples: int, sensitivity: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """PCA of the packed base; returns the packed base as reconstructed from the principal components."""
-        self.pack.set_stats(levels)
+        self.pack.set_stats(levels, sensitivity)
         u = self.pack.pack(levels)
         x = _flat(u, samples)
         mu, v = _pca(x, self.lin_a.out_channels)
@@ -268,9 +312,8 @@ class MFCNet(nn.Module):
     def __init__(self, cfg: MutualConfig, base: tuple[str, ...], targets: tuple[str, ...]):
         super().__init__()
         ch = dict(zip(cfg.levels, cfg.channels, strict=True))
-        self.base_pack = LevelPacker(cfg, base)
         self.pack = LevelPacker(cfg, targets)
-        self.lin = _conv(self.base_pack.channels, self.pack.channels, 1)
+        self.lin = _conv(LevelPacker(cfg, base).channels, self.pack.channels, 1)
         finest = min(cfg.levels.index(k) for k in targets)
         self.order = list(reversed(cfg.levels[finest:]))[1:]  # coarse -> fine below the coarsest level
         self.ups = nn.ModuleDict(
@@ -286,11 +329,13 @@ class MFCNet(nn.Module):
         for k in self.order:
             h = self.ups[k](h)
             if k in self.heads:
-                out[k] = lin[k] + self.heads[k](h) * getattr(self.pack, f"std_{k}")
+                out[k] = lin[k] + self.pack.to_features(k, self.heads[k](h))
         return out
 
-    def init_from_data(self, levels: dict[str, torch.Tensor], base_rec: torch.Tensor, samples: int) -> None:
-        self.pack.set_stats(levels)
+    def init_from_data(
+        self, levels: dict[str, torch.Tensor], base_rec: torch.Tensor, samples: int, sensitivity: dict | None = None
+    ) -> None:
+        self.pack.set_stats(levels, sensitivity)
         t = _flat(self.pack.pack(levels), samples, seed=1)
         b = _flat(base_rec, samples, seed=1)
         b1 = torch.cat([b, torch.ones_like(b[:, :1])], 1)
@@ -316,7 +361,7 @@ class ResidualCoder(nn.Module):
         self.g_s = nn.Sequential(_conv(r + n, n, 1), ResBlock(n), _zero_init(_conv(n, c, 1)))
         ep = nn.Sequential(_conv(n, 96, 1), nn.GELU(), _conv(96, 96, 3), nn.GELU(), _conv(96, 2 * r, 1))
         self.codec = GaussianConditionalLatentCodec(quantizer="ste", entropy_parameters=ep)
-        self.gain = GainUnit(cfg.qualities, r)
+        self.gain = GainUnit(cfg.qualities, r, *cfg.gains)
 
     def analysis(self, d: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         return self.lin_a(d) + self.g_a(torch.cat([d, shared], 1))
@@ -416,16 +461,23 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         self.res = ResidualCoder(cfg, self.finest) if cfg.residual and self.finest in self.targets else None
 
     @torch.no_grad()
-    def init_from_data(self, levels: dict[str, torch.Tensor]) -> None:
-        """Closed-form start (PCA transforms, least-squares prediction) from a batch of training crops."""
+    def init_from_data(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor] | None = None):
+        """Closed-form start (metric, PCA transforms, least-squares prediction) from a batch of training crops;
+        ``sensitivity`` is the task network's ``level_sensitivity`` (needed by the task metric)."""
         levels, _ = _pad_levels(self.cfg, levels, self.pad_multiple)
-        base_rec = self.bfc.init_from_data({k: levels[k] for k in self.cfg.base}, self.cfg.init_samples)
-        self.mfc.init_from_data({k: levels[k] for k in self.targets}, base_rec, self.cfg.init_samples)
+        n = self.cfg.init_samples
+        base_rec = self.bfc.init_from_data({k: levels[k] for k in self.cfg.base}, n, sensitivity)
+        self.mfc.init_from_data({k: levels[k] for k in self.targets}, base_rec, n, sensitivity)
         if self.res is not None:
-            self.res.pack.set_stats({self.finest: levels[self.finest]})
+            self.res.pack.set_stats({self.finest: levels[self.finest]}, sensitivity)
             pred = self.mfc.pack.unpack(self.mfc.lin(base_rec))[self.finest]  # linear part of the prediction
             d = self.res.pack.pack({self.finest: levels[self.finest]}) - self.res.pack.pack({self.finest: pred})
             self.res.init_from_data(d, self.cfg.init_samples)
+
+    def normalized(self, levels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Levels in the codec's feature space (where training measures distortion)."""
+        packers = {k: self.bfc.pack for k in self.cfg.base} | {k: self.mfc.pack for k in self.targets}
+        return {k: packers[k].normalize(k, x) for k, x in levels.items()}
 
     def _decode(self, y_hat: torch.Tensor, residual_fn=None) -> tuple[dict, dict]:
         """-> (levels with the residual applied, prediction-only levels)."""
@@ -461,10 +513,15 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
     @torch.inference_mode()
     @reproducible_threads()
     def compress(
-        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True
+        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True, rd_lambda: float | None = None
     ) -> tuple[list[bytes], dict]:
         """-> byte strings (latent streams, then the residual stream if used) and what decoding needs besides
-        them: the coarsest level's size; also the encoder's own reconstruction under ``"levels"``."""
+        them: the coarsest level's size; also the encoder's own reconstruction under ``"levels"`` and whether the
+        residual stream was sent under ``"residual"``.
+
+        With ``rd_lambda`` the residual stream is a rate-distortion decision: it is sent only if its bits cost less
+        than ``rd_lambda`` times the squared error it removes (in the codec's feature space, per pixel: the units
+        training used)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
         strings, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality)
 
@@ -475,8 +532,18 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
             strings.append(rc["strings"][0][0])
             return self.res.synthesis(rc["y_hat"] * rinv, shared)
 
-        rec, _ = self._decode(y_hat, code_residual if residual and self.res is not None else None)
-        return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size)}
+        use = residual and self.res is not None
+        rec, pred = self._decode(y_hat, code_residual if use else None)
+        rec, pred = _crop_levels(self.cfg, rec, size), _crop_levels(self.cfg, pred, size)
+        if use and rd_lambda is not None:
+            ref = self.normalized(levels)
+            k = self.finest
+            gain = float((self.normalized({k: pred[k]})[k] - ref[k]).pow(2).sum()
+                         - (self.normalized({k: rec[k]})[k] - ref[k]).pow(2).sum())  # fmt: skip
+            if 8 * len(strings[-1]) >= rd_lambda * gain:  # both per pixel in training's loss: pixels cancel
+                strings.pop()
+                rec, use = pred, False
+        return strings, {"size": size, "levels": rec, "residual": use}
 
     @torch.inference_mode()
     @reproducible_threads()
@@ -507,10 +574,14 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
         self.codecs = nn.ModuleDict({k: BFCNet(cfg, (k,)) for k in cfg.levels})
 
     @torch.no_grad()
-    def init_from_data(self, levels: dict[str, torch.Tensor]) -> None:
+    def init_from_data(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor] | None = None):
         levels, _ = _pad_levels(self.cfg, levels, self.pad_multiple)
         for k, bfc in self.codecs.items():
-            bfc.init_from_data({k: levels[k]}, self.cfg.init_samples)
+            bfc.init_from_data({k: levels[k]}, self.cfg.init_samples, sensitivity)
+
+    def normalized(self, levels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Levels in the codec's feature space (where training measures distortion)."""
+        return {k: self.codecs[k].pack.normalize(k, x) for k, x in levels.items()}
 
     def forward(self, levels: dict[str, torch.Tensor], quality: float) -> dict:
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
@@ -526,8 +597,9 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
     @torch.inference_mode()
     @reproducible_threads()
     def compress(
-        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True
+        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True, rd_lambda: float | None = None
     ) -> tuple[list[bytes], dict]:
+        """-> byte strings and the encoder's reconstruction (``residual`` and ``rd_lambda`` have no effect here)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
         strings, rec = [], {}
         for k, bfc in self.codecs.items():
@@ -588,10 +660,12 @@ def _quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Large weights as int8 + per-channel scale, other floats as float16; integer tables as they are."""
+    """Large non-linear weights as int8 + per-channel scale, other floats (the closed-form linear transforms
+    included) as float16; integer tables as they are."""
     out = {}
     for k, v in state.items():
-        if v.is_floating_point() and k.endswith(".weight") and v.dim() >= 2 and v.numel() >= 4096:
+        linear = any(part in {"lin_a", "lin_s", "lin"} for part in k.split("."))  # near-lossless at the top
+        if v.is_floating_point() and k.endswith(".weight") and v.dim() >= 2 and v.numel() >= 4096 and not linear:
             out[k + _INT8], out[k + _SCALE] = _quantize_weight(v.float())
         elif v.is_floating_point() and not k.endswith("scale_table"):
             out[k] = v.half()
@@ -630,7 +704,7 @@ def _is_table(key: str) -> bool:
 
 def load_packed(net: nn.Module, packed: dict[str, torch.Tensor]) -> None:
     """Load a zoo checkpoint: unpack weights, keep the stored entropy-bottleneck tables, rebuild the Gaussian ones."""
-    state = unpack_state(packed)
+    state = {k: v for k, v in unpack_state(packed).items() if not k.startswith("mfc.base_pack.")}  # unused, legacy
     load_entropy_state(net, state, strict=False)
     missing = [k for k in net.state_dict() if k not in state and not _is_table(k)]
     unexpected = [k for k in state if k not in net.state_dict()]

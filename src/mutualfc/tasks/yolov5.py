@@ -235,3 +235,54 @@ class YOLOv5Detector(nn.Module):
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.back(self.front(image))
+
+    @torch.no_grad()
+    def level_sensitivity(self, levels: dict[str, torch.Tensor], samples: int = 200_000) -> dict[str, torch.Tensor]:
+        """How much a feature error at each level changes the detections, as a (C, C) float64 matrix per level.
+
+        The Detect head is a 1x1 convolution plus sigmoid, so to first order an error ``e`` in one position's feature
+        vector moves the outputs by ``diag(s') W e``. Objectness errors count everywhere; box and class errors count
+        in proportion to objectness squared (they only matter where there is an object). The matrix is that
+        quadratic form averaged over the given positions: a codec that measures distortion as ``e^T S e`` spends
+        its bits where the detector looks (e.g. on low-variance channels that carry objectness)."""
+        out = {}
+        for i, name in enumerate(self.level_names):
+            x = levels[name].double().permute(0, 2, 3, 1).reshape(-1, levels[name].shape[1])
+            if x.shape[0] > samples:
+                x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(i))[:samples]]
+            na, no = self.head.na, self.head.no
+            w = self.head.m[i].weight.double().view(na, no, -1)
+            b = self.head.m[i].bias.double().view(na, no)
+            s = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            for a in range(na):
+                p = torch.sigmoid(x @ w[a].T + b[a])
+                weight = (p * (1 - p)) ** 2 * self.output_weights(p, dim=1)
+                s += w[a].T @ (weight.sum(0)[:, None] * w[a])
+            out[name] = s / max(x.shape[0], 1)
+        return out
+
+    @staticmethod
+    def output_weights(p: torch.Tensor, dim: int) -> torch.Tensor:
+        """Importance of each head output (along ``dim``, 85 = xywh, objectness, 80 classes) given the reference
+        outputs ``p``: objectness 1 everywhere, boxes and classes objectness squared."""
+        obj = p.narrow(dim, 4, 1)
+        w = (obj**2).expand_as(p).clone()
+        w.narrow(dim, 4, 1).fill_(1.0)
+        return w
+
+    def head_outputs(self, levels: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The head's sigmoid outputs per level, (B, anchors, 85, H, W)."""
+        out = []
+        for i, name in enumerate(self.level_names):
+            x = levels[name]
+            out.append(self.head.m[i](x).view(x.shape[0], self.head.na, self.head.no, *x.shape[-2:]).sigmoid())
+        return out
+
+    def head_error(self, levels: dict[str, torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+        """Sum over positions of the weighted squared change of the head's outputs against ``reference``
+        (``head_outputs`` of the original features): the exact quantity ``level_sensitivity`` linearises, so it
+        still sees large errors (e.g. an error that lifts a confidently-background objectness)."""
+        total = 0.0
+        for p, ref in zip(self.head_outputs(levels), reference, strict=True):
+            total = total + (self.output_weights(ref, dim=2) * (p - ref) ** 2).sum()
+        return total

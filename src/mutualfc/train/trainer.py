@@ -1,9 +1,11 @@
 """Training of the learned feature codecs: rate + lambda * distortion on aligned random crops of cached features.
 
-Distortion is a level-weighted, variance-normalised feature MSE, optionally plus a task-aware term (the distance
-between the detection head's outputs on decoded and on original features). One model covers the rate range: every
-step draws a quality index and uses that quality's gains and lambda. The prediction-only reconstruction (no
-residual stream) is trained alongside, so the residual stream stays optional at encode time.
+Distortion is the squared error in the codec's feature space per image pixel. With the task metric (default) that
+space is whitened by the detector's sensitivity, so the error approximates the change in the detection head's outputs
+(objectness everywhere, boxes and classes where there are objects); the task-aware term adds that change computed
+exactly (the linearisation is blind to large errors along directions where the head is saturated). One model covers
+the rate range: every step draws a quality index and uses that quality's gains and lambda. The prediction-only
+reconstruction (no residual) is trained alongside, so the residual stream stays optional at encode time.
 
 Runs on CPU or GPU, resumes from ``last.pt`` in the run directory, logs CSV, and scales out with
 ``torchrun --nproc-per-node N -m mutualfc.cli.main train ...`` (DistributedDataParallel).
@@ -46,10 +48,15 @@ class TrainConfig:
     crop: int = 8  # crop size at the coarsest level (8 -> 256x256 image pixels)
     lr: float = 1e-3
     lr_final: float = 5e-5  # cosine decay to this
-    lambda_min: float = 1.0  # lambda of quality 0; qualities are spaced geometrically up to lambda_max
-    lambda_max: float = 32768.0
-    level_weights: tuple[float, ...] = (0.25, 0.5, 1.0)  # ~1/variance of p3, p4, p5 on coco-train
-    task_weight: float = 300.0  # 0 disables the task-aware term
+    warmup: int = 200  # linear learning-rate warm-up steps (Adam's first steps otherwise kick the non-linear branches)
+    # lambda of quality 0; qualities are spaced geometrically up to lambda_max. For a quantisation step D in the
+    # feature space the rate-distortion optimum is lambda = 6 / (ln 2 * D^2): 9 .. 9000 matches the gains' D = 1 .. 1/32
+    lambda_min: float = 9.0
+    lambda_max: float = 9000.0
+    level_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # multipliers of each level's distortion (p3, p4, p5)
+    # weight of the exact head-output term (what the task metric linearises; it also catches large errors that
+    # the linearisation misses, such as lifting a saturated background objectness); 0 disables it
+    task_weight: float = 1.0
     prediction_weight: float = 0.5  # weight of the prediction-only (no residual) distortion
     freeze_linear: bool = True  # keep the closed-form linear transforms (PCA, least squares) as initialised
     seed: int = 0
@@ -74,19 +81,25 @@ def _collate(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 
 
 class _Loss(nn.Module):
-    def __init__(self, cfg: TrainConfig, task, level_names: tuple[str, ...]):
+    def __init__(self, cfg: TrainConfig, task, level_names: tuple[str, ...], normalized, task_scale: float = 1.0):
         super().__init__()
-        self.cfg, self.levels = cfg, level_names
-        self.head = task.head.m if (task is not None and cfg.task_weight > 0) else None
-        if self.head is not None:
-            for p in self.head.parameters():
+        self.cfg, self.levels, self.normalized, self.task_scale = cfg, level_names, normalized, task_scale
+        self.task = task if (task is not None and cfg.task_weight > 0) else None
+        if self.task is not None:
+            if not hasattr(task, "head_error"):
+                raise MutualFCError(f"{cfg.task} does not provide head_error(); train with --task-weight 0")
+            for p in self.task.parameters():
                 p.requires_grad_(False)
 
-    def distortion(self, rec: dict, ref: dict, head_ref: list | None) -> tuple[torch.Tensor, torch.Tensor]:
-        mse = sum(w * (rec[k] - ref[k]).pow(2).mean() for k, w in zip(self.levels, self.cfg.level_weights, strict=True))
+    def distortion(
+        self, rec: dict, ref: dict, ref_n: dict, head_ref: list | None, pixels: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rec_n = self.normalized(rec)
+        weights = zip(self.levels, self.cfg.level_weights, strict=True)
+        mse = sum(w * (rec_n[k] - ref_n[k]).pow(2).sum() for k, w in weights) / pixels
         task = torch.zeros((), device=mse.device)
-        if self.head is not None:
-            task = sum((self.head[i](rec[k]).sigmoid() - head_ref[i]).pow(2).mean() for i, k in enumerate(self.levels))
+        if self.task is not None:
+            task = self.task.head_error(rec, head_ref) * self.task_scale / pixels
         return mse, task
 
     def forward(self, out: dict, ref: dict, lam: float) -> dict[str, torch.Tensor]:
@@ -95,13 +108,16 @@ class _Loss(nn.Module):
         bits = sum(-torch.log2(v.clamp_min(1e-9)).sum() for v in out["likelihoods"].values())
         bpp = bits / pixels
         head_ref = None
-        if self.head is not None:
-            with torch.no_grad():
-                head_ref = [self.head[i](ref[k]).sigmoid() for i, k in enumerate(self.levels)]
-        mse, task = self.distortion(out["levels"], ref, head_ref)
+        with torch.no_grad():
+            ref_n = self.normalized(ref)
+            if self.task is not None:
+                head_ref = self.task.head_outputs(ref)
+        mse, task = self.distortion(out["levels"], ref, ref_n, head_ref, pixels)
         d = mse + self.cfg.task_weight * task
         pmse, ptask = (
-            self.distortion(out["prediction"], ref, head_ref) if out["prediction"] is not out["levels"] else (mse, task)
+            self.distortion(out["prediction"], ref, ref_n, head_ref, pixels)
+            if out["prediction"] is not out["levels"]
+            else (mse, task)
         )
         d = d + self.cfg.prediction_weight * (pmse + self.cfg.task_weight * ptask)
         return {"loss": bpp + lam * d, "bpp": bpp, "mse": mse, "task": task, "pred_mse": pmse}
@@ -164,7 +180,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
                         num_workers=cfg.workers, collate_fn=_collate)  # fmt: skip
 
     net = build_network(model_cfg).to(device)
-    crit = _Loss(cfg, task, model_cfg.levels).to(device)
+    # the head-output term in the task metric's units (metric_scale^2 x the linearised sensitivity), so weight 1
+    # counts it as much as the metric term
+    task_scale = model_cfg.metric_scale**2 if model_cfg.metric == "task" else 1.0
+    crit = _Loss(cfg, task, model_cfg.levels, net.normalized, task_scale).to(device)
     if cfg.freeze_linear:  # shared by all qualities, the linear paths otherwise drift towards the low-rate end
         for n, p in net.named_parameters():
             if any(part in {"lin_a", "lin_s", "lin"} for part in n.split(".")):
@@ -183,7 +202,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
         data.rng = np.random.default_rng(resume["rng"]["data_seed"] + step + rank)
     else:  # closed-form start (PCA / least squares) from a few hundred crops; DDP then broadcasts rank 0's weights
         crops = _collate([data[i % len(data)] for i in range(256)])
-        net.init_from_data({k: t.to(device) for k, t in zip(model_cfg.levels, crops, strict=True)})
+        levels = {k: t.to(device) for k, t in zip(model_cfg.levels, crops, strict=True)}
+        sensitivity = None
+        if model_cfg.metric == "task":
+            if not hasattr(task, "level_sensitivity"):
+                raise MutualFCError(f"{cfg.task} does not provide level_sensitivity(); train with the 'std' metric")
+            sensitivity = task.level_sensitivity(levels)
+        net.init_from_data(levels, sensitivity)
     model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if distributed else net
     lambdas = cfg.lambdas(model_cfg.qualities)
     qrng = random.Random(cfg.seed * 7919 + step)
@@ -225,6 +250,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
             ref = {k: t.to(device, non_blocking=True) for k, t in zip(model_cfg.levels, batch, strict=True)}
             q = qrng.randrange(model_cfg.qualities)
             lr = cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * step / cfg.steps))
+            lr *= min(1.0, (step + 1) / max(cfg.warmup, 1))
             for g in opt.param_groups:
                 g["lr"] = lr
             out = model(ref, q)

@@ -36,8 +36,8 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "mutual",
             "yolov5n-coco",
             "mutual_yolov5n-coco.pt",
-            "f15c1d837a30d853b87ba68fec321e702c0a45138ac2c6394d7c33c2ae6ab9e6",
-            "BFCNet {P4,P5} + MFCNet P3 (+ opt-in P3 residual coder)",
+            "8eccef4a08c3c3b8174ec92b565d600bb4cbfd994bd9cadeca6023771689333e",
+            "BFCNet {P4,P5} + MFCNet P3 (+ P3 residual stream, sent when it pays), task metric",
         ),
         ZooEntry(
             "separate",
