@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=4000, help="training steps (default: %(default)s)")
     q.add_argument("--batch", type=int, default=8, help="crops per step and process (default: %(default)s)")
     q.add_argument("--crop", type=int, default=8, help="crop size at the coarsest level (default: %(default)s)")
-    q.add_argument("--lr", type=float, default=1e-3, help="initial learning rate, cosine decay (default: %(default)s)")
+    q.add_argument("--lr", type=float, default=2e-4, help="peak learning rate, cosine decay (default: %(default)s)")
     q.add_argument("--lambda-min", type=float, default=9.0, help="lambda of quality 0 (default: %(default)s)")
     q.add_argument("--lambda-max", type=float, default=9000.0, help="lambda of the top quality (default: %(default)s)")
     q.add_argument("--task-weight", type=float, default=1.0,

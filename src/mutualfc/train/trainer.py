@@ -46,7 +46,7 @@ class TrainConfig:
     steps: int = 20000
     batch: int = 8
     crop: int = 8  # crop size at the coarsest level (8 -> 256x256 image pixels)
-    lr: float = 1e-3
+    lr: float = 2e-4  # 1e-3 made the highest qualities diverge for hundreds of steps with the task metric
     lr_final: float = 5e-5  # cosine decay to this
     warmup: int = 200  # linear learning-rate warm-up steps (Adam's first steps otherwise kick the non-linear branches)
     # lambda of quality 0; qualities are spaced geometrically up to lambda_max. For a quantisation step D in the

@@ -43,8 +43,8 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "separate",
             "yolov5n-coco",
             "separate_yolov5n-coco.pt",
-            "c8161d8272a3e94e0c23ea6d205e99519183b34ceba3d97405ed5b75e0350ed3",
-            "one codec per level",
+            "468caaeeaab539dc787ad2bdaa51c01af3465a2735c278e003ec729c8adada9e",
+            "one codec per level, task metric",
         ),
     )
 }
