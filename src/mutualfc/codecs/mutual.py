@@ -536,10 +536,9 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         rec, pred = self._decode(y_hat, code_residual if use else None)
         rec, pred = _crop_levels(self.cfg, rec, size), _crop_levels(self.cfg, pred, size)
         if use and rd_lambda is not None:
-            ref = self.normalized(levels)
-            k = self.finest
-            gain = float((self.normalized({k: pred[k]})[k] - ref[k]).pow(2).sum()
-                         - (self.normalized({k: rec[k]})[k] - ref[k]).pow(2).sum())  # fmt: skip
+            k, to_space = self.finest, self.mfc.pack.normalize  # only the finest level differs between the two
+            ref = to_space(k, levels[k])
+            gain = float((to_space(k, pred[k]) - ref).pow(2).sum() - (to_space(k, rec[k]) - ref).pow(2).sum())
             if 8 * len(strings[-1]) >= rd_lambda * gain:  # both per pixel in training's loss: pixels cancel
                 strings.pop()
                 rec, use = pred, False
@@ -659,13 +658,19 @@ def _quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.half()
 
 
+def is_linear_transform(name: str) -> bool:
+    """Whether a parameter belongs to a closed-form linear transform (PCA analysis/synthesis, least-squares
+    prediction): the trainer keeps these frozen and checkpoints keep them in float16."""
+    return any(part in {"lin_a", "lin_s", "lin"} for part in name.split("."))
+
+
 def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Large non-linear weights as int8 + per-channel scale, other floats (the closed-form linear transforms
     included) as float16; integer tables as they are."""
     out = {}
     for k, v in state.items():
-        linear = any(part in {"lin_a", "lin_s", "lin"} for part in k.split("."))  # near-lossless at the top
-        if v.is_floating_point() and k.endswith(".weight") and v.dim() >= 2 and v.numel() >= 4096 and not linear:
+        big = v.is_floating_point() and k.endswith(".weight") and v.dim() >= 2 and v.numel() >= 4096
+        if big and not is_linear_transform(k):  # the linear transforms stay float16: near-lossless at the top
             out[k + _INT8], out[k + _SCALE] = _quantize_weight(v.float())
         elif v.is_floating_point() and not k.endswith("scale_table"):
             out[k] = v.half()

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from mutualfc.codecs.mutual import MutualConfig, build_network
+from mutualfc.codecs.mutual import MutualConfig, build_network, is_linear_transform
 from mutualfc.errors import MutualFCError
 from mutualfc.io import atomic_write_bytes
 from mutualfc.train.cache import AlignedCropDataset
@@ -91,9 +91,7 @@ class _Loss(nn.Module):
             for p in self.task.parameters():
                 p.requires_grad_(False)
 
-    def distortion(
-        self, rec: dict, ref: dict, ref_n: dict, head_ref: list | None, pixels: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def distortion(self, rec: dict, ref_n: dict, head_ref: list | None, pixels: int) -> tuple[torch.Tensor, ...]:
         rec_n = self.normalized(rec)
         weights = zip(self.levels, self.cfg.level_weights, strict=True)
         mse = sum(w * (rec_n[k] - ref_n[k]).pow(2).sum() for k, w in weights) / pixels
@@ -112,10 +110,10 @@ class _Loss(nn.Module):
             ref_n = self.normalized(ref)
             if self.task is not None:
                 head_ref = self.task.head_outputs(ref)
-        mse, task = self.distortion(out["levels"], ref, ref_n, head_ref, pixels)
+        mse, task = self.distortion(out["levels"], ref_n, head_ref, pixels)
         d = mse + self.cfg.task_weight * task
         pmse, ptask = (
-            self.distortion(out["prediction"], ref, ref_n, head_ref, pixels)
+            self.distortion(out["prediction"], ref_n, head_ref, pixels)
             if out["prediction"] is not out["levels"]
             else (mse, task)
         )
@@ -186,7 +184,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
     crit = _Loss(cfg, task, model_cfg.levels, net.normalized, task_scale).to(device)
     if cfg.freeze_linear:  # shared by all qualities, the linear paths otherwise drift towards the low-rate end
         for n, p in net.named_parameters():
-            if any(part in {"lin_a", "lin_s", "lin"} for part in n.split(".")):
+            if is_linear_transform(n):
                 p.requires_grad_(False)
     aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
