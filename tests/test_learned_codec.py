@@ -143,3 +143,22 @@ def test_separate_codec_round_trip(task, features, tmp_path):
     _, rec = codec.reconstruct(features, 2)
     out = codec.decode(data)
     assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
+
+
+def test_background_skipping_follows_the_detector_objectness(task, ckpt, features):
+    """The encoder skips the stride-32 cells whose objectness (the real detector's, on the original features) is
+    below the threshold; the decoder needs nothing extra."""
+    obj = task.objectness_map(features.levels)
+    assert obj.shape[-2:] == features.levels["p5"].shape[-2:] and 0 <= float(obj.min()) <= float(obj.max()) <= 1
+    tau = float(obj.flatten().median())  # skips about half of the cells
+    sizes = {}
+    for t in (0.0, tau, 0.999):
+        codec = create_codec("mutual", task, checkpoint=str(ckpt), skip_below=t)
+        data = codec.encode(features, 3)
+        sizes[t] = len(data)
+        _, rec = codec.reconstruct(features, 3)
+        out = codec.decode(data)
+        assert all(torch.equal(out.levels[k], rec.levels[k]) for k in out.levels)
+    assert sizes[0.999] < sizes[tau] < sizes[0.0]
+    with pytest.raises(MutualFCError, match="skip threshold"):
+        create_codec("mutual", task, checkpoint=str(ckpt), skip_below=1.5)

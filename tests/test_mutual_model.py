@@ -45,9 +45,10 @@ def _net(arch="mutual", **kw):
     return net
 
 
+@pytest.mark.parametrize("transform", ["linear", "nonlinear"])
 @pytest.mark.parametrize("arch", ["mutual", "separate"])
-def test_decoded_levels_equal_encoder_reconstruction_and_training_path(arch):
-    net, lv = _net(arch), _levels()
+def test_decoded_levels_equal_encoder_reconstruction_and_training_path(arch, transform):
+    net, lv = _net(arch, transform=transform), _levels()
     strings, meta = net.compress(lv, 2.5)
     dec = net.decompress(strings, meta["size"], 2.5)
     ref = net(lv, 2.5)["levels"]
@@ -130,14 +131,38 @@ def test_task_metric_predicts_how_the_detector_output_moves():
         assert exact == pytest.approx(actual, rel=1e-6), k
 
 
-def test_legacy_configs_keep_their_metric():
+def test_legacy_configs_keep_their_metric_and_transform():
     old = MutualConfig().to_dict()
-    for key in ("metric", "metric_eps", "metric_scale", "gains"):
+    for key in ("metric", "metric_eps", "metric_scale", "gains", "transform"):
         old.pop(key)
     assert MutualConfig.from_dict(old).metric == "std"  # a complete config from before the task metric
-    assert MutualConfig.from_dict({"arch": "mutual"}).metric == "task"  # a partial one gets today's defaults
+    assert MutualConfig.from_dict(old).transform == "nonlinear"  # ... and before the linear design
+    assert MutualConfig.from_dict(old | {"metric": "task"}).transform == "nonlinear"
+    partial = MutualConfig.from_dict({"arch": "mutual"})  # a partial one gets today's defaults
+    assert (partial.metric, partial.transform) == ("task", "linear")
+    with pytest.raises(ValueError, match="unknown transform"):
+        MutualConfig.from_dict({"transform": "quadratic"})
     with pytest.raises(ValueError, match="level_sensitivity"):
         build_network(MutualConfig(**SMALL)).init_from_data(_levels(3, 4, 4))
+
+
+def test_linear_design_learns_only_entropy_models_and_gains():
+    """The linear design's transforms are the closed-form ones: decoding is the PCA synthesis of the gain-scaled,
+    quantised latent (inverse gain tied to 1 / gain), and the prediction is the least-squares map."""
+    lin, nonlin = _net(), _net(transform="nonlinear")
+    assert sum(p.numel() for p in lin.parameters()) < sum(p.numel() for p in nonlin.parameters())
+    assert lin.bfc.g_a is None and lin.bfc.out_s is None and lin.mfc.heads is None and lin.res.g_s is None
+    gain, inv = lin.bfc.gain(1.5)
+    assert torch.allclose(gain * inv, torch.ones_like(gain))
+    lv = _levels(4, h=8, w=10)  # even sizes: no padding
+    _, meta = lin.compress(lv, 3, residual=False)
+    gain = lin.bfc.gain(3)[0]
+    with torch.no_grad():
+        x = lin.bfc.pack.pack({k: lv[k] for k in lin.cfg.base})
+        y = lin.bfc.lin_a(x) * gain
+        base = lin.bfc.lin_s(lin.bfc.latent_codec.compress(y)["y_hat"] / gain)
+        assert torch.allclose(lin.bfc.pack.pack({k: meta["levels"][k] for k in lin.cfg.base}), base, atol=1e-4)
+        assert torch.allclose(meta["levels"]["p3"], lin.mfc.pack.unpack(lin.mfc.lin(base))["p3"], atol=1e-4)
 
 
 def test_residual_stream_is_a_rate_distortion_decision():
@@ -157,3 +182,37 @@ def test_config_errors():
         build_network(MutualConfig(base=("p3", "p4", "p5")))
     with pytest.raises(ValueError, match="unknown architecture"):
         build_network(MutualConfig(arch="nope"))
+
+
+def test_checkpoints_store_a_pca_analysis_as_the_transpose_of_its_synthesis():
+    from mutualfc.codecs.mutual import pack_state, unpack_state
+
+    state = _net().state_dict()
+    packed = pack_state(state)
+    assert "bfc.lin_a.weight" not in packed and "res.lin_a.weight" not in packed
+    back = unpack_state(packed)
+    for k in ("bfc.lin_a", "res.lin_a"):
+        assert torch.allclose(back[k + ".weight"], state[k + ".weight"], atol=1e-3)
+        assert torch.allclose(back[k + ".bias"], state[k + ".bias"], atol=1e-2)
+    state["bfc.lin_a.weight"] = state["bfc.lin_a.weight"] * 1.01  # no longer the PCA pair: stored as it is
+    assert "bfc.lin_a.weight" in pack_state(state)
+
+
+@pytest.mark.parametrize("arch", ["mutual", "separate"])
+def test_skipped_cells_cost_almost_nothing_and_decode_to_the_mean(arch):
+    net, lv = _net(arch), _levels(7, h=8, w=10)
+    full, _ = net.compress(lv, 3)
+    assert net.compress(lv, 3, keep=torch.ones(1, 1, 8, 10, dtype=torch.bool))[0] == full  # keep-all = no mask
+    keep = torch.zeros(1, 1, 8, 10, dtype=torch.bool)
+    keep[..., :4, :5] = True
+    part, meta = net.compress(lv, 3, keep=keep)
+    none, _ = net.compress(lv, 3, keep=torch.zeros_like(keep))
+    assert sum(map(len, none)) < sum(map(len, part)) < sum(map(len, full))
+    dec = net.decompress(part, meta["size"], 3)
+    assert all(torch.equal(dec[k], meta["levels"][k]) for k in dec)
+    # a skipped cell decodes to (close to) the packer's mean features, a kept one to (close to) its own
+    pack = net.bfc.pack if arch == "mutual" else net.codecs["p5"].pack
+    mean = pack.mean_p5.view(-1)
+    skipped, kept = (dec["p5"][0, :, 7, 9], lv["p5"][0, :, 7, 9]), (dec["p5"][0, :, 1, 1], lv["p5"][0, :, 1, 1])
+    assert (skipped[0] - mean).norm() < 0.25 * (skipped[1] - mean).norm()
+    assert (kept[0] - kept[1]).norm() < 0.5 * (kept[1] - mean).norm()

@@ -8,6 +8,7 @@ import torch
 
 from mutualfc.cli.main import main as cli
 from mutualfc.codecs import create_codec
+from mutualfc.errors import MutualFCError
 from mutualfc.train import build_feature_cache
 from mutualfc.train.trainer import TrainConfig, export_checkpoint, train
 from tests.conftest import EXAMPLE, need_shared_weights
@@ -50,3 +51,24 @@ def test_cli_train_refuses_a_cache_of_another_task(cache, tmp_path, capsys):
     rc = cli(["-q", "train", "run", "--cache", str(tmp_path / "c"), "--run-dir", str(tmp_path / "r"), "--steps", "1"])
     assert rc == 2
     assert "holds features of other-net" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_matching_weights(task, cache, tmp_path):
+    """``init_from`` loads what fits (a residual of another width is refitted in closed form) and refuses a
+    checkpoint of another task network."""
+    small = {**SMALL, "transform": "nonlinear"}
+    cfg = TrainConfig(cache=str(cache), model=small, steps=1, batch=2, crop=4)
+    train(cfg, tmp_path / "a", progress=False)
+    src = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    tuned = TrainConfig.from_dict({**cfg.__dict__, "model": {**SMALL, "residual": 4}, "steps": 0,
+                                   "init_from": str(tmp_path / "a" / "last.pt")})  # fmt: skip
+    train(tuned, tmp_path / "b", progress=False)
+    got = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    for k in ("bfc.lin_a.weight", "bfc.latent_codec.hyper.h_a.0.weight", "bfc.gain.gain", "mfc.lin.weight"):
+        assert torch.equal(got[k], src["model"][k]), k
+    assert got["res.lin_a.weight"].shape[0] == 4 and "bfc.g_a.0.weight" not in got
+    src["task"] = "other-net"
+    torch.save(src, tmp_path / "other.pt")
+    with pytest.raises(MutualFCError, match="other-net"):
+        train(TrainConfig.from_dict({**tuned.__dict__, "init_from": str(tmp_path / "other.pt")}), tmp_path / "c",
+              progress=False)  # fmt: skip

@@ -42,6 +42,14 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
         help="mutual codec: the P3 residual stream; 'auto' (default) sends it for an image only when its bits buy "
         "more accuracy than the rate-distortion trade-off the model was trained for, 'on'/'off' force it",
     )
+    p.add_argument(
+        "--skip-below",
+        type=float,
+        metavar="OBJECTNESS",
+        help="learned codecs: the encoder codes stride-32 cells where the detector, run on the original features, "
+        "predicts no objectness above this value as the mean features (almost no bits; the decoder needs nothing "
+        "extra); 0 codes every cell (default: the codec's, see README)",
+    )
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")
     p.add_argument("--vvc-config", help="VTM encoder config file (e.g. cfg/encoder_intra_vtm.cfg); VTM only")
@@ -54,6 +62,7 @@ def _codec_options(args) -> dict:
         "vvc_config": args.vvc_config,
         "checkpoint": args.checkpoint,
         "residual": getattr(args, "residual", None),
+        "skip_below": getattr(args, "skip_below", None),
     }
 
 
@@ -300,9 +309,10 @@ def cmd_train_run(args) -> int:
     if args.residual is not None:
         model["residual"] = args.residual
     model["metric"] = args.metric
+    model["transform"] = args.transform
     cfg = TrainConfig(cache=args.cache, task=args.task, model=model, steps=args.steps, batch=args.batch, crop=args.crop,
                       lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
-                      seed=args.seed, snapshot_every=args.snapshot_every)  # fmt: skip
+                      seed=args.seed, snapshot_every=args.snapshot_every, init_from=args.init_from or "")  # fmt: skip
     last = train(cfg, args.run_dir, device=args.device, progress=_progress(args))
     print(f"checkpoint: {last}")
     return 0
@@ -401,7 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run-dir", required=True, help="checkpoints (last.pt), log.csv and config.json go here")
     q.add_argument("--arch", default="mutual", choices=["mutual", "separate"], help="network (default: mutual)")
     q.add_argument("--base", help="mutual: comma-separated base levels coded by BFCNet (default: p4,p5)")
-    q.add_argument("--residual", type=int, help="mutual: residual latent channels, 0 = no residual (default: 64)")
+    q.add_argument("--residual", type=int, help="mutual: residual latent channels, 0 = no residual (default: 128)")
+    q.add_argument("--transform", choices=["linear", "nonlinear"], default="linear",
+                   help="'linear': closed-form transforms, learned entropy models and gains; 'nonlinear': adds "
+                   "trained non-linear branches to the transforms (default: %(default)s)")  # fmt: skip
+    q.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from the matching weights of a trained checkpoint (zoo file or a run's last.pt), "
+                   "e.g. to fine-tune; parts that do not match start as usual (default: none)")  # fmt: skip
     q.add_argument("--steps", type=int, default=4000, help="training steps (default: %(default)s)")
     q.add_argument("--batch", type=int, default=8, help="crops per step and process (default: %(default)s)")
     q.add_argument("--crop", type=int, default=8, help="crop size at the coarsest level (default: %(default)s)")

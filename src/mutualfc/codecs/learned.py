@@ -18,6 +18,9 @@ from mutualfc.errors import BitstreamError, MutualFCError
 from mutualfc.tasks.base import FeatureSet
 
 RESIDUAL_MODES = ("auto", "on", "off")
+# Objectness below which the encoder skips a stride-32 cell (codes it as the mean features). Where the detector on
+# the original features predicts no object at all, the bits buy no accuracy; chosen on coco-val212 (README).
+DEFAULT_SKIP_BELOW = 0.05
 
 
 class LearnedFeatureCodec(Codec):
@@ -25,7 +28,9 @@ class LearnedFeatureCodec(Codec):
     param_name = "quality"
     default_params: ClassVar[tuple[float, ...]] = (0, 1, 2, 3, 4, 5, 6, 7)
 
-    def __init__(self, task=None, checkpoint: str | None = None, residual: bool | str = "auto"):
+    def __init__(
+        self, task=None, checkpoint: str | None = None, residual: bool | str = "auto", skip_below: float | None = None
+    ):
         super().__init__(task)
         from mutualfc.zoo import load_model
 
@@ -37,6 +42,11 @@ class LearnedFeatureCodec(Codec):
         if residual not in RESIDUAL_MODES:
             raise MutualFCError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, got {residual!r}")
         self.residual = residual
+        self.skip_below = DEFAULT_SKIP_BELOW if skip_below is None else float(skip_below)
+        if not 0 <= self.skip_below < 1:
+            raise MutualFCError(f"skip threshold must be in [0, 1), got {self.skip_below:g}")
+        if self.skip_below and not hasattr(task, "objectness_map"):
+            raise MutualFCError(f"{task.name} gives no objectness map; use a skip threshold of 0")
         q = self.net.cfg.qualities - 1
         self.default_params = tuple(float(x) for x in range(q + 1))
         self._level = task.level_names[-1]
@@ -46,7 +56,8 @@ class LearnedFeatureCodec(Codec):
         return self.model.tag
 
     def describe(self) -> dict:
-        return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": self.residual}
+        return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": self.residual,
+                                     "skip_below": self.skip_below}  # fmt: skip
 
     def _check_quality(self, q: float) -> float:
         top = self.net.cfg.qualities - 1
@@ -67,7 +78,10 @@ class LearnedFeatureCodec(Codec):
         q = self._check_quality(float(np.float16(param)))  # the decoder only sees the float16 value
         lam = self.rd_lambda(q) if self.residual == "auto" else None
         use = self.residual == "on" or (self.residual == "auto" and lam is not None)
-        return self.net.compress(x.levels, q, residual=use, rd_lambda=lam)
+        keep = None
+        if self.skip_below > 0:
+            keep = self.task.objectness_map(x.levels) >= self.skip_below
+        return self.net.compress(x.levels, q, residual=use, rd_lambda=lam, keep=keep)
 
     def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
         return self._compress(x, param)[0]

@@ -2,10 +2,14 @@
 
 BFCNet codes the base (small-scale, high-level) pyramid levels into one latent at the coarsest resolution, with a
 hyperprior whose entropy parameters also use a checkerboard spatial context and channel-group context (CompressAI
-latent codecs: every step decodes in parallel over the whole map). MFCNet continues BFCNet's synthesis trunk to the
-finer levels, so those are *predicted* from the decoded base and cost no bits; an optional residual stream refines
-the finest level, with its entropy parameters predicted from the decoded base (conditional coding, no side
-information). One model covers the rate range through per-quality gain vectors (fractional qualities interpolate).
+latent codecs: every step decodes in parallel over the whole map). MFCNet predicts the finer levels from the decoded
+base, so those cost no bits; an optional residual stream refines the finest level, with its entropy parameters
+predicted from the decoded base (conditional coding, no side information). One model covers the rate range through
+per-quality gain vectors (fractional qualities interpolate).
+
+All transforms work in the detector's task metric. In the default ``transform="linear"`` design they are the
+closed-form ones (PCA analysis/synthesis, least-squares prediction) and training learns the entropy models, gains
+and the residual's context; ``"nonlinear"`` (the earlier design, still loadable) adds trained non-linear branches.
 
 ``SeparateFeatureNet`` applies the same kind of codec to each level independently: the "existing approach" that
 the mutual design has to beat.
@@ -55,7 +59,7 @@ class MutualConfig:
     latent: int = 0  # latent channels; 0 = as many as the packed base has (a complete transform)
     hyper: int = 128
     groups: tuple[int, ...] = (1, 1, 2, 4, 16)  # relative sizes of the latent's channel groups (context order)
-    residual: int = 64  # channels of the finest level's residual latent; 0 = no residual stream
+    residual: int = 128  # channels of the finest level's residual latent; 0 = no residual stream
     qualities: int = 8
     gains: tuple[float, float] = (1.0, 32.0)  # initial latent gains of the lowest and the highest quality
     init_samples: int = 20000  # positions used for the closed-form (PCA / least-squares) initialisation
@@ -65,6 +69,11 @@ class MutualConfig:
     metric: str = "task"
     metric_eps: float = 1e-5  # floor of the sensitivity's eigenvalues, relative to the largest (keeps it invertible)
     metric_scale: float = 50.0  # brings the whitened features to a range where quantisation steps of 1 are coarse
+    # "linear": analysis, synthesis and prediction are the closed-form linear transforms (PCA, least squares) and
+    # only the entropy models and gains are learned; "nonlinear" adds trained non-linear branches to every transform
+    # (checkpoints before the linear design). Measured on coco-val212, the trained branches cost accuracy at every
+    # rate with the training this project can afford (results/ablation.md).
+    transform: str = "linear"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,9 +82,18 @@ class MutualConfig:
     def from_dict(cls, d: dict) -> MutualConfig:
         known = {f.name for f in fields(cls)}
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
-        if "metric" not in d and _PRE_METRIC_FIELDS <= d.keys():  # a complete config from before the task metric
-            d |= {"metric": "std", "gains": (0.25, 16.0)}
-        return cls(**d)
+        if _PRE_METRIC_FIELDS <= d.keys():  # a complete config: fields added since then take their old meaning
+            if "metric" not in d:
+                d |= {"metric": "std", "gains": (0.25, 16.0)}
+            d.setdefault("transform", "nonlinear")
+        cfg = cls(**d)
+        if cfg.transform not in ("linear", "nonlinear"):
+            raise ValueError(f"unknown transform {cfg.transform!r}")
+        return cfg
+
+    @property
+    def linear(self) -> bool:
+        return self.transform == "linear"
 
     def latent_groups(self, packed: int) -> tuple[int, tuple[int, ...]]:
         """-> latent channels and channel-group sizes for a base that packs into ``packed`` channels."""
@@ -148,14 +166,18 @@ def _hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> Hyperpri
 
 
 class GainUnit(nn.Module):
-    """Per-quality channel gains (variable rate in one model); fractional qualities interpolate log-linearly."""
+    """Per-quality channel gains (variable rate in one model); fractional qualities interpolate log-linearly.
 
-    def __init__(self, qualities: int, ch: int, lo: float = 1.0, hi: float = 32.0):
+    ``tied``: the inverse gain is 1 / gain (what a linear transform needs). Untied inverse gains are free parameters
+    (checkpoints of the non-linear design); Adam moves small parameters by large relative steps, and the inverse
+    gains of the highest qualities drifted to a fifth of 1 / gain in training."""
+
+    def __init__(self, qualities: int, ch: int, lo: float = 1.0, hi: float = 32.0, tied: bool = False):
         super().__init__()
         # geometric initial gains: latents start well above the quantisation step, so information flows at once
         g = lo * (hi / lo) ** (torch.arange(qualities, dtype=torch.float32) / max(qualities - 1, 1))
         self.gain = nn.Parameter(g.view(-1, 1, 1, 1).repeat(1, ch, 1, 1))
-        self.inv_gain = nn.Parameter((1 / g).view(-1, 1, 1, 1).repeat(1, ch, 1, 1))
+        self.inv_gain = None if tied else nn.Parameter((1 / g).view(-1, 1, 1, 1).repeat(1, ch, 1, 1))
 
     def forward(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
         q = min(max(float(quality), 0.0), self.gain.shape[0] - 1.0)
@@ -163,6 +185,9 @@ class GainUnit(nn.Module):
         t = q - lo
         out = []
         for p in (self.gain, self.inv_gain):
+            if p is None:
+                out.append(1 / out[0])
+                continue
             v = p.abs().clamp_min(1e-4)
             out.append(torch.exp((1 - t) * v[lo].log() + t * v[hi].log()) if t else v[lo])
         return out[0], out[1]
@@ -265,31 +290,37 @@ class LevelPacker(nn.Module):
 
 class BFCNet(nn.Module):
     """Basic feature compression: base levels (packed to the coarsest resolution) -> latent -> decoded base levels
-    and a shared representation for MFCNet. Analysis and synthesis are a linear transform (initialised as PCA) plus
-    non-linear residual branches; ``latent_codec`` is hyperprior + checkerboard + channel-group context."""
+    and a shared representation for MFCNet. Analysis and synthesis are a linear transform (initialised as PCA; with
+    ``cfg.transform == "nonlinear"`` plus non-linear residual branches); ``latent_codec`` is hyperprior +
+    checkerboard + channel-group context. ``shared``: whether to compute the shared representation (the residual
+    stream's context) in the linear design, where nothing else needs it."""
 
-    def __init__(self, cfg: MutualConfig, base: tuple[str, ...]):
+    def __init__(self, cfg: MutualConfig, base: tuple[str, ...], shared: bool = True):
         super().__init__()
         n = cfg.width
         self.pack = LevelPacker(cfg, base)
         c = self.pack.channels
         m, self.groups = cfg.latent_groups(c)
         self.lin_a = _conv(c, m, 1)
-        self.g_a = nn.Sequential(_conv(c, n, 1), ResBlock(n), _zero_init(_conv(n, m, 1)))
         self.lin_s = _conv(m, c, 1)
-        self.g_s = nn.Sequential(_conv(m, n, 1), ResBlock(n), ResBlock(n))
-        self.out_s = _zero_init(_conv(n, c, 1))
+        self.g_a = self.g_s = self.out_s = None
+        if not cfg.linear:
+            self.g_a = nn.Sequential(_conv(c, n, 1), ResBlock(n), _zero_init(_conv(n, m, 1)))
+            self.out_s = _zero_init(_conv(n, c, 1))
+        if shared or not cfg.linear:
+            self.g_s = nn.Sequential(_conv(m, n, 1), ResBlock(n), ResBlock(n))
         self.latent_codec = _hyperprior_codec(m, cfg.hyper, self.groups)
-        self.gain = GainUnit(cfg.qualities, m, *cfg.gains)
+        self.gain = GainUnit(cfg.qualities, m, *cfg.gains, tied=cfg.linear)
 
     def analysis(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
         u = self.pack.pack(levels)
-        return self.lin_a(u) + self.g_a(u)
+        return self.lin_a(u) if self.g_a is None else self.lin_a(u) + self.g_a(u)
 
-    def synthesis(self, y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> shared representation, decoded base (packed, normalised)."""
-        shared = self.g_s(y_hat)
-        return shared, self.lin_s(y_hat) + self.out_s(shared)
+    def synthesis(self, y_hat: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """-> shared representation (None if not computed), decoded base (packed, normalised)."""
+        shared = None if self.g_s is None else self.g_s(y_hat)
+        base = self.lin_s(y_hat)
+        return shared, base if self.out_s is None else base + self.out_s(shared)
 
     def init_from_data(
         self, levels: dict[str, torch.Tensor], samples: int, sensitivity: dict[str, torch.Tensor] | None = None
@@ -316,6 +347,9 @@ class MFCNet(nn.Module):
         self.lin = _conv(LevelPacker(cfg, base).channels, self.pack.channels, 1)
         finest = min(cfg.levels.index(k) for k in targets)
         self.order = list(reversed(cfg.levels[finest:]))[1:]  # coarse -> fine below the coarsest level
+        self.ups = self.heads = None
+        if cfg.linear:
+            return
         self.ups = nn.ModuleDict(
             {k: nn.Sequential(_up(cfg.width_at(cfg.levels.index(k) + 1), cfg.width_at(cfg.levels.index(k))),
                               ResBlock(cfg.width_at(cfg.levels.index(k)))) for k in self.order}
@@ -325,6 +359,8 @@ class MFCNet(nn.Module):
     def forward(self, shared: torch.Tensor, base_packed: torch.Tensor) -> dict[str, torch.Tensor]:
         """-> predicted levels (feature units)."""
         lin = self.pack.unpack(self.lin(base_packed))
+        if self.heads is None:
+            return lin
         out, h = {}, shared
         for k in self.order:
             h = self.ups[k](h)
@@ -346,8 +382,9 @@ class MFCNet(nn.Module):
 
 class ResidualCoder(nn.Module):
     """Low-rate residual stream refining the finest predicted level: the residual (packed to the coarsest
-    resolution) is transformed linearly (PCA initialisation) plus a non-linear branch that also sees the shared
-    representation; its Gaussian (mean, scale) come from the shared representation, so it needs no side information."""
+    resolution) is transformed linearly (PCA initialisation; the non-linear design adds a branch that also sees the
+    shared representation); its Gaussian (mean, scale) come from the shared representation, so it needs no side
+    information."""
 
     def __init__(self, cfg: MutualConfig, level: str):
         super().__init__()
@@ -356,18 +393,20 @@ class ResidualCoder(nn.Module):
         self.pack = LevelPacker(cfg, (level,))
         c = self.pack.channels
         self.lin_a = _conv(c, r, 1)
-        self.g_a = nn.Sequential(_conv(c + n, n, 1), ResBlock(n), _zero_init(_conv(n, r)))
         self.lin_s = _conv(r, c, 1)
-        self.g_s = nn.Sequential(_conv(r + n, n, 1), ResBlock(n), _zero_init(_conv(n, c, 1)))
+        self.g_a = self.g_s = None
+        if not cfg.linear:
+            self.g_a = nn.Sequential(_conv(c + n, n, 1), ResBlock(n), _zero_init(_conv(n, r)))
+            self.g_s = nn.Sequential(_conv(r + n, n, 1), ResBlock(n), _zero_init(_conv(n, c, 1)))
         ep = nn.Sequential(_conv(n, 96, 1), nn.GELU(), _conv(96, 96, 3), nn.GELU(), _conv(96, 2 * r, 1))
         self.codec = GaussianConditionalLatentCodec(quantizer="ste", entropy_parameters=ep)
-        self.gain = GainUnit(cfg.qualities, r, *cfg.gains)
+        self.gain = GainUnit(cfg.qualities, r, *cfg.gains, tied=cfg.linear)
 
     def analysis(self, d: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        return self.lin_a(d) + self.g_a(torch.cat([d, shared], 1))
+        return self.lin_a(d) if self.g_a is None else self.lin_a(d) + self.g_a(torch.cat([d, shared], 1))
 
     def synthesis(self, r_hat: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        return self.lin_s(r_hat) + self.g_s(torch.cat([r_hat, shared], 1))
+        return self.lin_s(r_hat) if self.g_s is None else self.lin_s(r_hat) + self.g_s(torch.cat([r_hat, shared], 1))
 
     def init_from_data(self, d: torch.Tensor, samples: int) -> None:
         mu, v = _pca(_flat(d, samples, seed=2), self.lin_a.out_channels)
@@ -415,9 +454,20 @@ class _CodingMixin:
         return h + (-h % self.pad_multiple), w + (-w % self.pad_multiple)
 
     @staticmethod
-    def _compress_latent(bfc: BFCNet, x: dict, quality: float) -> tuple[list[bytes], torch.Tensor]:
+    def _keep(y: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Zero the latent outside ``keep`` (coarsest-level positions, unpadded; padding counts as skipped): a zero
+        latent decodes to the training mean of the features there and costs almost no bits. An encoder-only choice:
+        the decoder needs no side information."""
+        if keep is None:
+            return y
+        k = keep.to(y.dtype)
+        return y * F.pad(k, (0, y.shape[-1] - k.shape[-1], 0, y.shape[-2] - k.shape[-2]))
+
+    def _compress_latent(
+        self, bfc: BFCNet, x: dict, quality: float, keep: torch.Tensor | None = None
+    ) -> tuple[list[bytes], torch.Tensor]:
         gain, inv = bfc.gain(quality)
-        out = bfc.latent_codec.compress(bfc.analysis(x) * gain)
+        out = bfc.latent_codec.compress(self._keep(bfc.analysis(x) * gain, keep))
         return [s[0] for s in out["strings"]], out["y_hat"] * inv  # batch of one
 
     def _decompress_latent(self, bfc: BFCNet, strings: list[bytes], size, quality: float) -> torch.Tensor:
@@ -456,9 +506,10 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         if not self.targets:
             raise ValueError("the mutual codec needs at least one predicted level (base must not hold all levels)")
         self.finest = cfg.levels[0]
-        self.bfc = BFCNet(cfg, cfg.base)
+        residual = bool(cfg.residual) and self.finest in self.targets
+        self.bfc = BFCNet(cfg, cfg.base, shared=residual)
         self.mfc = MFCNet(cfg, cfg.base, self.targets)
-        self.res = ResidualCoder(cfg, self.finest) if cfg.residual and self.finest in self.targets else None
+        self.res = ResidualCoder(cfg, self.finest) if residual else None
 
     @torch.no_grad()
     def init_from_data(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor] | None = None):
@@ -470,9 +521,17 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         self.mfc.init_from_data({k: levels[k] for k in self.targets}, base_rec, n, sensitivity)
         if self.res is not None:
             self.res.pack.set_stats({self.finest: levels[self.finest]}, sensitivity)
-            pred = self.mfc.pack.unpack(self.mfc.lin(base_rec))[self.finest]  # linear part of the prediction
-            d = self.res.pack.pack({self.finest: levels[self.finest]}) - self.res.pack.pack({self.finest: pred})
-            self.res.init_from_data(d, self.cfg.init_samples)
+            self.init_residual(levels)
+
+    @torch.no_grad()
+    def init_residual(self, levels: dict[str, torch.Tensor]) -> None:
+        """PCA of the residual of the linear prediction (from the base as the linear transforms reconstruct it);
+        also used after loading a model with another residual width into this one."""
+        levels, _ = _pad_levels(self.cfg, levels, self.pad_multiple)
+        base_rec = self.bfc.lin_s(self.bfc.lin_a(self.bfc.pack.pack({k: levels[k] for k in self.cfg.base})))
+        pred = self.mfc.pack.unpack(self.mfc.lin(base_rec))[self.finest]  # linear part of the prediction
+        d = self.res.pack.pack({self.finest: levels[self.finest]}) - self.res.pack.pack({self.finest: pred})
+        self.res.init_from_data(d, self.cfg.init_samples)
 
     def normalized(self, levels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Levels in the codec's feature space (where training measures distortion)."""
@@ -513,7 +572,12 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
     @torch.inference_mode()
     @reproducible_threads()
     def compress(
-        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True, rd_lambda: float | None = None
+        self,
+        levels: dict[str, torch.Tensor],
+        quality: float,
+        residual: bool = True,
+        rd_lambda: float | None = None,
+        keep: torch.Tensor | None = None,
     ) -> tuple[list[bytes], dict]:
         """-> byte strings (latent streams, then the residual stream if used) and what decoding needs besides
         them: the coarsest level's size; also the encoder's own reconstruction under ``"levels"`` and whether the
@@ -521,14 +585,15 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
 
         With ``rd_lambda`` the residual stream is a rate-distortion decision: it is sent only if its bits cost less
         than ``rd_lambda`` times the squared error it removes (in the codec's feature space, per pixel: the units
-        training used)."""
+        training used). ``keep`` ((1, 1, H, W) at the coarsest level) skips the positions where it is 0: their
+        latents (base and residual) are zeroed, so they decode to the mean features."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
-        strings, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality)
+        strings, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality, keep)
 
         def code_residual(shared, pred_u):
             rg, rinv = self.res.gain(quality)
             d = self.res.pack.pack({self.finest: x[self.finest]}) - pred_u
-            rc = self.res.codec.compress(self.res.analysis(d, shared) * rg, shared)
+            rc = self.res.codec.compress(self._keep(self.res.analysis(d, shared) * rg, keep), shared)
             strings.append(rc["strings"][0][0])
             return self.res.synthesis(rc["y_hat"] * rinv, shared)
 
@@ -570,7 +635,7 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or MutualConfig(arch="separate")
         _check(cfg)
-        self.codecs = nn.ModuleDict({k: BFCNet(cfg, (k,)) for k in cfg.levels})
+        self.codecs = nn.ModuleDict({k: BFCNet(cfg, (k,), shared=False) for k in cfg.levels})
 
     @torch.no_grad()
     def init_from_data(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor] | None = None):
@@ -596,13 +661,19 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
     @torch.inference_mode()
     @reproducible_threads()
     def compress(
-        self, levels: dict[str, torch.Tensor], quality: float, residual: bool = True, rd_lambda: float | None = None
+        self,
+        levels: dict[str, torch.Tensor],
+        quality: float,
+        residual: bool = True,
+        rd_lambda: float | None = None,
+        keep: torch.Tensor | None = None,
     ) -> tuple[list[bytes], dict]:
-        """-> byte strings and the encoder's reconstruction (``residual`` and ``rd_lambda`` have no effect here)."""
+        """-> byte strings and the encoder's reconstruction (``residual`` and ``rd_lambda`` have no effect here;
+        ``keep`` as for the mutual network, applied to every level's latent)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
         strings, rec = [], {}
         for k, bfc in self.codecs.items():
-            s, y_hat = self._compress_latent(bfc, {k: x[k]}, quality)
+            s, y_hat = self._compress_latent(bfc, {k: x[k]}, quality, keep)
             strings += s
             rec.update(bfc.pack.unpack(bfc.synthesis(y_hat)[1]))
         return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size)}
@@ -648,6 +719,7 @@ def load_entropy_state(net: nn.Module, state: dict[str, torch.Tensor], strict: b
 
 _INT8 = "::int8"
 _SCALE = "::scale"
+_DERIVED = "::transpose_of_synthesis"  # marker: this analysis transform is the transpose of its synthesis (PCA)
 
 
 def _quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -664,11 +736,30 @@ def is_linear_transform(name: str) -> bool:
     return any(part in {"lin_a", "lin_s", "lin"} for part in name.split("."))
 
 
+def _is_pca_pair(state: dict[str, torch.Tensor], analysis: str) -> bool:
+    """Whether ``<prefix>.lin_a`` is the orthonormal PCA analysis of ``<prefix>.lin_s`` (weight = its transpose,
+    bias = -weight @ mean): true for closed-form transforms that training kept frozen."""
+    synthesis = analysis[: -len("lin_a")] + "lin_s"
+    keys = [f"{p}.{t}" for p in (analysis, synthesis) for t in ("weight", "bias")]
+    if not all(k in state for k in keys):
+        return False
+    wa, ba, ws, mean = (state[k].double() for k in keys)
+    if wa.dim() != 4 or not torch.equal(wa.flatten(1), ws.flatten(1).T):
+        return False
+    return torch.allclose(ba, -(wa.flatten(1) @ mean), rtol=1e-4, atol=1e-5)
+
+
 def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Large non-linear weights as int8 + per-channel scale, other floats (the closed-form linear transforms
-    included) as float16; integer tables as they are."""
+    included) as float16; integer tables as they are. A PCA analysis transform is not stored: it is the transpose
+    of its synthesis (only the encoder uses it, so rounding in re-deriving its bias cannot desynchronise decoding)."""
     out = {}
+    derived = {k[: -len(".weight")] for k in state if k.endswith("lin_a.weight") and _is_pca_pair(state, k[:-7])}
     for k, v in state.items():
+        prefix = k.rpartition(".")[0]
+        if prefix in derived:
+            out[prefix + _DERIVED] = torch.ones(())
+            continue
         big = v.is_floating_point() and k.endswith(".weight") and v.dim() >= 2 and v.numel() >= 4096
         if big and not is_linear_transform(k):  # the linear transforms stay float16: near-lossless at the top
             out[k + _INT8], out[k + _SCALE] = _quantize_weight(v.float())
@@ -682,6 +773,13 @@ def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in packed.items():
+        if k.endswith(_DERIVED):
+            synthesis = k[: -len(_DERIVED) - len("lin_a")] + "lin_s"
+            ws, mean = packed[synthesis + ".weight"].double(), packed[synthesis + ".bias"].double()
+            wa = ws.flatten(1).T
+            out[k[: -len(_DERIVED)] + ".weight"] = wa.float().view(*wa.shape, 1, 1)
+            out[k[: -len(_DERIVED)] + ".bias"] = (-(wa @ mean)).float()
+            continue
         if k.endswith(_SCALE):
             continue
         if k.endswith(_INT8):

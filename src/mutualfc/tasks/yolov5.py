@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch import nn
@@ -276,6 +277,17 @@ class YOLOv5Detector(nn.Module):
         for i, name in enumerate(self.level_names):
             x = levels[name]
             out.append(self.head.m[i](x).view(x.shape[0], self.head.na, self.head.no, *x.shape[-2:]).sigmoid())
+        return out
+
+    @torch.no_grad()
+    def objectness_map(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 1, H, W) at the coarsest level: the highest objectness any anchor of any level predicts inside each
+        cell. An encoder that has the features can tell where the detector sees nothing at all."""
+        size = levels[self.level_names[-1]].shape[-2:]
+        out = None
+        for p in self.head_outputs({k: v.float() for k, v in levels.items()}):
+            m = F.adaptive_max_pool2d(p[:, :, 4].amax(1, keepdim=True), size)
+            out = m if out is None else torch.maximum(out, m)
         return out
 
     def head_error(self, levels: dict[str, torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:

@@ -59,6 +59,7 @@ class TrainConfig:
     task_weight: float = 1.0
     prediction_weight: float = 0.5  # weight of the prediction-only (no residual) distortion
     freeze_linear: bool = True  # keep the closed-form linear transforms (PCA, least squares) as initialised
+    init_from: str = ""  # checkpoint (zoo file or a run's last.pt) whose matching weights start the run (fine-tuning)
     seed: int = 0
     workers: int = 0
     log_every: int = 20
@@ -143,6 +144,29 @@ def export_checkpoint(run_dir: str | Path, out: str | Path, name: str, checkpoin
     return meta
 
 
+def load_matching(net: nn.Module, path: str | Path, task: str) -> set[str]:
+    """Load the parameters and buffers of a trained checkpoint (zoo file or training checkpoint) whose names and
+    shapes match ``net``; -> the names loaded. Entropy tables are left out (``update()`` rebuilds them)."""
+    from mutualfc.codecs.mutual import unpack_state
+
+    path = Path(path)
+    if not path.is_file():
+        raise MutualFCError(f"no checkpoint {path} to start from")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        state = unpack_state(ck["model"]) if "meta" in ck else ck["model"]
+        trained_for = (ck["meta"] if "meta" in ck else ck)["task"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise MutualFCError(f"{path} is not a mutualfc codec checkpoint ({type(e).__name__})") from None
+    if trained_for != task:
+        raise MutualFCError(f"{path} was trained for task {trained_for!r}, not {task!r}")
+    own = net.state_dict()
+    tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.endswith(tables)}
+    net.load_state_dict(keep, strict=False)
+    return set(keep)
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
     """Train (or resume) in ``run_dir``; returns the path of the final checkpoint."""
     from mutualfc.tasks import create_task
@@ -207,6 +231,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
                 raise MutualFCError(f"{cfg.task} does not provide level_sensitivity(); train with the 'std' metric")
             sensitivity = task.level_sensitivity(levels)
         net.init_from_data(levels, sensitivity)
+        if cfg.init_from:
+            loaded = load_matching(net, cfg.init_from, cfg.task)
+            if getattr(net, "res", None) is not None and "res.lin_a.weight" not in loaded:
+                net.init_residual(levels)  # refit to the loaded metric and predictor
+            if main:
+                print(f"started from {len(loaded)} of {len(net.state_dict())} tensors of {cfg.init_from}")
     model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if distributed else net
     lambdas = cfg.lambdas(model_cfg.qualities)
     qrng = random.Random(cfg.seed * 7919 + step)

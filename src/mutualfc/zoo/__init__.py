@@ -36,15 +36,15 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "mutual",
             "yolov5n-coco",
             "mutual_yolov5n-coco.pt",
-            "8eccef4a08c3c3b8174ec92b565d600bb4cbfd994bd9cadeca6023771689333e",
-            "BFCNet {P4,P5} + MFCNet P3 (+ P3 residual stream, sent when it pays), task metric",
+            "83d146610ed2223413f4403ba03de003ca8cb8816e73d7a10bdc66e6ac61e687",
+            "BFCNet {P4,P5} + MFCNet P3 (+ P3 residual stream, sent when it pays); task metric, linear transforms",
         ),
         ZooEntry(
             "separate",
             "yolov5n-coco",
             "separate_yolov5n-coco.pt",
-            "468caaeeaab539dc787ad2bdaa51c01af3465a2735c278e003ec729c8adada9e",
-            "one codec per level, task metric",
+            "e37d5b6ea9e864d8a4dd17c02eb8473cb230ad737b5b7ef21a99db5cace5d9f7",
+            "one codec per level; task metric, linear transforms",
         ),
     )
 }
