@@ -59,8 +59,9 @@ def test_auto_residual_follows_the_trained_lambda(task, features, tmp_path, lam)
     """``residual="auto"`` weighs the residual's bits against the error it removes with the checkpoint's lambda: a
     lambda near zero never sends it, a huge one always does; either way the decoder follows the file."""
     ck = _write_checkpoint(tmp_path / "lam.pt", train_cfg={"lambda_min": lam, "lambda_max": lam})
-    codec = create_codec("mutual", task, checkpoint=str(ck))
-    assert codec.residual == "auto" and codec.rd_lambda(1.5) == pytest.approx(lam)
+    assert create_codec("mutual", task, checkpoint=str(ck)).residual == "off"  # the default
+    codec = create_codec("mutual", task, checkpoint=str(ck), residual="auto")
+    assert codec.rd_lambda(1.5) == pytest.approx(lam)
     streams, rec = codec.reconstruct(features, 1.5)
     assert len(streams) == codec.net.latent_streams(codec.net.cfg) + (lam > 1)
     out = codec.decode(codec.encode(features, 1.5))

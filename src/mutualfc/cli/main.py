@@ -39,8 +39,9 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--residual",
         choices=["auto", "on", "off"],
-        help="mutual codec: the P3 residual stream; 'auto' (default) sends it for an image only when its bits buy "
-        "more accuracy than the rate-distortion trade-off the model was trained for, 'on'/'off' force it",
+        help="mutual codec: the P3 residual stream; 'off' (default: P3 is predicted from the decoded base alone, the "
+        "best trade-off measured), 'auto' sends it for an image only when its bits buy more accuracy than the "
+        "rate-distortion trade-off the model was trained for, 'on' always (the highest accuracy)",
     )
     p.add_argument(
         "--skip-below",
