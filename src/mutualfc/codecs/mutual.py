@@ -794,14 +794,15 @@ def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def export_state(net: nn.Module) -> dict[str, torch.Tensor]:
     """Packed weights plus the entropy-bottleneck tables built from exactly the unpacked weights. The Gaussian
     conditionals' tables depend only on the fixed scale table and are rebuilt by ``update()`` at load."""
-    packed = pack_state({k: v for k, v in net.state_dict().items() if not _is_table(k)})
+    packed = pack_state({k: v for k, v in net.state_dict().items() if not is_entropy_table(k)})
     load_entropy_state(net, unpack_state(packed), strict=False)
     net.update(force=True)
-    tables = {k: v for k, v in net.state_dict().items() if _is_table(k) and ".entropy_bottleneck." in k}
+    tables = {k: v for k, v in net.state_dict().items() if is_entropy_table(k) and ".entropy_bottleneck." in k}
     return packed | tables
 
 
-def _is_table(key: str) -> bool:
+def is_entropy_table(key: str) -> bool:
+    """Whether a state-dict key is an entropy coder's table buffer (rebuilt by ``update()``, not a weight)."""
     return key.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table"))
 
 
@@ -809,7 +810,7 @@ def load_packed(net: nn.Module, packed: dict[str, torch.Tensor]) -> None:
     """Load a zoo checkpoint: unpack weights, keep the stored entropy-bottleneck tables, rebuild the Gaussian ones."""
     state = {k: v for k, v in unpack_state(packed).items() if not k.startswith("mfc.base_pack.")}  # unused, legacy
     load_entropy_state(net, state, strict=False)
-    missing = [k for k in net.state_dict() if k not in state and not _is_table(k)]
+    missing = [k for k in net.state_dict() if k not in state and not is_entropy_table(k)]
     unexpected = [k for k in state if k not in net.state_dict()]
     if missing or unexpected:
         raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -147,7 +147,7 @@ def export_checkpoint(run_dir: str | Path, out: str | Path, name: str, checkpoin
 def load_matching(net: nn.Module, path: str | Path, task: str) -> set[str]:
     """Load the parameters and buffers of a trained checkpoint (zoo file or training checkpoint) whose names and
     shapes match ``net``; -> the names loaded. Entropy tables are left out (``update()`` rebuilds them)."""
-    from mutualfc.codecs.mutual import unpack_state
+    from mutualfc.codecs.mutual import is_entropy_table, unpack_state
 
     path = Path(path)
     if not path.is_file():
@@ -161,8 +161,7 @@ def load_matching(net: nn.Module, path: str | Path, task: str) -> set[str]:
     if trained_for != task:
         raise MutualFCError(f"{path} was trained for task {trained_for!r}, not {task!r}")
     own = net.state_dict()
-    tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.endswith(tables)}
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not is_entropy_table(k)}
     net.load_state_dict(keep, strict=False)
     return set(keep)
 
