@@ -46,7 +46,7 @@ def test_container_round_trip_matches_encoder_reconstruction(task, ckpt, feature
     data = codec.encode(features, 2.25)
     header, payload = bitstream.unpack(data)
     assert payload == streams and header.param == 2.25 and header.model_tag == codec.model_tag
-    assert len(streams) == codec.net.latent_streams(codec.net.cfg) + residual  # forced on or off
+    assert len(streams) == codec.net.stream_count(residual)  # forced on or off
     out = codec.decode(data)
     assert out.geometry == features.geometry
     for k, v in features.levels.items():
@@ -63,7 +63,7 @@ def test_auto_residual_follows_the_trained_lambda(task, features, tmp_path, lam)
     codec = create_codec("mutual", task, checkpoint=str(ck), residual="auto")
     assert codec.rd_lambda(1.5) == pytest.approx(lam)
     streams, rec = codec.reconstruct(features, 1.5)
-    assert len(streams) == codec.net.latent_streams(codec.net.cfg) + (lam > 1)
+    assert len(streams) == codec.net.stream_count(lam > 1)
     out = codec.decode(codec.encode(features, 1.5))
     assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
     with pytest.raises(MutualFCError, match="residual must be"):

@@ -160,14 +160,14 @@ def test_linear_design_learns_only_entropy_models_and_gains():
     with torch.no_grad():
         x = lin.bfc.pack.pack({k: lv[k] for k in lin.cfg.base})
         y = lin.bfc.lin_a(x) * gain
-        base = lin.bfc.lin_s(lin.bfc.latent_codec.compress(y)["y_hat"] / gain)
+        base = lin.bfc.lin_s(lin.bfc.latent_codec.compress(y, torch.ones_like(y[:, :1]))["y_hat"] / gain)
         assert torch.allclose(lin.bfc.pack.pack({k: meta["levels"][k] for k in lin.cfg.base}), base, atol=1e-4)
         assert torch.allclose(meta["levels"]["p3"], lin.mfc.pack.unpack(lin.mfc.lin(base))["p3"], atol=1e-4)
 
 
 def test_residual_stream_is_a_rate_distortion_decision():
     net, lv = _net(), _levels(6)
-    n = net.latent_streams(net.cfg)
+    n = net.stream_count()
     cheap, meta0 = net.compress(lv, 1, rd_lambda=0.0)  # distortion worth nothing: never pay for the residual
     dear, meta1 = net.compress(lv, 1, rd_lambda=1e12)  # distortion worth everything: always send it
     assert (len(cheap), meta0["residual"]) == (n, False)
@@ -208,6 +208,9 @@ def test_skipped_cells_cost_almost_nothing_and_decode_to_the_mean(arch):
     part, meta = net.compress(lv, 3, keep=keep)
     none, _ = net.compress(lv, 3, keep=torch.zeros_like(keep))
     assert sum(map(len, none)) < sum(map(len, part)) < sum(map(len, full))
+    # the decoder reads the mask (first stream): skipped cells and the hyper-latent over them are not coded at all
+    assert len(part[0]) == len(none[0]) == 10 and full[0] == b""
+    assert all(len(s) <= 8 for s in none[1:])
     dec = net.decompress(part, meta["size"], 3)
     assert all(torch.equal(dec[k], meta["levels"][k]) for k in dec)
     # a skipped cell decodes to (close to) the packer's mean features, a kept one to (close to) its own
@@ -216,3 +219,20 @@ def test_skipped_cells_cost_almost_nothing_and_decode_to_the_mean(arch):
     skipped, kept = (dec["p5"][0, :, 7, 9], lv["p5"][0, :, 7, 9]), (dec["p5"][0, :, 1, 1], lv["p5"][0, :, 1, 1])
     assert (skipped[0] - mean).norm() < 0.25 * (skipped[1] - mean).norm()
     assert (kept[0] - kept[1]).norm() < 0.5 * (kept[1] - mean).norm()
+
+
+@pytest.mark.parametrize("arch", ["mutual", "separate"])
+def test_training_forward_counts_no_bits_for_skipped_cells(arch):
+    """``forward(..., keep)`` (training) prices skipped cells as coding does: likelihood 1, latent 0."""
+    net, lv = _net(arch), _levels(8, h=8, w=10)
+    net.train()
+    none = net(lv, 2, keep=torch.zeros(1, 1, 8, 10, dtype=torch.bool))
+    assert all(bool((v == 1).all()) for v in none["likelihoods"].values())
+    keep = torch.zeros(1, 1, 8, 10, dtype=torch.bool)
+    keep[..., :4, :] = True
+    part, full = net(lv, 2, keep=keep), net(lv, 2)
+
+    def bits(out):
+        return sum(float(-v.log2().sum()) for v in out["likelihoods"].values())
+
+    assert 0 < bits(part) < bits(full)

@@ -72,3 +72,15 @@ def test_fine_tuning_starts_from_matching_weights(task, cache, tmp_path):
     with pytest.raises(MutualFCError, match="other-net"):
         train(TrainConfig.from_dict({**tuned.__dict__, "init_from": str(tmp_path / "other.pt")}), tmp_path / "c",
               progress=False)  # fmt: skip
+
+
+def test_training_applies_the_encoders_skip_mask(cache, tmp_path):
+    """With ``skip_below`` the crops' background cells are masked as the encoder masks them: the same first step
+    (same seed, crops and quality) then costs fewer bits."""
+    cfg = TrainConfig(cache=str(cache), model=SMALL, steps=1, batch=2, crop=4)
+    bpp = {}
+    for tau in (0.0, 0.05):
+        run = tmp_path / f"t{tau}"
+        train(TrainConfig.from_dict({**cfg.__dict__, "skip_below": tau}), run, progress=False)
+        bpp[tau] = float(next(csv.DictReader(open(run / "log.csv")))["bpp"])
+    assert 0 <= bpp[0.05] < bpp[0.0]

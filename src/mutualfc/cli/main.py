@@ -313,7 +313,8 @@ def cmd_train_run(args) -> int:
     model["transform"] = args.transform
     cfg = TrainConfig(cache=args.cache, task=args.task, model=model, steps=args.steps, batch=args.batch, crop=args.crop,
                       lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
-                      seed=args.seed, snapshot_every=args.snapshot_every, init_from=args.init_from or "")  # fmt: skip
+                      seed=args.seed, snapshot_every=args.snapshot_every, init_from=args.init_from or "",
+                      skip_below=args.skip_below)  # fmt: skip
     last = train(cfg, args.run_dir, device=args.device, progress=_progress(args))
     print(f"checkpoint: {last}")
     return 0
@@ -428,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--task-weight", type=float, default=1.0,
                    help="weight of the task-aware term (the weighted change of the detection head's outputs, in the "
                    "task metric's units), 0 = off (default: %(default)s)")  # fmt: skip
+    q.add_argument("--skip-below", type=float, default=0.05, metavar="OBJECTNESS",
+                   help="train with the encoder's background skipping: crop cells where the detector's objectness "
+                   "is below this are not coded (match the --skip-below you encode with), 0 = code every cell "
+                   "(default: %(default)s)")  # fmt: skip
     q.add_argument("--metric", choices=["task", "std"], default="task",
                    help="feature space of the codec: 'task' whitens each level by the detector's sensitivity, 'std' "
                    "only scales it by its standard deviation (default: %(default)s)")  # fmt: skip

@@ -1,8 +1,9 @@
 """Learned feature codecs behind the common ``Codec`` interface: the mutual codec and its separate-scale baseline.
 
 The container carries the original image size (the letterbox geometry and every level's shape follow from it and
-the task network), the quality, and the checkpoint's CRC-32 as model tag; the payload streams are the rANS streams of
-the latent (two checkerboard halves per channel group, then the hyper-latent), then the optional residual stream.
+the task network), the quality, and the checkpoint's CRC-32 as model tag; the payload streams are the skip mask, the
+rANS streams of the latent (two checkerboard halves per channel group, then the hyper-latent), then the optional
+residual stream (docs/bitstream.md).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ RESIDUAL_MODES = ("auto", "on", "off")
 # Measured on coco-val212 (README, ablation): with background skipping, P3 predicted from the decoded base alone gives
 # the best rate-accuracy trade-off at every quality; the residual stream raises only the highest reachable mAP.
 DEFAULT_RESIDUAL = "off"
-# Objectness below which the encoder skips a stride-32 cell (codes it as the mean features). Where the detector on
-# the original features predicts no object at all, the bits buy no accuracy; chosen on coco-val212 (README).
+# Objectness below which the encoder skips a stride-32 cell: the cell's mask bit is 0, it costs nothing else and
+# decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
+# no accuracy; chosen on coco-val212 (README).
 DEFAULT_SKIP_BELOW = 0.05
 
 

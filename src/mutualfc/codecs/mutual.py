@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +41,7 @@ with warnings.catch_warnings():
         HyperpriorLatentCodec,
     )
     from compressai.layers import CheckerboardMaskedConv2d
+    from compressai.ops import quantize_ste
 
 
 _PRE_METRIC_FIELDS = {"arch", "levels", "channels", "base", "width", "min_width", "latent", "hyper", "groups",
@@ -138,8 +140,82 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def _hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> HyperpriorLatentCodec:
-    """Hyperprior (hyper-latent at half the latent's resolution) + channel groups + checkerboard context."""
+class MaskedParams(nn.Sequential):
+    """Entropy-parameter network whose input carries the skip mask as its last channel (CompressAI's latent codecs
+    split and re-arrange it with the other inputs, checkerboard halves included). Where the mask is 0 the Gaussian
+    is pinned to mean 0 and the smallest scale: a skipped (zero) latent then costs about 1e-4 bits and both sides
+    agree on its value without decoding anything."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :-1]) * x[:, -1:]
+
+
+class MaskedHyperLatentCodec(HyperLatentCodec):
+    """Hyper-latent codec that codes only the hyper-latent positions over at least one kept latent cell; the others
+    are the entropy bottleneck's medians on both sides (no bits)."""
+
+    @staticmethod
+    def _z_mask(mask: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(mask, 2)
+
+    def _medians(self, like: torch.Tensor) -> torch.Tensor:
+        return self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1).expand_as(like)
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        if self.quantizer == "ste":
+            medians = self.entropy_bottleneck._get_medians()
+            z_hat = quantize_ste(z - medians) + medians
+        zm = self._z_mask(mask) > 0
+        z_hat = torch.where(zm, z_hat, self._medians(z_hat))
+        z_likelihoods = torch.where(zm, z_likelihoods, torch.ones_like(z_likelihoods))
+        return {"likelihoods": {"z": z_likelihoods}, "params": self.h_s(z_hat)}
+
+    def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
+        z = self.h_a(y)
+        idx = self._z_mask(mask)[0, 0].flatten().nonzero().squeeze(1)
+        string = self.entropy_bottleneck.compress(z.flatten(2)[:, :, idx])[0] if idx.numel() else b""
+        return {"strings": [[string]], "params": self._decoded(string, idx, z.shape)}
+
+    def decompress(self, string: bytes, shape: tuple[int, int], mask: torch.Tensor) -> dict:
+        idx = self._z_mask(mask)[0, 0].flatten().nonzero().squeeze(1)
+        return {"params": self._decoded(string, idx, (1, self.entropy_bottleneck.channels, *shape))}
+
+    def _decoded(self, string: bytes, idx: torch.Tensor, shape) -> torch.Tensor:
+        z_hat = self._medians(torch.empty(shape)).flatten(2).clone()
+        if idx.numel():
+            z_hat[:, :, idx] = self.entropy_bottleneck.decompress([string], (idx.numel(),))
+        return self.h_s(z_hat.view(shape))
+
+
+class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
+    """Hyperprior latent codec that knows which latent cells are skipped (``mask``: 1 = coded, at the latent's
+    resolution; the decoder reads it from its own stream): skipped cells and the hyper-latent over them cost no bits."""
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
+        y = y * mask
+        hyper = self.latent_codec["hyper"](y, mask)
+        out = self.latent_codec["y"](y, torch.cat([hyper["params"], mask.expand(y.shape[0], 1, -1, -1)], 1))
+        lik = out["likelihoods"]["y"]
+        lik = torch.where(mask > 0, lik, torch.ones_like(lik))  # exactly what coding costs (the noise would not be)
+        return {"likelihoods": {"y": lik, "z": hyper["likelihoods"]["z"]}, "y_hat": out["y_hat"] * mask}
+
+    def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
+        y = y * mask
+        hyper = self.latent_codec["hyper"].compress(y, mask)
+        out = self.latent_codec["y"].compress(y, torch.cat([hyper["params"], mask], 1))
+        return {"strings": [*out["strings"], *hyper["strings"]], "y_hat": out["y_hat"]}
+
+    def decompress(self, strings: list[list[bytes]], shape: dict, mask: torch.Tensor) -> dict:
+        hyper = self.latent_codec["hyper"].decompress(strings[-1][0], shape["hyper"], mask)
+        params = torch.cat([hyper["params"], mask], 1)
+        return {"y_hat": self.latent_codec["y"].decompress(strings[:-1], shape["y"], params)["y_hat"]}
+
+
+def _hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> MaskedHyperpriorLatentCodec:
+    """Hyperprior (hyper-latent at half the latent's resolution) + channel groups + checkerboard context, all aware
+    of the skip mask."""
     side = n_hyper * 2
     h_a = nn.Sequential(_conv(m, n_hyper, 1), nn.GELU(), _conv(n_hyper, n_hyper, 3, 2))
     h_s = nn.Sequential(_up(n_hyper, n_hyper), nn.GELU(), _conv(n_hyper, side))
@@ -155,12 +231,13 @@ def _hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> Hyperpri
         per_group[f"y{k}"] = CheckerboardLatentCodec(
             latent_codec={"y": GaussianConditionalLatentCodec(quantizer="ste")},
             context_prediction=CheckerboardMaskedConv2d(g, g * 2, kernel_size=5, stride=1, padding=2, groups=g),
-            entropy_parameters=nn.Sequential(nn.Conv2d(cin, 96, 1), nn.GELU(), nn.Conv2d(96, g * 2, 1)),
+            entropy_parameters=MaskedParams(nn.Conv2d(cin, 96, 1), nn.GELU(), nn.Conv2d(96, g * 2, 1)),
         )
-    return HyperpriorLatentCodec(
+    hyper = MaskedHyperLatentCodec(entropy_bottleneck=EntropyBottleneck(n_hyper), h_a=h_a, h_s=h_s, quantizer="ste")
+    return MaskedHyperpriorLatentCodec(
         latent_codec={
             "y": ChannelGroupsLatentCodec(groups=list(groups), channel_context=channel_context, latent_codec=per_group),
-            "hyper": HyperLatentCodec(entropy_bottleneck=EntropyBottleneck(n_hyper), h_a=h_a, h_s=h_s, quantizer="ste"),
+            "hyper": hyper,
         }
     )
 
@@ -398,7 +475,7 @@ class ResidualCoder(nn.Module):
         if not cfg.linear:
             self.g_a = nn.Sequential(_conv(c + n, n, 1), ResBlock(n), _zero_init(_conv(n, r)))
             self.g_s = nn.Sequential(_conv(r + n, n, 1), ResBlock(n), _zero_init(_conv(n, c, 1)))
-        ep = nn.Sequential(_conv(n, 96, 1), nn.GELU(), _conv(96, 96, 3), nn.GELU(), _conv(96, 2 * r, 1))
+        ep = MaskedParams(_conv(n, 96, 1), nn.GELU(), _conv(96, 96, 3), nn.GELU(), _conv(96, 2 * r, 1))
         self.codec = GaussianConditionalLatentCodec(quantizer="ste", entropy_parameters=ep)
         self.gain = GainUnit(cfg.qualities, r, *cfg.gains, tied=cfg.linear)
 
@@ -453,27 +530,27 @@ class _CodingMixin:
         h, w = size
         return h + (-h % self.pad_multiple), w + (-w % self.pad_multiple)
 
-    @staticmethod
-    def _keep(y: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """Zero the latent outside ``keep`` (coarsest-level positions, unpadded; padding counts as skipped): a zero
-        latent decodes to the training mean of the features there and costs almost no bits. An encoder-only choice:
-        the decoder needs no side information."""
-        if keep is None:
-            return y
-        k = keep.to(y.dtype)
-        return y * F.pad(k, (0, y.shape[-1] - k.shape[-1], 0, y.shape[-2] - k.shape[-2]))
+    def _mask(self, keep: torch.Tensor | None, size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+        """-> (batch, 1, Hp, Wp) float mask of the coded latent cells: ``keep`` ((B, 1, H, W) at the coarsest level,
+        None = all) zero-padded to the latent's size (padding is never coded)."""
+        h, w = size
+        hp, wp = self._padded(size)
+        k = torch.ones(batch, 1, h, w) if keep is None else keep.float().expand(batch, 1, h, w)
+        return F.pad(k, (0, wp - w, 0, hp - h))
 
     def _compress_latent(
-        self, bfc: BFCNet, x: dict, quality: float, keep: torch.Tensor | None = None
+        self, bfc: BFCNet, x: dict, quality: float, mask: torch.Tensor
     ) -> tuple[list[bytes], torch.Tensor]:
         gain, inv = bfc.gain(quality)
-        out = bfc.latent_codec.compress(self._keep(bfc.analysis(x) * gain, keep))
+        out = bfc.latent_codec.compress(bfc.analysis(x) * gain, mask)
         return [s[0] for s in out["strings"]], out["y_hat"] * inv  # batch of one
 
-    def _decompress_latent(self, bfc: BFCNet, strings: list[bytes], size, quality: float) -> torch.Tensor:
+    def _decompress_latent(
+        self, bfc: BFCNet, strings: list[bytes], size, quality: float, mask: torch.Tensor
+    ) -> torch.Tensor:
         hp, wp = self._padded(size)
         shape = {"y": [(g, hp, wp) for g in bfc.groups], "hyper": (hp // 2, wp // 2)}
-        y_hat = bfc.latent_codec.decompress([[s] for s in strings], shape)["y_hat"]
+        y_hat = bfc.latent_codec.decompress([[s] for s in strings], shape, mask)["y_hat"]
         return y_hat * bfc.gain(quality)[1]
 
     def _guarded(self, strings: list[bytes], size: tuple[int, int]) -> list[bytes]:
@@ -487,6 +564,30 @@ class _CodingMixin:
     @staticmethod
     def latent_streams(cfg: MutualConfig) -> int:
         return 2 * len(cfg.groups) + 1  # two checkerboard halves per channel group, then the hyper-latent
+
+    def stream_count(self, residual: bool = False) -> int:
+        """Streams of one coded image: the skip mask, every latent's streams, then the residual stream if sent."""
+        latents = len(self.codecs) if isinstance(self, SeparateFeatureNet) else 1
+        return 1 + latents * self.latent_streams(self.cfg) + int(residual)
+
+
+def encode_mask(keep: torch.Tensor | None) -> bytes:
+    """Skip mask stream: the coarsest level's keep map, one bit per cell in raster order (numpy ``packbits``); empty
+    when every cell is coded."""
+    if keep is None or bool(keep.all()):
+        return b""
+    return np.packbits(keep[0, 0].cpu().numpy().astype(bool).ravel()).tobytes()
+
+
+def decode_mask(data: bytes, size: tuple[int, int]) -> torch.Tensor | None:
+    """Inverse of ``encode_mask`` for a coarsest level of ``size``; ValueError if the length does not fit."""
+    if not data:
+        return None
+    h, w = size
+    if len(data) != (h * w + 7) // 8:
+        raise ValueError(f"skip mask of {len(data)} bytes does not fit a {h}x{w} map")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=h * w)
+    return torch.from_numpy(bits.astype(bool)).view(1, 1, h, w)
 
 
 def _check(cfg: MutualConfig) -> None:
@@ -551,18 +652,21 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         return out, pred
 
     # -- training --------------------------------------------------------------------------------------
-    def forward(self, levels: dict[str, torch.Tensor], quality: float) -> dict:
+    def forward(self, levels: dict[str, torch.Tensor], quality: float, keep: torch.Tensor | None = None) -> dict:
+        """``keep``: (B, 1, H, W) at the coarsest level, cells to code (None = all); the others decode to the mean."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
+        mask = self._mask(keep, size, x[self.finest].shape[0])
         gain, inv = self.bfc.gain(quality)
-        lc = self.bfc.latent_codec(self.bfc.analysis({k: x[k] for k in self.cfg.base}) * gain)
+        lc = self.bfc.latent_codec(self.bfc.analysis({k: x[k] for k in self.cfg.base}) * gain, mask)
         likelihoods = dict(lc["likelihoods"])
 
         def residual(shared, pred_u):
             rg, rinv = self.res.gain(quality)
             d = self.res.pack.pack({self.finest: x[self.finest]}) - pred_u
-            rc = self.res.codec(self.res.analysis(d, shared) * rg, shared)
-            likelihoods["r"] = rc["likelihoods"]["y"]
-            return self.res.synthesis(rc["y_hat"] * rinv, shared)
+            rc = self.res.codec(self.res.analysis(d, shared) * rg * mask, torch.cat([shared, mask], 1))
+            lik = rc["likelihoods"]["y"]
+            likelihoods["r"] = torch.where(mask > 0, lik, torch.ones_like(lik))
+            return self.res.synthesis(rc["y_hat"] * mask * rinv, shared)
 
         rec, pred = self._decode(lc["y_hat"] * inv, residual if self.res is not None else None)
         return {"likelihoods": likelihoods, "levels": _crop_levels(self.cfg, rec, size),
@@ -586,14 +690,17 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         With ``rd_lambda`` the residual stream is a rate-distortion decision: it is sent only if its bits cost less
         than ``rd_lambda`` times the squared error it removes (in the codec's feature space, per pixel: the units
         training used). ``keep`` ((1, 1, H, W) at the coarsest level) skips the positions where it is 0: their
-        latents (base and residual) are zeroed, so they decode to the mean features."""
+        latents (base and residual) are not coded, so they decode to the mean features; the mask is the first
+        stream (``encode_mask``)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
-        strings, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality, keep)
+        mask = self._mask(keep, size)
+        strings, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality, mask)
+        strings.insert(0, encode_mask(keep))
 
         def code_residual(shared, pred_u):
             rg, rinv = self.res.gain(quality)
             d = self.res.pack.pack({self.finest: x[self.finest]}) - pred_u
-            rc = self.res.codec.compress(self._keep(self.res.analysis(d, shared) * rg, keep), shared)
+            rc = self.res.codec.compress(self.res.analysis(d, shared) * rg * mask, torch.cat([shared, mask], 1))
             strings.append(rc["strings"][0][0])
             return self.res.synthesis(rc["y_hat"] * rinv, shared)
 
@@ -612,15 +719,17 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
     @torch.inference_mode()
     @reproducible_threads()
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
-        n = self.latent_streams(self.cfg)
+        n = self.stream_count()
         if len(strings) not in (n, n + 1) or (len(strings) == n + 1 and self.res is None):
             raise ValueError(f"expected {n} streams (+1 residual), got {len(strings)}")
+        mask = self._mask(decode_mask(strings[0], size), size)
         strings = self._guarded(strings, size)
-        y_hat = self._decompress_latent(self.bfc, strings[:n], size, quality)
+        y_hat = self._decompress_latent(self.bfc, strings[1:n], size, quality, mask)
 
         def decode_residual(shared, pred_u):
             _, rinv = self.res.gain(quality)
-            r_hat = self.res.codec.decompress([[strings[n]]], shared.shape[-2:], shared)["y_hat"]
+            params = torch.cat([shared, mask], 1)
+            r_hat = self.res.codec.decompress([[strings[n]]], shared.shape[-2:], params)["y_hat"]
             return self.res.synthesis(r_hat * rinv, shared)
 
         rec, _ = self._decode(y_hat, decode_residual if len(strings) == n + 1 else None)
@@ -647,12 +756,13 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
         """Levels in the codec's feature space (where training measures distortion)."""
         return {k: self.codecs[k].pack.normalize(k, x) for k, x in levels.items()}
 
-    def forward(self, levels: dict[str, torch.Tensor], quality: float) -> dict:
+    def forward(self, levels: dict[str, torch.Tensor], quality: float, keep: torch.Tensor | None = None) -> dict:
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
+        mask = self._mask(keep, size, x[self.cfg.levels[-1]].shape[0])
         lik, rec = {}, {}
         for k, bfc in self.codecs.items():
             gain, inv = bfc.gain(quality)
-            lc = bfc.latent_codec(bfc.analysis({k: x[k]}) * gain)
+            lc = bfc.latent_codec(bfc.analysis({k: x[k]}) * gain, mask)
             lik.update({f"{k}.{n}": v for n, v in lc["likelihoods"].items()})
             rec.update(bfc.pack.unpack(bfc.synthesis(lc["y_hat"] * inv)[1]))
         out = _crop_levels(self.cfg, rec, size)
@@ -671,9 +781,10 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
         """-> byte strings and the encoder's reconstruction (``residual`` and ``rd_lambda`` have no effect here;
         ``keep`` as for the mutual network, applied to every level's latent)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
-        strings, rec = [], {}
+        mask = self._mask(keep, size)
+        strings, rec = [encode_mask(keep)], {}
         for k, bfc in self.codecs.items():
-            s, y_hat = self._compress_latent(bfc, {k: x[k]}, quality, keep)
+            s, y_hat = self._compress_latent(bfc, {k: x[k]}, quality, mask)
             strings += s
             rec.update(bfc.pack.unpack(bfc.synthesis(y_hat)[1]))
         return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size)}
@@ -682,12 +793,13 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
     @reproducible_threads()
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
         n = self.latent_streams(self.cfg)
-        if len(strings) != n * len(self.codecs):
-            raise ValueError(f"expected {n * len(self.codecs)} streams, got {len(strings)}")
-        strings = self._guarded(strings, size)
+        if len(strings) != self.stream_count():
+            raise ValueError(f"expected {self.stream_count()} streams, got {len(strings)}")
+        mask = self._mask(decode_mask(strings[0], size), size)
+        strings = self._guarded(strings, size)[1:]
         rec = {}
         for i, bfc in enumerate(self.codecs.values()):
-            y_hat = self._decompress_latent(bfc, strings[i * n : (i + 1) * n], size, quality)
+            y_hat = self._decompress_latent(bfc, strings[i * n : (i + 1) * n], size, quality, mask)
             rec.update(bfc.pack.unpack(bfc.synthesis(y_hat)[1]))
         return _crop_levels(self.cfg, rec, size)
 

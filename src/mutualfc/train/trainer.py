@@ -60,6 +60,9 @@ class TrainConfig:
     prediction_weight: float = 0.5  # weight of the prediction-only (no residual) distortion
     freeze_linear: bool = True  # keep the closed-form linear transforms (PCA, least squares) as initialised
     init_from: str = ""  # checkpoint (zoo file or a run's last.pt) whose matching weights start the run (fine-tuning)
+    # train with the encoder's background skipping in the loop: crop cells whose objectness (task network on the
+    # original features) is below this are skipped, as `encode --skip-below` does; 0 = every cell coded
+    skip_below: float = 0.0
     seed: int = 0
     workers: int = 0
     log_every: int = 20
@@ -193,6 +196,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
     task = create_task(cfg.task, pretrained=True).eval()
     if tuple(task.level_names) != tuple(model_cfg.levels):
         raise MutualFCError(f"model levels {model_cfg.levels} do not match {cfg.task} levels {task.level_names}")
+    if cfg.skip_below > 0 and not hasattr(task, "objectness_map"):
+        raise MutualFCError(f"{cfg.task} gives no objectness map; train with --skip-below 0")
+    task.to(device)
     data = AlignedCropDataset(
         cfg.cache, cfg.task, crop=cfg.crop, strides=tuple(task.level_strides), seed=cfg.seed + rank
     )
@@ -280,7 +286,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
             lr *= min(1.0, (step + 1) / max(cfg.warmup, 1))
             for g in opt.param_groups:
                 g["lr"] = lr
-            out = model(ref, q)
+            keep = None
+            if cfg.skip_below > 0:
+                with torch.no_grad():
+                    keep = task.objectness_map(ref) >= cfg.skip_below
+            out = model(ref, q, keep)
             terms = crit(out, ref, lambdas[q])
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()

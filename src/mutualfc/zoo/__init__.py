@@ -36,15 +36,15 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "mutual",
             "yolov5n-coco",
             "mutual_yolov5n-coco.pt",
-            "83d146610ed2223413f4403ba03de003ca8cb8816e73d7a10bdc66e6ac61e687",
-            "BFCNet {P4,P5} + MFCNet P3 (+ P3 residual stream, sent when it pays); task metric, linear transforms",
+            "f322b3a4a7a48f2691d1629910fca9cd1852b0c9395073fe1c2488c806eb0b9b",
+            "BFCNet {P4,P5} + MFCNet P3 (+ optional P3 residual); task metric, linear transforms, skip-mask training",
         ),
         ZooEntry(
             "separate",
             "yolov5n-coco",
             "separate_yolov5n-coco.pt",
             "e37d5b6ea9e864d8a4dd17c02eb8473cb230ad737b5b7ef21a99db5cace5d9f7",
-            "one codec per level; task metric, linear transforms",
+            "one codec per level; task metric, linear transforms (trained without skipping in the loop)",
         ),
     )
 }
