@@ -19,12 +19,14 @@ def plot_rd(records: list[dict], out: str | Path, metric: str = "map", title: st
     codecs: dict[str, list[dict]] = {}
     for r in records:
         codecs.setdefault(r["codec"], []).append(r)
-    for name, pts in codecs.items():
+    styles = ("o-", "s--", "^-.", "D:")  # a new line style every 10 colours: no two curves look alike
+    for i, (name, pts) in enumerate(codecs.items()):
         if name == "none" or all(p.get("bpp") is None for p in pts):
             ax.axhline(pts[-1][metric], color="k", ls="--", lw=1, label=f"uncompressed ({pts[-1][metric]:.3f})")
             continue
         pts = sorted((p for p in pts if p.get("bpp") is not None), key=lambda p: p["bpp"])
-        ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], "o-", ms=4, label=name)
+        style = styles[(i // 10) % len(styles)]
+        ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], style, ms=4, label=name, color=f"C{i % 10}")
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel of the original image")
     ax.set_ylabel({"map": "mAP@[.5:.95]", "map50": "mAP@.5"}.get(metric, metric))
