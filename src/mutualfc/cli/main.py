@@ -47,9 +47,9 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
         "--skip-below",
         type=float,
         metavar="OBJECTNESS",
-        help="learned codecs: the encoder codes stride-32 cells where the detector, run on the original features, "
-        "predicts no objectness above this value as the mean features (almost no bits; the decoder needs nothing "
-        "extra); 0 codes every cell (default: the codec's, see README)",
+        help="learned codecs: stride-32 cells where the detector, run on the original features, predicts no "
+        "objectness above this value are skipped: they cost one mask bit each and decode to the mean features; "
+        "0 codes every cell (default: the codec's, see README)",
     )
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")

@@ -516,6 +516,7 @@ class _CodingMixin:
     """``update()`` and latent-codec helpers shared by the mutual and the separate network."""
 
     pad_multiple = 2  # at the coarsest level, so that the hyper-latent (/2) tiles the latent exactly
+    latent_count = 1  # BFCNet latents per image (the separate network has one per level)
     cfg: MutualConfig
 
     def update(self, force: bool = True) -> None:
@@ -567,8 +568,7 @@ class _CodingMixin:
 
     def stream_count(self, residual: bool = False) -> int:
         """Streams of one coded image: the skip mask, every latent's streams, then the residual stream if sent."""
-        latents = len(self.codecs) if isinstance(self, SeparateFeatureNet) else 1
-        return 1 + latents * self.latent_streams(self.cfg) + int(residual)
+        return 1 + self.latent_count * self.latent_streams(self.cfg) + int(residual)
 
 
 def encode_mask(keep: torch.Tensor | None) -> bytes:
@@ -745,6 +745,7 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
         self.cfg = cfg = cfg or MutualConfig(arch="separate")
         _check(cfg)
         self.codecs = nn.ModuleDict({k: BFCNet(cfg, (k,), shared=False) for k in cfg.levels})
+        self.latent_count = len(self.codecs)
 
     @torch.no_grad()
     def init_from_data(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor] | None = None):
