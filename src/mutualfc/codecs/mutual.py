@@ -158,6 +158,10 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
     def _z_mask(mask: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(mask, 2)
 
+    def _coded_positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """Raster indices of the hyper-latent positions that are coded (batch of one)."""
+        return self._z_mask(mask)[0, 0].flatten().nonzero().squeeze(1)
+
     def _medians(self, like: torch.Tensor) -> torch.Tensor:
         return self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1).expand_as(like)
 
@@ -174,12 +178,12 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
 
     def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
         z = self.h_a(y)
-        idx = self._z_mask(mask)[0, 0].flatten().nonzero().squeeze(1)
+        idx = self._coded_positions(mask)
         string = self.entropy_bottleneck.compress(z.flatten(2)[:, :, idx])[0] if idx.numel() else b""
         return {"strings": [[string]], "params": self._decoded(string, idx, z.shape)}
 
     def decompress(self, string: bytes, shape: tuple[int, int], mask: torch.Tensor) -> dict:
-        idx = self._z_mask(mask)[0, 0].flatten().nonzero().squeeze(1)
+        idx = self._coded_positions(mask)
         return {"params": self._decoded(string, idx, (1, self.entropy_bottleneck.channels, *shape))}
 
     def _decoded(self, string: bytes, idx: torch.Tensor, shape) -> torch.Tensor:
@@ -683,7 +687,7 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         rd_lambda: float | None = None,
         keep: torch.Tensor | None = None,
     ) -> tuple[list[bytes], dict]:
-        """-> byte strings (latent streams, then the residual stream if used) and what decoding needs besides
+        """-> byte strings (skip mask, latent streams, then the residual stream if used) and what decoding needs besides
         them: the coarsest level's size; also the encoder's own reconstruction under ``"levels"`` and whether the
         residual stream was sent under ``"residual"``.
 
