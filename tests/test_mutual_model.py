@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from mutualfc.codecs.mutual import MutualConfig, build_network
+from mutualfc.codecs.mutual import MutualConfig, SymbolWriter, build_network
 from mutualfc.tasks import create_task
 
 SMALL = {"width": 32, "min_width": 16, "hyper": 16, "residual": 8, "qualities": 4, "init_samples": 2000}
@@ -160,7 +160,7 @@ def test_linear_design_learns_only_entropy_models_and_gains():
     with torch.no_grad():
         x = lin.bfc.pack.pack({k: lv[k] for k in lin.cfg.base})
         y = lin.bfc.lin_a(x) * gain
-        base = lin.bfc.lin_s(lin.bfc.latent_codec.compress(y, torch.ones_like(y[:, :1]))["y_hat"] / gain)
+        base = lin.bfc.lin_s(lin.bfc.latent_codec.code(SymbolWriter(), y, torch.ones_like(y[:, :1])) / gain)
         assert torch.allclose(lin.bfc.pack.pack({k: meta["levels"][k] for k in lin.cfg.base}), base, atol=1e-4)
         assert torch.allclose(meta["levels"]["p3"], lin.mfc.pack.unpack(lin.mfc.lin(base))["p3"], atol=1e-4)
 

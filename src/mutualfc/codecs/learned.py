@@ -1,9 +1,9 @@
 """Learned feature codecs behind the common ``Codec`` interface: the mutual codec and its separate-scale baseline.
 
 The container carries the original image size (the letterbox geometry and every level's shape follow from it and
-the task network), the quality, and the checkpoint's CRC-32 as model tag; the payload streams are the skip mask, the
-rANS streams of the latent (two checkerboard halves per channel group, then the hyper-latent), then the optional
-residual stream (docs/bitstream.md).
+the task network), the quality, and the checkpoint's CRC-32 as model tag; the payload streams are the skip mask, one
+rANS stream per latent (hyper-latent, then per channel group the checkerboard anchors and non-anchors), then the
+optional residual stream (docs/bitstream.md).
 """
 
 from __future__ import annotations
@@ -83,17 +83,17 @@ class LearnedFeatureCodec(Codec):
             return None
         return float(lo) * (float(hi) / float(lo)) ** (quality / max(self.net.cfg.qualities - 1, 1))
 
-    def _compress(self, x: FeatureSet, param: float) -> tuple[list[bytes], dict]:
+    def _compress(self, x: FeatureSet, param: float, reconstruct: bool = True) -> tuple[list[bytes], dict]:
         q = self._check_quality(float(np.float16(param)))  # the decoder only sees the float16 value
         lam = self.rd_lambda(q) if self.residual == "auto" else None
         use = self.residual == "on" or (self.residual == "auto" and lam is not None)
         keep = None
         if self.skip_below > 0:
             keep = self.task.objectness_map(x.levels) >= self.skip_below
-        return self.net.compress(x.levels, q, residual=use, rd_lambda=lam, keep=keep)
+        return self.net.compress(x.levels, q, residual=use, rd_lambda=lam, keep=keep, reconstruct=reconstruct)
 
     def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
-        return self._compress(x, param)[0]
+        return self._compress(x, param, reconstruct=False)[0]
 
     def reconstruct(self, x: FeatureSet, param: float) -> tuple[list[bytes], FeatureSet]:
         """Encode and return the encoder's own reconstruction (identical to what ``decode`` yields)."""
@@ -114,7 +114,7 @@ class LearnedFeatureCodec(Codec):
         except (ValueError, RuntimeError, IndexError) as e:
             raise BitstreamError(f"cannot decode {self.name} payload: {str(e).splitlines()[0]}") from None
         for k, t in levels.items():
-            if not torch.isfinite(t).all():
+            if not torch.isfinite(t.sum()):  # a non-finite value makes the sum non-finite (one pass, no temporaries)
                 raise BitstreamError(f"decoded level {k} is not finite")
         return FeatureSet(levels, geometry)
 

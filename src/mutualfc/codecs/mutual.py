@@ -32,7 +32,9 @@ with warnings.catch_warnings():
     # CompressAI's package import pulls in torch_geometric, which calls the deprecated torch.jit.script at import
     # time; the warning says nothing about mutualfc, so it is kept off the user's terminal.
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from compressai.ans import BufferedRansEncoder, RansDecoder
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.entropy_models.entropy_models import EntropyModel
     from compressai.latent_codecs import (
         ChannelGroupsLatentCodec,
         CheckerboardLatentCodec,
@@ -140,6 +142,98 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+def _tables(model: EntropyModel) -> tuple[list[list[int]], list[int], list[int]]:
+    """The model's CDF tables as the Python lists CompressAI's rANS coder takes, each CDF cut to its length; cached
+    on the model (CompressAI converts the whole padded table on every call) and rebuilt when the table tensors were
+    replaced or changed in place (``update()``, ``load_state_dict``)."""
+    key = tuple((id(t), t.data_ptr(), t._version) for t in (model._quantized_cdf, model._cdf_length, model._offset))
+    cached = getattr(model, "_mutualfc_tables", None)
+    if cached is None or cached[0] != key:
+        lengths = model._cdf_length.reshape(-1).int().tolist()
+        cdfs = [row[:n] for row, n in zip(model._quantized_cdf.tolist(), lengths, strict=True)]
+        cached = (key, (cdfs, lengths, model._offset.reshape(-1).int().tolist()))
+        model._mutualfc_tables = cached
+    return cached[1]
+
+
+class SymbolWriter:
+    """Encoder side of one rANS stream (CompressAI's ``BufferedRansEncoder``): every latent of a coding step is
+    appended in decoding order and the stream is flushed once."""
+
+    def __init__(self):
+        self._enc = BufferedRansEncoder()
+        self._count = 0
+
+    def code(self, model: EntropyModel, values: torch.Tensor, indexes: torch.Tensor, means: torch.Tensor):
+        """-> the decoded values (``round(values - means) + means``, exactly what the reader returns)."""
+        symbols = torch.round(values - means).int()
+        self._enc.encode_with_indexes(symbols.tolist(), indexes.int().tolist(), *_tables(model))
+        self._count += symbols.numel()
+        return symbols.to(means.dtype) + means
+
+    def finish(self) -> bytes:
+        return self._enc.flush() if self._count else b""
+
+
+class SymbolReader:
+    """Decoder side: the same calls, in the same order, read the symbols back (``values`` is ignored)."""
+
+    def __init__(self, data: bytes):
+        self._dec = RansDecoder()
+        self._dec.set_stream(data)
+
+    def code(self, model: EntropyModel, values, indexes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        symbols = self._dec.decode_stream(indexes.int().tolist(), *_tables(model))
+        return torch.from_numpy(np.fromiter(symbols, np.int32, len(symbols))).to(means.dtype) + means
+
+
+def _scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor:
+    """CompressAI's ``build_indexes`` (index of the smallest table scale >= the scale) by binary search."""
+    return torch.searchsorted(gc.scale_table[:-1].contiguous(), scales.contiguous())
+
+
+def _code_gaussian(coder, gc: GaussianConditional, y: torch.Tensor | None, params: torch.Tensor, chunk) -> torch.Tensor:
+    """Codes the values ``y`` (C, K) with the Gaussians ``params`` ((1, 2C, K, 1): scales and means at the same K
+    positions) predicts; -> the decoded values, (C, K)."""
+    scales, means = (t.reshape(t.shape[1], -1) for t in chunk(params))
+    values = None if y is None else y.reshape(-1)
+    out = coder.code(gc, values, _scale_indexes(gc, scales).reshape(-1), means.reshape(-1))
+    return out.view_as(means)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (1, C, K, 1) at raster positions ``idx``: per-position (1x1) networks then run on the coded
+    positions only."""
+    return x.flatten(2)[:, :, idx].unsqueeze(-1)
+
+
+def _context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """A (masked, grouped, one input channel per group) context convolution of ``x`` (1, C, H, W) evaluated at
+    raster positions ``idx`` only -> (1, C_out, K, 1): the taps the mask zeroes are not read at all."""
+    c, h, w = x.shape[1:]
+    k, pad = conv.kernel_size[0], conv.padding[0]
+    weight = conv.weight * conv.mask if hasattr(conv, "mask") else conv.weight
+    if conv.groups != c or weight.shape[1] != 1:
+        raise ValueError("context convolution must have one input channel per group")
+    taps = weight.flatten(1).abs().sum(0).nonzero().squeeze(1)  # kernel offsets any output uses
+    dr, dc = taps // k, taps % k
+    r, col = idx // w, idx % w
+    flat = (r.view(-1, 1) + dr) * (w + 2 * pad) + (col.view(-1, 1) + dc)  # (K, taps) in the padded map
+    patches = F.pad(x, (pad, pad, pad, pad))[0].flatten(1)[:, flat]  # (C, K, taps)
+    wt = weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
+    out = torch.einsum("ckt,cot->cok", patches, wt).reshape(-1, idx.numel()) + conv.bias.view(-1, 1)
+    return out.view(1, -1, idx.numel(), 1)
+
+
+def _pointwise_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """1x1 convolution of ``x`` (1, C, H, W) computed at raster positions ``idx`` only; every other position is
+    ``fill`` ((1, C_out, 1, 1): the output for the value ``x`` holds everywhere else)."""
+    out = fill.expand(1, conv.out_channels, *x.shape[-2:]).clone()
+    if idx.numel():
+        out.view(conv.out_channels, -1)[:, idx] = conv(_gather(x, idx)).view(conv.out_channels, -1)
+    return out
+
+
 class MaskedParams(nn.Sequential):
     """Entropy-parameter network whose input carries the skip mask as its last channel (CompressAI's latent codecs
     split and re-arrange it with the other inputs, checkerboard halves included). Where the mask is 0 the Gaussian
@@ -176,21 +270,20 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
         z_likelihoods = torch.where(zm, z_likelihoods, torch.ones_like(z_likelihoods))
         return {"likelihoods": {"z": z_likelihoods}, "params": self.h_s(z_hat)}
 
-    def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
-        z = self.h_a(y)
+    def code(self, coder, y: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Codes (``SymbolWriter``, ``y`` given) or decodes (``SymbolReader``) the hyper-latent at the coded
+        positions; -> the hyperprior's parameters."""
+        eb = self.entropy_bottleneck
+        c, (h, w) = eb.channels, (mask.shape[-2] // 2, mask.shape[-1] // 2)
         idx = self._coded_positions(mask)
-        string = self.entropy_bottleneck.compress(z.flatten(2)[:, :, idx])[0] if idx.numel() else b""
-        return {"strings": [[string]], "params": self._decoded(string, idx, z.shape)}
-
-    def decompress(self, string: bytes, shape: tuple[int, int], mask: torch.Tensor) -> dict:
-        idx = self._coded_positions(mask)
-        return {"params": self._decoded(string, idx, (1, self.entropy_bottleneck.channels, *shape))}
-
-    def _decoded(self, string: bytes, idx: torch.Tensor, shape) -> torch.Tensor:
-        z_hat = self._medians(torch.empty(shape)).flatten(2).clone()
+        medians = eb._get_medians().detach().view(c, 1)
+        z_hat = medians.expand(c, h * w).clone()
         if idx.numel():
-            z_hat[:, :, idx] = self.entropy_bottleneck.decompress([string], (idx.numel(),))
-        return self.h_s(z_hat.view(shape))
+            k = idx.numel()
+            values = None if y is None else self.h_a(y).flatten(2)[0][:, idx].reshape(-1)
+            channel = torch.arange(c).view(c, 1).expand(c, k).reshape(-1)
+            z_hat[:, idx] = coder.code(eb, values, channel, medians.expand(c, k).reshape(-1)).view(c, k)
+        return self.h_s(z_hat.view(1, c, h, w))
 
 
 class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
@@ -205,16 +298,39 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         lik = torch.where(mask > 0, lik, torch.ones_like(lik))  # exactly what coding costs (the noise would not be)
         return {"likelihoods": {"y": lik, "z": hyper["likelihoods"]["z"]}, "y_hat": out["y_hat"] * mask}
 
-    def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
-        y = y * mask
-        hyper = self.latent_codec["hyper"].compress(y, mask)
-        out = self.latent_codec["y"].compress(y, torch.cat([hyper["params"], mask], 1))
-        return {"strings": [*out["strings"], *hyper["strings"]], "y_hat": out["y_hat"]}
-
-    def decompress(self, strings: list[list[bytes]], shape: dict, mask: torch.Tensor) -> dict:
-        hyper = self.latent_codec["hyper"].decompress(strings[-1][0], shape["hyper"], mask)
-        params = torch.cat([hyper["params"], mask], 1)
-        return {"y_hat": self.latent_codec["y"].decompress(strings[:-1], shape["y"], params)["y_hat"]}
+    def code(self, coder, y: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Real coding into one rANS stream: the hyper-latent, then per channel group the checkerboard anchors and
+        non-anchors, only at kept cells. The encoder (``SymbolWriter``, ``y`` given) and the decoder
+        (``SymbolReader``, ``y`` None) run this same code, so their entropy parameters match by construction; they
+        equal what ``forward`` computes (two-pass checkerboard, channel-group context). -> y_hat."""
+        if y is not None:
+            y = y * mask
+        params = torch.cat([self.latent_codec["hyper"].code(coder, y, mask), mask], 1)
+        cg = self.latent_codec["y"]
+        h, w = mask.shape[-2:]
+        y_hat = params.new_zeros(1, sum(cg.groups), h, w)
+        y_hat_ = y_hat.split(cg.groups, 1)
+        y_ = [None] * len(cg.groups) if y is None else y.split(cg.groups, 1)
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        anchor = (rows + cols) % 2 == 0  # CompressAI's "even" anchor parity
+        kept = mask[0, 0] > 0
+        steps = [(anchor & kept).flatten().nonzero().squeeze(1), (~anchor & kept).flatten().nonzero().squeeze(1)]
+        for k, g in enumerate(cg.groups):
+            side = cg._get_ctx_params(k, params, y_hat_)
+            cb = cg.latent_codec[f"y{k}"]
+            gcl = cb.latent_codec["y"]
+            for step, idx in enumerate(steps):
+                if not idx.numel():
+                    continue
+                if step == 0:
+                    ctx = side.new_zeros(1, cb.context_prediction.out_channels, idx.numel(), 1)
+                else:
+                    ctx = _context_at(cb.context_prediction, y_hat_[k] * anchor, idx)
+                p = cb.entropy_parameters(cb.merge(ctx, _gather(side, idx)))  # 1x1 convs: only where coded
+                values = None if y is None else y_[k].reshape(g, h * w)[:, idx]
+                gc = gcl.gaussian_conditional
+                y_hat_[k].view(g, h * w)[:, idx] = _code_gaussian(coder, gc, values, p, gcl._chunk)
+        return y_hat
 
 
 def _hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> MaskedHyperpriorLatentCodec:
@@ -397,10 +513,17 @@ class BFCNet(nn.Module):
         u = self.pack.pack(levels)
         return self.lin_a(u) if self.g_a is None else self.lin_a(u) + self.g_a(u)
 
-    def synthesis(self, y_hat: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """-> shared representation (None if not computed), decoded base (packed, normalised)."""
-        shared = None if self.g_s is None else self.g_s(y_hat)
-        base = self.lin_s(y_hat)
+    def synthesis(
+        self, y_hat: torch.Tensor, shared: bool = True, kept: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """-> shared representation (None if not computed or not asked for and not needed here), decoded base
+        (packed, normalised). ``kept``: raster positions outside which ``y_hat`` is 0 (coding: skipped cells), so
+        the linear synthesis runs only there."""
+        shared = None if self.g_s is None or not (shared or self.out_s is not None) else self.g_s(y_hat)
+        if kept is None:
+            base = self.lin_s(y_hat)
+        else:
+            base = _pointwise_at(self.lin_s, y_hat, kept, self.lin_s(y_hat.new_zeros(1, y_hat.shape[1], 1, 1)))
         return shared, base if self.out_s is None else base + self.out_s(shared)
 
     def init_from_data(
@@ -437,9 +560,18 @@ class MFCNet(nn.Module):
         )  # fmt: skip
         self.heads = nn.ModuleDict({k: _zero_init(_conv(cfg.width_at(cfg.levels.index(k)), ch[k])) for k in targets})
 
-    def forward(self, shared: torch.Tensor, base_packed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """-> predicted levels (feature units)."""
-        lin = self.pack.unpack(self.lin(base_packed))
+    def forward(
+        self, shared: torch.Tensor, base_packed: torch.Tensor, kept: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """-> predicted levels (feature units). ``kept``: raster positions outside which ``base_packed`` is one
+        constant vector (the linear design's skipped cells), so the linear prediction runs only there."""
+        if kept is None or kept.numel() == base_packed[0, 0].numel():
+            lin = self.pack.unpack(self.lin(base_packed))
+        else:
+            other = torch.ones(base_packed[0, 0].numel(), dtype=torch.bool)
+            other[kept] = False
+            fill = self.lin(_gather(base_packed, other.nonzero()[:1, 0]))
+            lin = self.pack.unpack(_pointwise_at(self.lin, base_packed, kept, fill))
         if self.heads is None:
             return lin
         out, h = {}, shared
@@ -485,6 +617,18 @@ class ResidualCoder(nn.Module):
 
     def analysis(self, d: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         return self.lin_a(d) if self.g_a is None else self.lin_a(d) + self.g_a(torch.cat([d, shared], 1))
+
+    def code(self, coder, r: torch.Tensor | None, shared: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Codes (``SymbolWriter``, ``r`` given) or decodes (``SymbolReader``) the residual latent at the kept
+        cells into its own stream; -> r_hat (0 at skipped cells)."""
+        params = self.codec.entropy_parameters(torch.cat([shared, mask], 1))
+        r_hat = params.new_zeros(1, params.shape[1] // 2, *mask.shape[-2:])
+        idx = mask.flatten().nonzero().squeeze(1)
+        if idx.numel():
+            c, gc = r_hat.shape[1], self.codec.gaussian_conditional
+            values = None if r is None else r.reshape(c, -1)[:, idx]
+            r_hat.view(c, -1)[:, idx] = _code_gaussian(coder, gc, values, _gather(params, idx), self.codec._chunk)
+        return r_hat
 
     def synthesis(self, r_hat: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         return self.lin_s(r_hat) if self.g_s is None else self.lin_s(r_hat) + self.g_s(torch.cat([r_hat, shared], 1))
@@ -543,36 +687,27 @@ class _CodingMixin:
         k = torch.ones(batch, 1, h, w) if keep is None else keep.float().expand(batch, 1, h, w)
         return F.pad(k, (0, wp - w, 0, hp - h))
 
-    def _compress_latent(
-        self, bfc: BFCNet, x: dict, quality: float, mask: torch.Tensor
-    ) -> tuple[list[bytes], torch.Tensor]:
+    def _compress_latent(self, bfc: BFCNet, x: dict, quality: float, mask: torch.Tensor) -> tuple[bytes, torch.Tensor]:
         gain, inv = bfc.gain(quality)
-        out = bfc.latent_codec.compress(bfc.analysis(x) * gain, mask)
-        return [s[0] for s in out["strings"]], out["y_hat"] * inv  # batch of one
+        writer = SymbolWriter()
+        y_hat = bfc.latent_codec.code(writer, bfc.analysis(x) * gain, mask)
+        return writer.finish(), y_hat * inv
 
-    def _decompress_latent(
-        self, bfc: BFCNet, strings: list[bytes], size, quality: float, mask: torch.Tensor
-    ) -> torch.Tensor:
-        hp, wp = self._padded(size)
-        shape = {"y": [(g, hp, wp) for g in bfc.groups], "hyper": (hp // 2, wp // 2)}
-        y_hat = bfc.latent_codec.decompress([[s] for s in strings], shape, mask)["y_hat"]
-        return y_hat * bfc.gain(quality)[1]
+    def _decompress_latent(self, bfc: BFCNet, string: bytes, quality: float, mask: torch.Tensor) -> torch.Tensor:
+        return bfc.latent_codec.code(SymbolReader(string), None, mask) * bfc.gain(quality)[1]
 
     def _guarded(self, strings: list[bytes], size: tuple[int, int]) -> list[bytes]:
         """Zero-pad every stream so that the rANS decoder (which does not bounds-check) can never read past the end
-        of a crafted or damaged stream: each decoded symbol consumes at most one 32-bit word."""
+        of a crafted or damaged stream: each decoded symbol consumes at most one 32-bit word, and a stream holds at
+        most a latent's and its hyper-latent's symbols."""
         hp, wp = self._padded(size)
-        widest = max(max(m.gain.shape[1] for m in self.modules() if isinstance(m, GainUnit)), self.cfg.hyper)
+        widest = max(m.gain.shape[1] for m in self.modules() if isinstance(m, GainUnit)) + self.cfg.hyper
         pad = b"\0" * (4 * widest * hp * wp + 64)
         return [bytes(s) + pad for s in strings]
 
-    @staticmethod
-    def latent_streams(cfg: MutualConfig) -> int:
-        return 2 * len(cfg.groups) + 1  # two checkerboard halves per channel group, then the hyper-latent
-
     def stream_count(self, residual: bool = False) -> int:
-        """Streams of one coded image: the skip mask, every latent's streams, then the residual stream if sent."""
-        return 1 + self.latent_count * self.latent_streams(self.cfg) + int(residual)
+        """Streams of one coded image: the skip mask, one rANS stream per latent, then the residual stream if sent."""
+        return 1 + self.latent_count + int(residual)
 
 
 def encode_mask(keep: torch.Tensor | None) -> bytes:
@@ -643,11 +778,13 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         packers = {k: self.bfc.pack for k in self.cfg.base} | {k: self.mfc.pack for k in self.targets}
         return {k: packers[k].normalize(k, x) for k, x in levels.items()}
 
-    def _decode(self, y_hat: torch.Tensor, residual_fn=None) -> tuple[dict, dict]:
-        """-> (levels with the residual applied, prediction-only levels)."""
-        shared, base_u = self.bfc.synthesis(y_hat)
+    def _decode(self, y_hat: torch.Tensor, residual_fn=None, mask: torch.Tensor | None = None) -> tuple[dict, dict]:
+        """-> (levels with the residual applied, prediction-only levels). ``mask``: the coded cells (real coding;
+        skipped cells' latents are 0, so the linear transforms run only on the coded ones)."""
+        kept = None if mask is None else mask.flatten().nonzero().squeeze(1)
+        shared, base_u = self.bfc.synthesis(y_hat, residual_fn is not None or self.mfc.heads is not None, kept)
         out = self.bfc.pack.unpack(base_u)
-        out.update(self.mfc(shared, base_u))
+        out.update(self.mfc(shared, base_u, kept if self.bfc.out_s is None else None))
         pred = dict(out)
         if residual_fn is not None:
             p = self.res.pack
@@ -686,10 +823,12 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         residual: bool = True,
         rd_lambda: float | None = None,
         keep: torch.Tensor | None = None,
+        reconstruct: bool = True,
     ) -> tuple[list[bytes], dict]:
-        """-> byte strings (skip mask, latent streams, then the residual stream if used) and what decoding needs besides
-        them: the coarsest level's size; also the encoder's own reconstruction under ``"levels"`` and whether the
-        residual stream was sent under ``"residual"``.
+        """-> byte strings (skip mask, the latent's stream, then the residual stream if used) and what decoding needs
+        besides them: the coarsest level's size; also the encoder's own reconstruction under ``"levels"`` (None if
+        not ``reconstruct`` and the residual did not need it) and whether the residual stream was sent under
+        ``"residual"``.
 
         With ``rd_lambda`` the residual stream is a rate-distortion decision: it is sent only if its bits cost less
         than ``rd_lambda`` times the squared error it removes (in the codec's feature space, per pixel: the units
@@ -698,18 +837,21 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
         stream (``encode_mask``)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
         mask = self._mask(keep, size)
-        strings, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality, mask)
-        strings.insert(0, encode_mask(keep))
+        latent, y_hat = self._compress_latent(self.bfc, {k: x[k] for k in self.cfg.base}, quality, mask)
+        strings = [encode_mask(keep), latent]
 
         def code_residual(shared, pred_u):
             rg, rinv = self.res.gain(quality)
             d = self.res.pack.pack({self.finest: x[self.finest]}) - pred_u
-            rc = self.res.codec.compress(self.res.analysis(d, shared) * rg * mask, torch.cat([shared, mask], 1))
-            strings.append(rc["strings"][0][0])
-            return self.res.synthesis(rc["y_hat"] * rinv, shared)
+            writer = SymbolWriter()
+            r_hat = self.res.code(writer, self.res.analysis(d, shared) * rg * mask, shared, mask)
+            strings.append(writer.finish())
+            return self.res.synthesis(r_hat * rinv, shared)
 
         use = residual and self.res is not None
-        rec, pred = self._decode(y_hat, code_residual if use else None)
+        if not (use or reconstruct):
+            return strings, {"size": size, "levels": None, "residual": False}
+        rec, pred = self._decode(y_hat, code_residual if use else None, mask)
         rec, pred = _crop_levels(self.cfg, rec, size), _crop_levels(self.cfg, pred, size)
         if use and rd_lambda is not None:
             k, to_space = self.finest, self.mfc.pack.normalize  # only the finest level differs between the two
@@ -728,15 +870,14 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
             raise ValueError(f"expected {n} streams (+1 residual), got {len(strings)}")
         mask = self._mask(decode_mask(strings[0], size), size)
         strings = self._guarded(strings, size)
-        y_hat = self._decompress_latent(self.bfc, strings[1:n], size, quality, mask)
+        y_hat = self._decompress_latent(self.bfc, strings[1], quality, mask)
 
         def decode_residual(shared, pred_u):
             _, rinv = self.res.gain(quality)
-            params = torch.cat([shared, mask], 1)
-            r_hat = self.res.codec.decompress([[strings[n]]], shared.shape[-2:], params)["y_hat"]
+            r_hat = self.res.code(SymbolReader(strings[n]), None, shared, mask)
             return self.res.synthesis(r_hat * rinv, shared)
 
-        rec, _ = self._decode(y_hat, decode_residual if len(strings) == n + 1 else None)
+        rec, _ = self._decode(y_hat, decode_residual if len(strings) == n + 1 else None, mask)
         return _crop_levels(self.cfg, rec, size)
 
 
@@ -782,30 +923,31 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
         residual: bool = True,
         rd_lambda: float | None = None,
         keep: torch.Tensor | None = None,
+        reconstruct: bool = True,
     ) -> tuple[list[bytes], dict]:
-        """-> byte strings and the encoder's reconstruction (``residual`` and ``rd_lambda`` have no effect here;
-        ``keep`` as for the mutual network, applied to every level's latent)."""
+        """-> byte strings and the encoder's reconstruction (None if not ``reconstruct``; ``residual`` and
+        ``rd_lambda`` have no effect here; ``keep`` as for the mutual network, applied to every level's latent)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
         mask = self._mask(keep, size)
         strings, rec = [encode_mask(keep)], {}
         for k, bfc in self.codecs.items():
             s, y_hat = self._compress_latent(bfc, {k: x[k]}, quality, mask)
-            strings += s
-            rec.update(bfc.pack.unpack(bfc.synthesis(y_hat)[1]))
-        return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size)}
+            strings.append(s)
+            if reconstruct:
+                rec.update(bfc.pack.unpack(bfc.synthesis(y_hat, kept=mask.flatten().nonzero().squeeze(1))[1]))
+        return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size) if reconstruct else None}
 
     @torch.inference_mode()
     @reproducible_threads()
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
-        n = self.latent_streams(self.cfg)
         if len(strings) != self.stream_count():
             raise ValueError(f"expected {self.stream_count()} streams, got {len(strings)}")
         mask = self._mask(decode_mask(strings[0], size), size)
         strings = self._guarded(strings, size)[1:]
         rec = {}
-        for i, bfc in enumerate(self.codecs.values()):
-            y_hat = self._decompress_latent(bfc, strings[i * n : (i + 1) * n], size, quality, mask)
-            rec.update(bfc.pack.unpack(bfc.synthesis(y_hat)[1]))
+        for string, bfc in zip(strings, self.codecs.values(), strict=True):
+            y_hat = self._decompress_latent(bfc, string, quality, mask)
+            rec.update(bfc.pack.unpack(bfc.synthesis(y_hat, kept=mask.flatten().nonzero().squeeze(1))[1]))
         return _crop_levels(self.cfg, rec, size)
 
 

@@ -284,9 +284,12 @@ class YOLOv5Detector(nn.Module):
         """(B, 1, H, W) at the coarsest level: the highest objectness any anchor of any level predicts inside each
         cell. An encoder that has the features can tell where the detector sees nothing at all."""
         size = levels[self.level_names[-1]].shape[-2:]
+        rows = [4 + a * self.head.no for a in range(self.head.na)]  # only the objectness outputs are computed
         out = None
-        for p in self.head_outputs({k: v.float() for k, v in levels.items()}):
-            m = F.adaptive_max_pool2d(p[:, :, 4].amax(1, keepdim=True), size)
+        for i, name in enumerate(self.level_names):
+            conv = self.head.m[i]
+            p = F.conv2d(levels[name].float(), conv.weight[rows], conv.bias[rows]).sigmoid()
+            m = F.adaptive_max_pool2d(p.amax(1, keepdim=True), size)
             out = m if out is None else torch.maximum(out, m)
         return out
 
