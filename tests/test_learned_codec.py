@@ -178,3 +178,26 @@ def test_background_skipping_follows_the_detector_objectness(task, ckpt, feature
     assert sizes[0.999] < sizes[tau] < sizes[0.0]
     with pytest.raises(MutualFCError, match="skip threshold"):
         create_codec("mutual", task, checkpoint=str(ckpt), skip_below=1.5)
+
+
+def test_qualities_above_the_top_raise_fidelity(task, ckpt, features):
+    """From the model's top quality to top + 1 the codec sends the residual stream and lowers the skip threshold
+    to FIDELITY_SKIP_BELOW; the container's quality is all the decoder needs. Explicit settings win."""
+    from mutualfc.codecs.learned import DEFAULT_SKIP_BELOW, FIDELITY_SKIP_BELOW
+
+    codec = create_codec("mutual", task, checkpoint=str(ckpt))
+    top = codec.top
+    assert codec.default_params[-1] == top + 1
+    assert codec.operating_point(top) == (top, "off", DEFAULT_SKIP_BELOW)
+    q, residual, tau = codec.operating_point(top + 0.5)
+    assert (q, residual) == (top, "on") and FIDELITY_SKIP_BELOW < tau < DEFAULT_SKIP_BELOW
+    assert codec.operating_point(top + 1)[2] == pytest.approx(FIDELITY_SKIP_BELOW)
+    hi = codec.encode(features, top + 1)
+    header, streams = bitstream.unpack(hi)
+    assert header.param == top + 1 and len(streams) == codec.net.stream_count(residual=True)
+    assert len(hi) > len(codec.encode(features, top))
+    _, rec = codec.reconstruct(features, top + 1)
+    out = codec.decode(hi)
+    assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
+    fixed = create_codec("mutual", task, checkpoint=str(ckpt), residual="off", skip_below=0.2)
+    assert fixed.operating_point(top + 1) == (top, "off", 0.2)

@@ -84,3 +84,19 @@ def test_training_applies_the_encoders_skip_mask(cache, tmp_path):
         train(TrainConfig.from_dict({**cfg.__dict__, "skip_below": tau}), run, progress=False)
         bpp[tau] = float(next(csv.DictReader(open(run / "log.csv")))["bpp"])
     assert 0 <= bpp[0.05] < bpp[0.0]
+
+
+def test_train_only_changes_nothing_outside_its_prefixes(cache, tmp_path):
+    """``train_only=("res.",)`` fits a new residual stream on a fixed base: every other tensor, the base's
+    entropy-bottleneck quantiles included, stays exactly as loaded."""
+    cfg = TrainConfig(cache=str(cache), model=SMALL, steps=1, batch=2, crop=4)
+    train(cfg, tmp_path / "a", progress=False)
+    src = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    only = TrainConfig.from_dict({**cfg.__dict__, "model": {**SMALL, "residual": 4}, "steps": 2,
+                                  "init_from": str(tmp_path / "a" / "last.pt"), "train_only": ("res.",)})  # fmt: skip
+    train(only, tmp_path / "b", progress=False)
+    got = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    base = [k for k in got if not k.startswith("res.") and got[k].is_floating_point()]
+    assert base and all(torch.equal(got[k], src[k]) for k in base)
+    with pytest.raises(MutualFCError, match="no parameter"):
+        train(TrainConfig.from_dict({**only.__dict__, "train_only": ("nope.",)}), tmp_path / "c", progress=False)

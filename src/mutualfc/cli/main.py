@@ -314,7 +314,8 @@ def cmd_train_run(args) -> int:
     cfg = TrainConfig(cache=args.cache, task=args.task, model=model, steps=args.steps, batch=args.batch, crop=args.crop,
                       lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
                       seed=args.seed, snapshot_every=args.snapshot_every, init_from=args.init_from or "",
-                      skip_below=args.skip_below)  # fmt: skip
+                      skip_below=args.skip_below,
+                      train_only=tuple(x.strip() for x in args.train_only.split(",") if x.strip()))  # fmt: skip
     last = train(cfg, args.run_dir, device=args.device, progress=_progress(args))
     print(f"checkpoint: {last}")
     return 0
@@ -364,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task(p)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--codec", required=True, help="codec name (see 'mutualfc anchor list')")
-    p.add_argument("--quality", type=float, help="quality / QP (default: middle of the codec's sweep)")
+    p.add_argument("--quality", type=float,
+                   help="quality / QP (default: middle of the codec's sweep); learned codecs: 0..7 are the model's "
+                   "rate points (fractions interpolate), 7..8 raise fidelity: the P3 residual stream is sent and "
+                   "the skip threshold falls to 0.01 at 8 (unless --residual / --skip-below are given)")  # fmt: skip
     p.add_argument(
         "--target-bpp",
         type=float,
@@ -420,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from the matching weights of a trained checkpoint (zoo file or a run's last.pt), "
                    "e.g. to fine-tune; parts that do not match start as usual (default: none)")  # fmt: skip
+    q.add_argument("--train-only", default="", metavar="PREFIXES",
+                   help="comma-separated parameter-name prefixes to train, the rest stays as initialised, e.g. 'res.' "
+                   "to fit a new residual stream to a --init-from model whose base bitstreams must not change "
+                   "(default: everything)")  # fmt: skip
     q.add_argument("--steps", type=int, default=4000, help="training steps (default: %(default)s)")
     q.add_argument("--batch", type=int, default=8, help="crops per step and process (default: %(default)s)")
     q.add_argument("--crop", type=int, default=8, help="crop size at the coarsest level (default: %(default)s)")

@@ -26,6 +26,10 @@ DEFAULT_RESIDUAL = "off"
 # decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
 # no accuracy; chosen on coco-val212 (README).
 DEFAULT_SKIP_BELOW = 0.05
+# Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the P3 residual stream is sent
+# and the skip threshold falls geometrically from DEFAULT_SKIP_BELOW to this at top + 1, where the detector's
+# accuracy on the decoded features is within 1% of the original's (README). Explicit --residual / --skip-below win.
+FIDELITY_SKIP_BELOW = 0.01
 
 
 class LearnedFeatureCodec(Codec):
@@ -47,6 +51,7 @@ class LearnedFeatureCodec(Codec):
             raise MutualFCError(f"the {self.name} codec needs a task network")
         self.model = load_model(self.name, task.name, checkpoint)
         self.net = self.model.net
+        self._explicit = {"residual": residual is not None, "skip_below": skip_below is not None}
         residual = {True: "on", False: "off", None: DEFAULT_RESIDUAL}.get(residual, residual)
         if residual not in RESIDUAL_MODES:
             raise MutualFCError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, got {residual!r}")
@@ -54,10 +59,10 @@ class LearnedFeatureCodec(Codec):
         self.skip_below = DEFAULT_SKIP_BELOW if skip_below is None else float(skip_below)
         if not 0 <= self.skip_below < 1:
             raise MutualFCError(f"skip threshold must be in [0, 1), got {self.skip_below:g}")
-        if self.skip_below and not hasattr(task, "objectness_map"):
+        if (self.skip_below or not self._explicit["skip_below"]) and not hasattr(task, "objectness_map"):
             raise MutualFCError(f"{task.name} gives no objectness map; use a skip threshold of 0")
-        q = self.net.cfg.qualities - 1
-        self.default_params = tuple(float(x) for x in range(q + 1))
+        self.top = self.net.cfg.qualities - 1  # the model's highest quality; top + 1 is the fidelity point
+        self.default_params = tuple(float(x) for x in range(self.top + 2))
         self._level = task.level_names[-1]
 
     @property
@@ -69,10 +74,22 @@ class LearnedFeatureCodec(Codec):
                                      "skip_below": self.skip_below}  # fmt: skip
 
     def _check_quality(self, q: float) -> float:
-        top = self.net.cfg.qualities - 1
-        if not 0 <= q <= top:
-            raise MutualFCError(f"{self.name} quality must be in 0..{top}, got {q:g}")
+        if not 0 <= q <= self.top + 1:
+            raise MutualFCError(f"{self.name} quality must be in 0..{self.top + 1}, got {q:g}")
         return q
+
+    def operating_point(self, quality: float) -> tuple[float, str, float]:
+        """-> (model quality, residual mode, skip threshold) that ``quality`` stands for: up to the model's top
+        quality the codec's settings; above it (fidelity) the top quality's gains with the residual stream on and
+        the skip threshold moving geometrically to FIDELITY_SKIP_BELOW, unless set explicitly."""
+        if quality <= self.top:
+            return quality, self.residual, self.skip_below
+        t = quality - self.top
+        residual = self.residual if self._explicit["residual"] else "on"
+        tau = self.skip_below
+        if not self._explicit["skip_below"]:
+            tau = tau ** (1 - t) * FIDELITY_SKIP_BELOW**t
+        return float(self.top), residual, tau
 
     def rd_lambda(self, quality: float) -> float | None:
         """The Lagrange multiplier the checkpoint was trained with at ``quality`` (geometric between qualities);
@@ -84,12 +101,12 @@ class LearnedFeatureCodec(Codec):
         return float(lo) * (float(hi) / float(lo)) ** (quality / max(self.net.cfg.qualities - 1, 1))
 
     def _compress(self, x: FeatureSet, param: float, reconstruct: bool = True) -> tuple[list[bytes], dict]:
-        q = self._check_quality(float(np.float16(param)))  # the decoder only sees the float16 value
-        lam = self.rd_lambda(q) if self.residual == "auto" else None
-        use = self.residual == "on" or (self.residual == "auto" and lam is not None)
+        q, residual, tau = self.operating_point(self._check_quality(float(np.float16(param))))  # the decoder
+        lam = self.rd_lambda(q) if residual == "auto" else None  # only sees the float16 value
+        use = residual == "on" or (residual == "auto" and lam is not None)
         keep = None
-        if self.skip_below > 0:
-            keep = self.task.objectness_map(x.levels) >= self.skip_below
+        if tau > 0:
+            keep = self.task.objectness_map(x.levels) >= tau
         return self.net.compress(x.levels, q, residual=use, rd_lambda=lam, keep=keep, reconstruct=reconstruct)
 
     def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
@@ -101,10 +118,9 @@ class LearnedFeatureCodec(Codec):
         return strings, FeatureSet(meta["levels"], x.geometry)
 
     def decode_streams(self, header: bitstream.Header, streams: list[bytes]) -> FeatureSet:
-        q = header.param
-        top = self.net.cfg.qualities - 1
-        if not 0 <= q <= top:
-            raise BitstreamError(f"quality {q:g} outside 0..{top}")
+        if not 0 <= header.param <= self.top + 1:
+            raise BitstreamError(f"quality {header.param:g} outside 0..{self.top + 1}")
+        q = min(header.param, float(self.top))  # above the top: the top's gains (the rest is in the streams)
         if not (1 <= header.width <= 16384 and 1 <= header.height <= 16384):
             raise BitstreamError(f"implausible image size {header.width}x{header.height}")
         geometry = self.task.geometry((header.height, header.width))
@@ -121,7 +137,7 @@ class LearnedFeatureCodec(Codec):
     def quality_for_bpp(self, x: FeatureSet, target_bpp: float, pixels: int, steps: int = 8) -> tuple[float, bytes]:
         """Highest quality whose container fits ``target_bpp`` (bisection on the continuous quality; rate grows
         with quality). Falls back to quality 0 when even that is over budget."""
-        lo, hi = 0.0, float(self.net.cfg.qualities - 1)
+        lo, hi = 0.0, float(self.top + 1)
         best = self.encode(x, lo)
         if 8 * len(best) / pixels > target_bpp:
             return lo, best

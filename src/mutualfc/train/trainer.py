@@ -60,6 +60,9 @@ class TrainConfig:
     prediction_weight: float = 0.5  # weight of the prediction-only (no residual) distortion
     freeze_linear: bool = True  # keep the closed-form linear transforms (PCA, least squares) as initialised
     init_from: str = ""  # checkpoint (zoo file or a run's last.pt) whose matching weights start the run (fine-tuning)
+    # parameter-name prefixes to train (e.g. ("res.",): a new residual stream on a fixed base, whose bitstreams
+    # then stay as they were); empty = everything
+    train_only: tuple[str, ...] = ()
     # train with the encoder's background skipping in the loop: crop cells whose objectness (task network on the
     # original features) is below this are skipped, as `encode --skip-below` does; 0 = every cell coded
     skip_below: float = 0.0
@@ -215,10 +218,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
         for n, p in net.named_parameters():
             if is_linear_transform(n):
                 p.requires_grad_(False)
-    aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
+    if cfg.train_only:
+        for n, p in net.named_parameters():
+            if not n.startswith(tuple(cfg.train_only)):
+                p.requires_grad_(False)
+        if not any(p.requires_grad for p in net.parameters()):
+            raise MutualFCError(f"no parameter of {model_cfg.arch} starts with {', '.join(cfg.train_only)}")
+    aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
     main_params = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
     opt = torch.optim.Adam(main_params, lr=cfg.lr)
-    aux_opt = torch.optim.Adam(aux, lr=1e-3)
+    aux_opt = torch.optim.Adam(aux or [torch.zeros(1, requires_grad=True)], lr=1e-3)  # Adam refuses an empty list
     step = 0
     if resume is not None:
         net.load_state_dict(resume["model"])
@@ -296,10 +305,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
             terms["loss"].backward()
             nn.utils.clip_grad_norm_(main_params, 1.0)
             opt.step()
-            aux_loss = sum(m.loss() for m in net.modules() if hasattr(m, "quantiles") and hasattr(m, "loss"))
-            aux_opt.zero_grad(set_to_none=True)
-            aux_loss.backward()
-            aux_opt.step()
+            if aux:
+                aux_loss = sum(
+                    m.loss() for m in net.modules() if hasattr(m, "loss") and getattr(m, "quantiles", None) is not None
+                    and m.quantiles.requires_grad
+                )  # fmt: skip
+                aux_opt.zero_grad(set_to_none=True)
+                aux_loss.backward()
+                aux_opt.step()
             step += 1
             bar.update(1)
             if writer:  # one row per step: the quality varies from step to step
