@@ -509,9 +509,15 @@ class BFCNet(nn.Module):
         self.latent_codec = _hyperprior_codec(m, cfg.hyper, self.groups)
         self.gain = GainUnit(cfg.qualities, m, *cfg.gains, tied=cfg.linear)
 
-    def analysis(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def analysis(self, levels: dict[str, torch.Tensor], kept: torch.Tensor | None = None) -> torch.Tensor:
+        """-> latent (before the gains). ``kept``: raster positions that will be coded (real coding); the linear
+        design computes only those and leaves the others 0."""
         u = self.pack.pack(levels)
-        return self.lin_a(u) if self.g_a is None else self.lin_a(u) + self.g_a(u)
+        if self.g_a is not None:
+            return self.lin_a(u) + self.g_a(u)
+        if kept is None:
+            return self.lin_a(u)
+        return _pointwise_at(self.lin_a, u, kept, u.new_zeros(1, self.lin_a.out_channels, 1, 1))
 
     def synthesis(
         self, y_hat: torch.Tensor, shared: bool = True, kept: torch.Tensor | None = None
@@ -690,7 +696,7 @@ class _CodingMixin:
     def _compress_latent(self, bfc: BFCNet, x: dict, quality: float, mask: torch.Tensor) -> tuple[bytes, torch.Tensor]:
         gain, inv = bfc.gain(quality)
         writer = SymbolWriter()
-        y_hat = bfc.latent_codec.code(writer, bfc.analysis(x) * gain, mask)
+        y_hat = bfc.latent_codec.code(writer, bfc.analysis(x, mask.flatten().nonzero().squeeze(1)) * gain, mask)
         return writer.finish(), y_hat * inv
 
     def _decompress_latent(self, bfc: BFCNet, string: bytes, quality: float, mask: torch.Tensor) -> torch.Tensor:
