@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated LABEL=CODEC[:CHECKPOINT][:auto|on|off]")
-    ap.add_argument("--param", default="0,1,2,3,4,5,6,7", help="qualities (default: %(default)s)")
+    ap.add_argument("--param", default="0,1,2,3,4,5,6,7,8", help="qualities; 8 = fidelity (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="first N images only")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the tables and plot")
     args = ap.parse_args()

@@ -36,8 +36,9 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "mutual",
             "yolov5n-coco",
             "mutual_yolov5n-coco.pt",
-            "f322b3a4a7a48f2691d1629910fca9cd1852b0c9395073fe1c2488c806eb0b9b",
-            "BFCNet {P4,P5} + MFCNet P3 (+ optional P3 residual); task metric, linear transforms, skip-mask training",
+            "4bafd67ac35691b93fe3ef51516773af8b05963c6fa843228622454410654761",
+            "BFCNet {P4,P5} + MFCNet P3 (+ optional 512-component P3 residual); task metric, linear transforms, "
+            "skip-mask training",
         ),
         ZooEntry(
             "separate",
