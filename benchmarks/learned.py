@@ -24,7 +24,7 @@ from mutualfc.io import atomic_write_text, read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["mutual=mutual", "separate=separate"]
 REFERENCES = ("hevc-feature", "hevc-image", "separate", "separate (fine-tuned with the skip mask)")
-ABLATION_REFERENCES = ("abl-ref", "abl-separate")  # used when the results hold ablation runs
+ABLATION_REFERENCES = ("abl-ref", "abl-separate", "abl-scratch")  # used when the results hold ablation runs
 
 
 def main() -> int:

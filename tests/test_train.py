@@ -53,6 +53,13 @@ def test_cli_train_refuses_a_cache_of_another_task(cache, tmp_path, capsys):
     assert "holds features of other-net" in capsys.readouterr().err
 
 
+def test_a_cache_smaller_than_one_batch_is_refused_not_looped_on(cache, tmp_path, capsys):
+    """Training takes full batches only; a cache with fewer images than one batch would never take a step."""
+    with pytest.raises(MutualFCError, match="fewer than one batch"):
+        train(TrainConfig(cache=str(cache), model=SMALL, steps=1, batch=64, crop=4), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
 def test_fine_tuning_starts_from_matching_weights(task, cache, tmp_path):
     """``init_from`` loads what fits (a residual of another width is refitted in closed form) and refuses a
     checkpoint of another task network."""

@@ -594,7 +594,7 @@ class MFCNet(nn.Module):
         t = _flat(self.pack.pack(levels), samples, seed=1)
         b = _flat(base_rec, samples, seed=1)
         b1 = torch.cat([b, torch.ones_like(b[:, :1])], 1)
-        reg = 1e-3 * torch.eye(b1.shape[1], dtype=b1.dtype)
+        reg = 1e-3 * torch.eye(b1.shape[1], dtype=b1.dtype, device=b1.device)
         w = torch.linalg.solve(b1.T @ b1 + reg, b1.T @ t)  # (C_base + 1, C_target)
         _set_linear(self.lin, w[:-1].T, w[-1])
 
@@ -685,12 +685,14 @@ class _CodingMixin:
         h, w = size
         return h + (-h % self.pad_multiple), w + (-w % self.pad_multiple)
 
-    def _mask(self, keep: torch.Tensor | None, size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+    def _mask(
+        self, keep: torch.Tensor | None, size: tuple[int, int], batch: int = 1, device: torch.device | None = None
+    ) -> torch.Tensor:
         """-> (batch, 1, Hp, Wp) float mask of the coded latent cells: ``keep`` ((B, 1, H, W) at the coarsest level,
         None = all) zero-padded to the latent's size (padding is never coded)."""
         h, w = size
         hp, wp = self._padded(size)
-        k = torch.ones(batch, 1, h, w) if keep is None else keep.float().expand(batch, 1, h, w)
+        k = torch.ones(batch, 1, h, w, device=device) if keep is None else keep.float().expand(batch, 1, h, w)
         return F.pad(k, (0, wp - w, 0, hp - h))
 
     def _compress_latent(self, bfc: BFCNet, x: dict, quality: float, mask: torch.Tensor) -> tuple[bytes, torch.Tensor]:
@@ -802,7 +804,7 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
     def forward(self, levels: dict[str, torch.Tensor], quality: float, keep: torch.Tensor | None = None) -> dict:
         """``keep``: (B, 1, H, W) at the coarsest level, cells to code (None = all); the others decode to the mean."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
-        mask = self._mask(keep, size, x[self.finest].shape[0])
+        mask = self._mask(keep, size, x[self.finest].shape[0], x[self.finest].device)
         gain, inv = self.bfc.gain(quality)
         lc = self.bfc.latent_codec(self.bfc.analysis({k: x[k] for k in self.cfg.base}) * gain, mask)
         likelihoods = dict(lc["likelihoods"])
@@ -910,7 +912,7 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
 
     def forward(self, levels: dict[str, torch.Tensor], quality: float, keep: torch.Tensor | None = None) -> dict:
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
-        mask = self._mask(keep, size, x[self.cfg.levels[-1]].shape[0])
+        mask = self._mask(keep, size, x[self.cfg.levels[-1]].shape[0], x[self.cfg.levels[-1]].device)
         lik, rec = {}, {}
         for k, bfc in self.codecs.items():
             gain, inv = bfc.gain(quality)

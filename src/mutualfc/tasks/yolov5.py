@@ -131,7 +131,8 @@ class DetectHead(nn.Module):
         for i, x in enumerate(levels):
             b, _, h, w = x.shape
             y = self.m[i](x).view(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2).sigmoid()
-            gy, gx = torch.meshgrid(torch.arange(h, dtype=y.dtype), torch.arange(w, dtype=y.dtype), indexing="ij")
+            ar = {"dtype": y.dtype, "device": y.device}
+            gy, gx = torch.meshgrid(torch.arange(h, **ar), torch.arange(w, **ar), indexing="ij")
             grid = torch.stack((gx, gy), 2).view(1, 1, h, w, 2)
             anchor_px = (self.anchors[i] * self.strides[i]).view(1, self.na, 1, 1, 2)
             xy = (y[..., :2] * 2 - 0.5 + grid) * self.strides[i]

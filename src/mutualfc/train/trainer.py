@@ -206,6 +206,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
         cfg.cache, cfg.task, crop=cfg.crop, strides=tuple(task.level_strides), seed=cfg.seed + rank
     )
     sampler = DistributedSampler(data, seed=cfg.seed) if distributed else None
+    per_process = len(sampler) if sampler is not None else len(data)
+    if per_process < cfg.batch:  # full batches only: the loop would never take a step
+        raise MutualFCError(f"{cfg.cache} holds {len(data)} usable images, {per_process} per process: fewer than one "
+                            f"batch of {cfg.batch}; use a smaller --batch or cache more images")  # fmt: skip
     loader = DataLoader(data, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, collate_fn=_collate)  # fmt: skip
 
