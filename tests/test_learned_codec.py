@@ -192,6 +192,8 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features):
     q, residual, tau = codec.operating_point(top + 0.5)
     assert (q, residual) == (top, "on") and FIDELITY_SKIP_BELOW < tau < DEFAULT_SKIP_BELOW
     assert codec.operating_point(top + 1)[2] == pytest.approx(FIDELITY_SKIP_BELOW)
+    info = codec.describe(top + 1)  # what eval records with the point
+    assert info["residual"] == "on" and info["skip_below"] == pytest.approx(FIDELITY_SKIP_BELOW)
     hi = codec.encode(features, top + 1)
     header, streams = bitstream.unpack(hi)
     assert header.param == top + 1 and len(streams) == codec.net.stream_count(residual=True)

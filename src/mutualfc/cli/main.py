@@ -39,9 +39,10 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--residual",
         choices=["auto", "on", "off"],
-        help="mutual codec: the P3 residual stream; 'off' (default: P3 is predicted from the decoded base alone, the "
-        "best trade-off measured), 'auto' sends it for an image only when its bits buy more accuracy than the "
-        "rate-distortion trade-off the model was trained for, 'on' always (the highest accuracy)",
+        help="mutual codec: the P3 residual stream; 'off' (default up to quality 7: P3 is predicted from the decoded "
+        "base alone, the best trade-off measured; above 7 the default is 'on'), 'auto' sends it for an image only when "
+        "its bits buy more accuracy than the rate-distortion trade-off the model was trained for, 'on' always (the "
+        "highest accuracy); given explicitly, it holds at every quality",
     )
     p.add_argument(
         "--skip-below",
@@ -49,7 +50,8 @@ def _add_codec_options(p: argparse.ArgumentParser) -> None:
         metavar="OBJECTNESS",
         help="learned codecs: stride-32 cells where the detector, run on the original features, predicts no "
         "objectness above this value are skipped: they cost one mask bit each and decode to the mean features; "
-        "0 codes every cell (default: the codec's, see README)",
+        "0 codes every cell (default: 0.05, falling to 0.01 from quality 7 to 8; given explicitly, it holds at every "
+        "quality)",
     )
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")

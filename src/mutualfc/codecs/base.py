@@ -38,7 +38,8 @@ class Codec(ABC):
     def task_id(self) -> int:
         return TASK_IDS.get(getattr(self.task, "name", ""), 0)
 
-    def describe(self) -> dict:
+    def describe(self, param: float | None = None) -> dict:
+        """The codec's settings (at ``param``, where they depend on it), recorded with every result."""
         return {"codec": self.name, "param_name": self.param_name}
 
     # -- the public API --------------------------------------------------------------------------------

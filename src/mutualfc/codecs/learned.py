@@ -69,9 +69,10 @@ class LearnedFeatureCodec(Codec):
     def model_tag(self) -> int:
         return self.model.tag
 
-    def describe(self) -> dict:
-        return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": self.residual,
-                                     "skip_below": self.skip_below}  # fmt: skip
+    def describe(self, param: float | None = None) -> dict:
+        _, residual, tau = self.operating_point(param) if param is not None else (None, self.residual, self.skip_below)
+        return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": residual,
+                                     "skip_below": round(tau, 6)}  # fmt: skip
 
     def _check_quality(self, q: float) -> float:
         if not 0 <= q <= self.top + 1:

@@ -101,4 +101,4 @@ def evaluate_point(
         "dataset": str(dataset.annotations or dataset.root),
         "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    } | ({} if codec is None else {"codec_info": codec.describe()})
+    } | ({} if codec is None else {"codec_info": codec.describe(param)})
