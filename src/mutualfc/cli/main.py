@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -319,7 +320,8 @@ def cmd_train_run(args) -> int:
                       skip_below=args.skip_below,
                       train_only=tuple(x.strip() for x in args.train_only.split(",") if x.strip()))  # fmt: skip
     last = train(cfg, args.run_dir, device=args.device, progress=_progress(args))
-    print(f"checkpoint: {last}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process returns here
+        print(f"checkpoint: {last}")
     return 0
 
 
