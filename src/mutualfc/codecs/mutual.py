@@ -201,6 +201,11 @@ def _code_gaussian(coder, gc: GaussianConditional, y: torch.Tensor | None, param
     return out.view_as(means)
 
 
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Raster indices of the nonzero cells of a map of one image ((1, 1, H, W) or (H, W)): the coded positions."""
+    return mask.flatten().nonzero().squeeze(1)
+
+
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(1, C, H, W) -> (1, C, K, 1) at raster positions ``idx``: per-position (1x1) networks then run on the coded
     positions only."""
@@ -254,7 +259,7 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
 
     def _coded_positions(self, mask: torch.Tensor) -> torch.Tensor:
         """Raster indices of the hyper-latent positions that are coded (batch of one)."""
-        return self._z_mask(mask)[0, 0].flatten().nonzero().squeeze(1)
+        return _positions(self._z_mask(mask))
 
     def _medians(self, like: torch.Tensor) -> torch.Tensor:
         return self.entropy_bottleneck._get_medians().detach().view(1, -1, 1, 1).expand_as(like)
@@ -314,7 +319,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         anchor = (rows + cols) % 2 == 0  # CompressAI's "even" anchor parity
         kept = mask[0, 0] > 0
-        steps = [(anchor & kept).flatten().nonzero().squeeze(1), (~anchor & kept).flatten().nonzero().squeeze(1)]
+        steps = [_positions(anchor & kept), _positions(~anchor & kept)]
         for k, g in enumerate(cg.groups):
             side = cg._get_ctx_params(k, params, y_hat_)
             cb = cg.latent_codec[f"y{k}"]
@@ -629,7 +634,7 @@ class ResidualCoder(nn.Module):
         cells into its own stream; -> r_hat (0 at skipped cells)."""
         params = self.codec.entropy_parameters(torch.cat([shared, mask], 1))
         r_hat = params.new_zeros(1, params.shape[1] // 2, *mask.shape[-2:])
-        idx = mask.flatten().nonzero().squeeze(1)
+        idx = _positions(mask)
         if idx.numel():
             c, gc = r_hat.shape[1], self.codec.gaussian_conditional
             values = None if r is None else r.reshape(c, -1)[:, idx]
@@ -698,7 +703,7 @@ class _CodingMixin:
     def _compress_latent(self, bfc: BFCNet, x: dict, quality: float, mask: torch.Tensor) -> tuple[bytes, torch.Tensor]:
         gain, inv = bfc.gain(quality)
         writer = SymbolWriter()
-        y_hat = bfc.latent_codec.code(writer, bfc.analysis(x, mask.flatten().nonzero().squeeze(1)) * gain, mask)
+        y_hat = bfc.latent_codec.code(writer, bfc.analysis(x, _positions(mask)) * gain, mask)
         return writer.finish(), y_hat * inv
 
     def _decompress_latent(self, bfc: BFCNet, string: bytes, quality: float, mask: torch.Tensor) -> torch.Tensor:
@@ -789,7 +794,7 @@ class MutualFeatureNet(_CodingMixin, nn.Module):
     def _decode(self, y_hat: torch.Tensor, residual_fn=None, mask: torch.Tensor | None = None) -> tuple[dict, dict]:
         """-> (levels with the residual applied, prediction-only levels). ``mask``: the coded cells (real coding;
         skipped cells' latents are 0, so the linear transforms run only on the coded ones)."""
-        kept = None if mask is None else mask.flatten().nonzero().squeeze(1)
+        kept = None if mask is None else _positions(mask)
         shared, base_u = self.bfc.synthesis(y_hat, residual_fn is not None or self.mfc.heads is not None, kept)
         out = self.bfc.pack.unpack(base_u)
         out.update(self.mfc(shared, base_u, kept if self.bfc.out_s is None else None))
@@ -937,12 +942,12 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
         ``rd_lambda`` have no effect here; ``keep`` as for the mutual network, applied to every level's latent)."""
         x, size = _pad_levels(self.cfg, levels, self.pad_multiple)
         mask = self._mask(keep, size)
-        strings, rec = [encode_mask(keep)], {}
+        strings, rec, kept = [encode_mask(keep)], {}, _positions(mask)
         for k, bfc in self.codecs.items():
             s, y_hat = self._compress_latent(bfc, {k: x[k]}, quality, mask)
             strings.append(s)
             if reconstruct:
-                rec.update(bfc.pack.unpack(bfc.synthesis(y_hat, kept=mask.flatten().nonzero().squeeze(1))[1]))
+                rec.update(bfc.pack.unpack(bfc.synthesis(y_hat, kept=kept)[1]))
         return strings, {"size": size, "levels": _crop_levels(self.cfg, rec, size) if reconstruct else None}
 
     @torch.inference_mode()
@@ -952,10 +957,10 @@ class SeparateFeatureNet(_CodingMixin, nn.Module):
             raise ValueError(f"expected {self.stream_count()} streams, got {len(strings)}")
         mask = self._mask(decode_mask(strings[0], size), size)
         strings = self._guarded(strings, size)[1:]
-        rec = {}
+        rec, kept = {}, _positions(mask)
         for string, bfc in zip(strings, self.codecs.values(), strict=True):
             y_hat = self._decompress_latent(bfc, string, quality, mask)
-            rec.update(bfc.pack.unpack(bfc.synthesis(y_hat, kept=mask.flatten().nonzero().squeeze(1))[1]))
+            rec.update(bfc.pack.unpack(bfc.synthesis(y_hat, kept=kept)[1]))
         return _crop_levels(self.cfg, rec, size)
 
 
