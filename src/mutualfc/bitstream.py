@@ -11,7 +11,9 @@ import numpy as np
 from mutualfc.errors import BitstreamError
 
 MAGIC = b"MFC"
-VERSION = 3  # 2: learned codecs' payloads start with the skip mask; 3: one rANS stream per latent
+# 2: learned codecs' payloads start with the skip mask; 3: one rANS stream per latent; 4: learned codecs' entropy
+# parameters computed at the coded cells only (other float summation order) and floor-scale latents not coded
+VERSION = 4
 _FIXED = struct.Struct("<3sBBBeIHHB")  # magic, version, codec id, task id, param (f16), model tag, w, h, n streams
 MAX_STREAMS = 64
 MAX_SIDE = 16384
