@@ -236,3 +236,56 @@ def test_training_forward_counts_no_bits_for_skipped_cells(arch):
         return sum(float(-v.detach().log2().sum()) for v in out["likelihoods"].values())
 
     assert 0 < bits(part) < bits(full)
+
+
+def test_networks_evaluated_at_coded_cells_equal_the_whole_map():
+    """Real coding evaluates each network only where it is read (columns of coded cells): the values equal the
+    whole-map convolutions there, for plain, strided, stacked and masked-context convolutions."""
+    from compressai.layers import CheckerboardMaskedConv2d
+
+    from mutualfc.codecs.mutual import _context_at, _conv_at, _stack_at
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 9, 11)
+    idx = torch.tensor([0, 5, 17, 40, 98])  # corners and edges included
+    for conv in (torch.nn.Conv2d(6, 4, 3, 1, 1), torch.nn.Conv2d(6, 4, 1), torch.nn.Conv2d(6, 4, 5, 1, 2)):
+        full = conv(x).flatten(2)[0][:, idx]
+        torch.testing.assert_close(_conv_at(conv, x, idx), full, rtol=1e-5, atol=1e-5)
+    down = torch.nn.Conv2d(6, 4, 3, 2, 1)
+    out_idx = torch.tensor([0, 3, 11, 29])  # in the 5 x 6 output
+    torch.testing.assert_close(_conv_at(down, x, out_idx), down(x).flatten(2)[0][:, out_idx], rtol=1e-5, atol=1e-5)
+    nn = torch.nn
+    stack = nn.Sequential(nn.Conv2d(6, 8, 1), nn.GELU(), nn.Conv2d(8, 8, 3, 1, 1), nn.GELU(), nn.Conv2d(8, 2, 1))
+    torch.testing.assert_close(_stack_at(stack, x, idx), stack(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
+    ctx = CheckerboardMaskedConv2d(6, 12, kernel_size=5, stride=1, padding=2, groups=6)
+    torch.testing.assert_close(_context_at(ctx, x, idx), ctx(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
+
+
+def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():
+    """Latents at the scale table's floor are not coded when one flag says they all round to their mean; any other
+    value there sets the flag and everything is coded: decoding stays exact either way."""
+    from compressai.entropy_models import GaussianConditional
+
+    from mutualfc.codecs.mutual import SymbolReader, _code_gaussian, _scale_table
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(_scale_table(), force=True)
+    chunk = lambda p: p.chunk(2, 1)  # noqa: E731
+    scales = torch.full((4, 50), 0.01)
+    scales[:, :10] = 3.0  # 40 values with real scales, 160 at the floor
+    means = torch.randn(4, 50)
+    params = torch.cat([scales, means])
+    sizes = {}
+    at_mean = means + (scales > 1) * torch.randn(4, 50, generator=torch.Generator().manual_seed(1)) * 2
+    one_off = at_mean.clone()
+    one_off[2, 30] += 3.0  # a floor-scale latent three steps from its mean
+    for name, y in {"at mean": at_mean, "one off": one_off}.items():
+        w = SymbolWriter()
+        enc = _code_gaussian(w, gc, y, params, chunk)
+        data = w.finish()
+        dec = _code_gaussian(SymbolReader(data + b"\0" * 4096), gc, None, params, chunk)
+        assert torch.equal(enc, dec) and torch.equal(dec, torch.round(y - means) + means)
+        sizes[name] = len(data)
+        symbols = sum(part[1].numel() for part in w._parts)
+        assert symbols == 1 + (40 if name == "at mean" else 200)  # the flag, then the coded latents
+    assert sizes["one off"] > sizes["at mean"]

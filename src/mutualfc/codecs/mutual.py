@@ -142,6 +142,16 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+def _stamps(tensors) -> tuple:
+    """Identity and in-place version of each tensor: a cache key that changes when any of them is replaced or
+    modified. Tensors made under ``torch.inference_mode`` keep no version; they cannot be modified outside it."""
+
+    def version(t: torch.Tensor) -> int:
+        return -1 if t.is_inference() else t._version
+
+    return tuple((id(t), t.data_ptr(), version(t)) for t in tensors)
+
+
 _SHARED_TABLES: dict[bytes, tuple[list[list[int]], list[int], list[int]]] = {}
 
 
@@ -151,7 +161,7 @@ def _tables(model: EntropyModel) -> tuple[list[list[int]], list[int], list[int]]
     replaced or changed in place (``update()``, ``load_state_dict``). Models with the same tables (every Gaussian
     conditional of a network has the same scale table) get the same list objects, so that a stream coding several
     of them passes each table once."""
-    key = tuple((id(t), t.data_ptr(), t._version) for t in (model._quantized_cdf, model._cdf_length, model._offset))
+    key = _stamps((model._quantized_cdf, model._cdf_length, model._offset))
     cached = getattr(model, "_mutualfc_tables", None)
     if cached is None or cached[0] != key:
         lengths = model._cdf_length.reshape(-1).int().tolist()
@@ -287,7 +297,7 @@ def _affine(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def _cached(owner: nn.Module, name: str, tensors: tuple[torch.Tensor, ...], build):
     """``build()``, cached on ``owner`` until one of ``tensors`` is replaced or changed in place (training steps,
     ``load_state_dict``, ``update()``)."""
-    key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+    key = _stamps(tensors)
     hit = owner.__dict__.get(f"_mutualfc_{name}")
     if hit is None or hit[0] != key:
         hit = (key, build())
@@ -951,14 +961,16 @@ class _CodingMixin:
         return bfc.latent_codec.code(SymbolReader(string), None, mask) * bfc.gain(quality)[1]
 
     def _guarded(self, strings: list[bytes], size: tuple[int, int]) -> list[bytes]:
-        """Zero-pad every stream so that the rANS decoder (which does not bounds-check) can never read past the end
-        of a crafted or damaged stream: each decoded symbol consumes at most one 32-bit word, and a stream holds at
-        most a latent's and its hyper-latent's symbols."""
+        """Zero-pad every rANS stream so that the decoder (which does not bounds-check) does not read past the end of
+        a crafted or damaged stream: a regular symbol consumes at most one 32-bit word, and a stream holds at most a
+        latent's and its hyper-latent's symbols (and one flag per coding step)."""
         hp, wp = self._padded(size)
         if "_widest" not in self.__dict__:
             self._widest = max(m.gain.shape[1] for m in self.modules() if isinstance(m, GainUnit)) + self.cfg.hyper
-        pad = b"\0" * (4 * self._widest * hp * wp + 64)
-        return [strings[0], *(bytes(s) + pad for s in strings[1:])]  # the skip mask is not entropy coded
+        pad = 4 * self._widest * hp * wp + 64
+        # escape (bypass) symbols read 4 bits per call and their length prefix comes from the data, so a stream of
+        # crafted escape prefixes can ask for about 15 times its own length: padded for that too
+        return [strings[0], *(bytes(s) + b"\0" * (pad + 16 * len(s)) for s in strings[1:])]  # mask: not rANS
 
     def stream_count(self, residual: bool = False) -> int:
         """Streams of one coded image: the skip mask, one rANS stream per latent, then the residual stream if sent."""
