@@ -251,9 +251,11 @@ def _code_gaussian(coder, gc: GaussianConditional, y: torch.Tensor | None, param
     floor = indexes == 0
     every = True
     if bool(floor.any()):
-        at_mean = None if y is None else bool(torch.round(y.reshape(-1)[floor] - out[floor]).eq(0).all())
-        every = coder.flag(None if at_mean is None else not at_mean)
-    coded = torch.arange(indexes.numel()) if every else indexes.nonzero().squeeze(1)
+        off = None if y is None else bool(torch.round(y.reshape(-1) - out).ne(0).logical_and_(floor).any())
+        every = coder.flag(off)
+    if every:
+        return coder.code(gc, None if y is None else y.reshape(-1), indexes, out).view_as(means)
+    coded = indexes.nonzero().squeeze(1)
     if coded.numel():
         values = None if y is None else y.reshape(-1).index_select(0, coded)
         out.index_copy_(0, coded, coder.code(gc, values, indexes.index_select(0, coded), out.index_select(0, coded)))
@@ -305,7 +307,18 @@ def _cached(owner: nn.Module, name: str, tensors: tuple[torch.Tensor, ...], buil
     return hit[1]
 
 
-def _context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _memoized(memo: dict | None, key: tuple, positions: torch.Tensor, build):
+    """``build()``, kept in ``memo`` (one image's coding: every channel group gathers at the same cells) under
+    ``key`` and the identity of ``positions`` (held with the value, so that the identity cannot be reused)."""
+    if memo is None:
+        return build()
+    key = (*key, id(positions))
+    if key not in memo:
+        memo[key] = (positions, build())
+    return memo[key][1]
+
+
+def _context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
     """A (masked, grouped, one input channel per group) context convolution of ``x`` (1, C, H, W) evaluated at
     raster positions ``idx`` only -> (C_out, K): the taps the mask zeroes are not read at all."""
     c, h, w = x.shape[1:]
@@ -319,14 +332,18 @@ def _context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor) -> torch.Te
         return taps, weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
 
     taps, wt = _cached(conv, "taps", (conv.weight, getattr(conv, "mask", conv.weight)), taps_and_weights)
-    r, col = idx // w, idx % w
-    flat = (r.view(-1, 1) + taps // k) * (w + 2 * pad) + (col.view(-1, 1) + taps % k)  # (K, taps) in the padded map
+
+    def gather_at():  # (K * taps) in the padded map
+        r, col = idx // w, idx % w
+        return ((r.view(-1, 1) + taps // k) * (w + 2 * pad) + (col.view(-1, 1) + taps % k)).reshape(-1)
+
+    flat = _memoized(memo, ("context", k, pad, w, *taps.tolist()), idx, gather_at)
     xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
-    patches = xp.index_select(1, flat.reshape(-1)).view(c, -1, taps.numel())  # (C, K, taps)
+    patches = xp.index_select(1, flat).view(c, -1, taps.numel())  # (C, K, taps)
     return torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel()) + conv.bias.view(-1, 1)
 
 
-def _conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
     """An (ungrouped, square, symmetrically padded) convolution of ``x`` (1, C, H, W) evaluated at raster positions
     ``idx`` of its output only -> (C_out, K), as one matrix product over the gathered patches."""
     k, s, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
@@ -335,12 +352,16 @@ def _conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor) -> torch.Tenso
     c, h, w = x.shape[1:]
     if k == 1 and s == 1 and pad == 0:
         return _affine(conv, _columns(x, idx))
-    w_out = (w + 2 * pad - k) // s + 1
-    taps = torch.arange(k * k)
-    r, col = idx // w_out * s, idx % w_out * s
-    flat = (taps.view(-1, 1) // k + r) * (w + 2 * pad) + (taps.view(-1, 1) % k + col)  # (k*k, K), padded map
+
+    def gather_at():  # (k * k * K) in the padded map
+        w_out = (w + 2 * pad - k) // s + 1
+        taps = torch.arange(k * k).view(-1, 1)
+        r, col = idx // w_out * s, idx % w_out * s
+        return ((taps // k + r) * (w + 2 * pad) + (taps % k + col)).reshape(-1)
+
+    flat = _memoized(memo, ("conv", k, s, pad, w), idx, gather_at)
     xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
-    patches = xp.index_select(1, flat.reshape(-1)).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
+    patches = xp.index_select(1, flat).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
     return F.linear(patches.T, conv.weight.reshape(conv.out_channels, -1), conv.bias).T
 
 
@@ -351,21 +372,26 @@ def _apply_columns(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
     """A stack of stride-1 "same" convolutions and element-wise activations applied to ``x`` (1, C, H, W),
     evaluated at raster positions ``idx`` only -> (C_out, K). Each convolution runs only where a later one reads it
     (the positions dilated by the later kernels' radii), so a sparse set of coded cells costs in proportion to its
     size."""
     h, w = x.shape[-2:]
     convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
-    need = {convs[-1]: idx}
-    cells = torch.zeros(1, 1, h, w)
-    cells.view(-1)[idx] = 1
-    for a, b in zip(reversed(convs[:-1]), reversed(convs[1:]), strict=True):
-        r = layers[b].kernel_size[0] // 2
-        if r:
-            cells = F.max_pool2d(cells, 2 * r + 1, 1, r)
-        need[a] = _positions(cells) if r else need[b]
+
+    def need_at() -> dict[int, torch.Tensor]:  # each convolution's positions
+        need = {convs[-1]: idx}
+        cells = torch.zeros(1, 1, h, w)
+        cells.view(-1)[idx] = 1
+        for a, b in zip(reversed(convs[:-1]), reversed(convs[1:]), strict=True):
+            r = layers[b].kernel_size[0] // 2
+            if r:
+                cells = F.max_pool2d(cells, 2 * r + 1, 1, r)
+            need[a] = _positions(cells) if r else need[b]
+        return need
+
+    need = _memoized(memo, ("stack", h, w, *(layers[i].kernel_size[0] for i in convs)), idx, need_at)
     out, prev = None, None  # columns at need[prev]
     for i, m in enumerate(layers):
         if not isinstance(m, nn.Conv2d):
@@ -373,7 +399,7 @@ def _stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor) -> torc
         elif prev is not None and m.kernel_size == (1, 1):
             out, prev = _affine(m, out), i  # a 1x1 convolution reads the columns it is given (need[prev] = need[i])
         else:
-            out, prev = _conv_at(m, x if prev is None else _scatter(out, need[prev], (h, w)), need[i]), i
+            out, prev = _conv_at(m, x if prev is None else _scatter(out, need[prev], (h, w)), need[i], memo), i
     return out
 
 
@@ -474,20 +500,22 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         y_ = [None] * len(cg.groups) if y is None else y.split(cg.groups, 0)
         anchor = (kept // w + kept % w) % 2 == 0  # CompressAI's "even" anchor parity
         steps = [anchor.nonzero().squeeze(1), (~anchor).nonzero().squeeze(1)]  # indexes into ``kept``
+        memo, idxs = {}, [kept.index_select(0, sel) for sel in steps]  # the same cells for every group
         for k, g in enumerate(cg.groups):
             side = params
             if k:
-                side = torch.cat([_stack_at(cg.channel_context[f"y{k}"], y_hat[:, : sum(cg.groups[:k])], kept), side])
+                channel_ctx = _stack_at(cg.channel_context[f"y{k}"], y_hat[:, : sum(cg.groups[:k])], kept, memo)
+                side = torch.cat([channel_ctx, side])
             cb = cg.latent_codec[f"y{k}"]
             gcl = cb.latent_codec["y"]
             for step, sel in enumerate(steps):
                 if not sel.numel():
                     continue
-                idx = kept.index_select(0, sel)
+                idx = idxs[step]
                 if step == 0:  # anchors: no spatial context
                     ctx = side.new_zeros(cb.context_prediction.out_channels, sel.numel())
                 else:  # non-anchors: this group's map holds its decoded anchors only
-                    ctx = _context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx)
+                    ctx = _context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
                 p = _apply_columns(cb.entropy_parameters, torch.cat([ctx, side.index_select(1, sel)]))
                 values = None if y is None else y_[k].index_select(1, sel)
                 y_hat_[k].index_copy_(1, idx, _code_gaussian(coder, gcl.gaussian_conditional, values, p, gcl._chunk))
