@@ -487,7 +487,8 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         """Real coding into one rANS stream: the hyper-latent, then per channel group the checkerboard anchors and
         non-anchors, only at kept cells. The encoder (``SymbolWriter``, ``y`` given) and the decoder
         (``SymbolReader``, ``y`` None) run this same code, so their entropy parameters match by construction; they
-        equal what ``forward`` computes (two-pass checkerboard, channel-group context). -> y_hat."""
+        equal what ``forward`` computes (two-pass checkerboard, channel-group context) up to float rounding, each
+        network evaluated at the coded cells only. -> y_hat."""
         h, w = mask.shape[-2:]
         kept = _positions(mask)
         cg = self.latent_codec["y"]
