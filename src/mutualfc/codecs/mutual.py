@@ -270,6 +270,14 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return mask.flatten().nonzero().squeeze(1)
 
 
+def _cell_map(idx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of ``_positions``: a (1, 1, H, W) map that is 1 at raster positions ``idx`` (dilating it with a max
+    pool gives the cells a convolution reads)."""
+    cells = torch.zeros(1, 1, *size)
+    cells.view(-1)[idx] = 1
+    return cells
+
+
 def _columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(1, C, H, W) -> (C, K): the values at raster positions ``idx``."""
     return x.reshape(x.shape[1], -1).index_select(1, idx)
@@ -382,8 +390,7 @@ def _stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: d
 
     def need_at() -> dict[int, torch.Tensor]:  # each convolution's positions
         need = {convs[-1]: idx}
-        cells = torch.zeros(1, 1, h, w)
-        cells.view(-1)[idx] = 1
+        cells = _cell_map(idx, (h, w))
         for a, b in zip(reversed(convs[:-1]), reversed(convs[1:]), strict=True):
             r = layers[b].kernel_size[0] // 2
             if r:
@@ -464,9 +471,7 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
         convolution at ``kept``, the up-convolution at the hyper-latent cells whose children it reads."""
         (up, shuffle), act, last = self.h_s
         r = last.kernel_size[0] // 2
-        cells = torch.zeros(1, 1, *size)
-        cells.view(-1)[kept] = 1
-        parents = _positions(F.max_pool2d(F.max_pool2d(cells, 2 * r + 1, 1, r), 2))
+        parents = _positions(F.max_pool2d(F.max_pool2d(_cell_map(kept, size), 2 * r + 1, 1, r), 2))
         u = _scatter(_conv_at(up, z_hat, parents), parents, tuple(z_hat.shape[-2:]))
         return _conv_at(last, act(shuffle(u)), kept)
 
