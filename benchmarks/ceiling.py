@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mutualfc.codecs.mutual import _crop_levels, _pad_levels
 from mutualfc.eval.coco import CocoDataset, load_image
 from mutualfc.io import atomic_write_text
+from mutualfc.nn import crop_levels, pad_levels
 from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet
 from mutualfc.zoo import load_model
@@ -36,11 +36,10 @@ VARIANTS = ("decoded", "no-residual", "decoded-base+true-P3", "true-base+coded-P
 
 def linear_prediction(net, levels: dict[str, torch.Tensor]) -> torch.Tensor:
     """MFCNet's linear predictor applied to the original (not decoded) base."""
-    x, size = _pad_levels(net.cfg, levels, net.pad_multiple)
+    x, size = pad_levels(levels, net.cfg.levels, net.pad_multiple)
     with torch.no_grad():
-        base = net.bfc.pack.pack({k: x[k] for k in net.cfg.base})
-        pred = net.mfc.pack.unpack(net.mfc.lin(base))
-    return _crop_levels(net.cfg, pred | {k: x[k] for k in net.cfg.base}, size)[net.finest]
+        pred = net.mfc(net.bfc.pack.pack({k: x[k] for k in net.cfg.base}))
+    return crop_levels(pred | {k: x[k] for k in net.cfg.base}, net.cfg.levels, size)[net.finest]
 
 
 def main() -> int:

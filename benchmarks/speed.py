@@ -61,10 +61,10 @@ def main() -> int:
         nbytes = pixels = 0
         for i, im in enumerate(images + images[:1]):  # the first image warms up and is not counted
             r = args.repeat
-            x, t_front = _ms(task.front, im, repeat=r) if codec.domain == "features" else (im, 0.0)
+            x, t_front = _ms(codec.prepare, im, repeat=r)  # the front half; nothing for an image codec
             data, t_enc = _ms(codec.encode, x, param, repeat=r)
             y, t_dec = _ms(codec.decode, data, repeat=r)
-            _, t_back = _ms(task.back if codec.domain == "features" else task.detect, y, repeat=r)
+            _, t_back = _ms(codec.detections, y, repeat=r)
             if i == 0:
                 continue
             enc, dec, front, back = enc + t_enc, dec + t_dec, front + t_front, back + t_back

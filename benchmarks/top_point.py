@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from mutualfc.codecs import create_codec
-from mutualfc.codecs.mutual import _pad_levels, _pca
 from mutualfc.eval.coco import CocoDataset, load_image
 from mutualfc.io import atomic_write_text
+from mutualfc.nn import pad_levels, pca
 from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet
 from mutualfc.train.cache import AlignedCropDataset
@@ -33,11 +33,11 @@ def residual_basis(net, task, cache: str, crops: int) -> tuple[torch.Tensor, tor
     batch = [data[i % len(data)] for i in range(crops)]
     levels = {k: torch.stack([b[j] for b in batch]) for j, k in enumerate(net.cfg.levels)}
     with torch.no_grad():
-        lv, _ = _pad_levels(net.cfg, levels, net.pad_multiple)
+        lv, _ = pad_levels(levels, net.cfg.levels, net.pad_multiple)
         base = net.bfc.lin_s(net.bfc.lin_a(net.bfc.pack.pack({k: lv[k] for k in net.cfg.base})))
-        pred = net.mfc.pack.unpack(net.mfc.lin(base))[net.finest]
+        pred = net.mfc(base)[net.finest]
         d = net.res.pack.pack({net.finest: lv[net.finest]}) - net.res.pack.pack({net.finest: pred})
-        mu, v = _pca(d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).double(), d.shape[1])
+        mu, v = pca(d.permute(0, 2, 3, 1).reshape(-1, d.shape[1]).double(), d.shape[1])
     return mu.float(), v.float()
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from mutualfc.anchors.feature import MAX_CODE, FeatureRange, dequantize, quantize, tile, tile_layout, untile
-from mutualfc.anchors.video import VVCEncoder
 from mutualfc.codecs import create_codec
+from mutualfc.codecs.anchors.feature import MAX_CODE, FeatureRange, dequantize, quantize, tile, tile_layout, untile
+from mutualfc.codecs.anchors.video import VVCEncoder
 from mutualfc.errors import EncoderNotFoundError
 
 

@@ -10,17 +10,18 @@ import torch
 
 from mutualfc import bitstream
 from mutualfc.codecs import create_codec
-from mutualfc.codecs.mutual import MutualConfig, build_network, export_state
 from mutualfc.errors import BitstreamError, MutualFCError
+from mutualfc.models import MutualConfig, build_network
+from mutualfc.zoo import export_state
 from tests.conftest import need_shared_weights
-from tests.test_mutual_model import SMALL, _init, _levels
+from tests.test_mutual_model import SMALL, init_closed_form, random_levels
 
 
 def _write_checkpoint(path, arch="mutual", task="yolov5n-coco", train_cfg=None, **kw):
     torch.manual_seed(0)
     cfg = MutualConfig(arch=arch, **(SMALL | kw))
     net = build_network(cfg)
-    _init(net, _levels(9, 8, 8, n=4))
+    init_closed_form(net, random_levels(9, 8, 8, n=4))
     meta = {"name": path.stem, "task": task, "model_cfg": cfg.to_dict(), "train_cfg": train_cfg or {}, "step": 0}
     buf = io.BytesIO()
     torch.save({"meta": meta, "model": export_state(net.eval())}, buf)

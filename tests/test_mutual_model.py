@@ -4,14 +4,22 @@ import functools
 
 import pytest
 import torch
+from compressai.entropy_models import GaussianConditional
+from compressai.latent_codecs import GaussianConditionalLatentCodec
+from compressai.layers import CheckerboardMaskedConv2d
+from compressai.models.base import get_scale_table
 
-from mutualfc.codecs.mutual import MutualConfig, SymbolWriter, build_network
+from mutualfc.codecs.learned import residual_pays
+from mutualfc.entropy import SymbolReader, SymbolWriter, code_gaussian
+from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network
+from mutualfc.nn.sparse import context_at, conv_at, stack_at
 from mutualfc.tasks import create_task
+from mutualfc.zoo import pack_state, unpack_state
 
-SMALL = {"width": 32, "min_width": 16, "hyper": 16, "residual": 8, "qualities": 4, "init_samples": 2000}
+SMALL = {"width": 32, "hyper": 16, "residual": 8, "qualities": 4, "init_samples": 2000}
 
 
-def _levels(seed=0, h=15, w=20, n=1):
+def random_levels(seed=0, h=15, w=20, n=1):
     g = torch.Generator().manual_seed(seed)
     return {
         "p3": torch.rand(n, 64, 4 * h, 4 * w, generator=g) * 3 - 0.3,
@@ -31,7 +39,7 @@ def _sensitivity(levels):
     return _head().level_sensitivity(levels)
 
 
-def _init(net, levels):
+def init_closed_form(net, levels):
     net.init_from_data(levels, _sensitivity(levels))
     return net
 
@@ -39,16 +47,15 @@ def _init(net, levels):
 def _net(arch="mutual", **kw):
     torch.manual_seed(0)
     net = build_network(MutualConfig(arch=arch, **(SMALL | kw)))
-    _init(net, _levels(9, 8, 8, n=4))
+    init_closed_form(net, random_levels(9, 8, 8, n=4))
     net.eval()
     net.update()
     return net
 
 
-@pytest.mark.parametrize("transform", ["linear", "nonlinear"])
 @pytest.mark.parametrize("arch", ["mutual", "separate"])
-def test_decoded_levels_equal_encoder_reconstruction_and_training_path(arch, transform):
-    net, lv = _net(arch, transform=transform), _levels()
+def test_decoded_levels_equal_encoder_reconstruction_and_training_path(arch):
+    net, lv = _net(arch), random_levels()
     strings, meta = net.compress(lv, 2.5)
     dec = net.decompress(strings, meta["size"], 2.5)
     ref = net(lv, 2.5)["levels"]
@@ -60,7 +67,7 @@ def test_decoded_levels_equal_encoder_reconstruction_and_training_path(arch, tra
 
 
 def test_decoding_is_bit_identical_across_runs_and_thread_counts():
-    net, lv = _net(base=("p5",)), _levels(1, h=9, w=13)  # odd sizes exercise padding; P4 and P3 predicted
+    net, lv = _net(base=("p5",)), random_levels(1, h=9, w=13)  # odd sizes exercise padding; P4 and P3 predicted
     strings, meta = net.compress(lv, 3)
     n = torch.get_num_threads()
     try:
@@ -75,7 +82,7 @@ def test_decoding_is_bit_identical_across_runs_and_thread_counts():
 
 
 def test_quality_controls_rate_and_residual_is_optional():
-    net, lv = _net(), _levels(2)
+    net, lv = _net(), random_levels(2)
     sizes = [sum(map(len, net.compress(lv, q)[0])) for q in (0, net.cfg.qualities - 1)]
     assert sizes[0] < sizes[1]
     with_res, _ = net.compress(lv, 2)
@@ -85,13 +92,12 @@ def test_quality_controls_rate_and_residual_is_optional():
     assert all(torch.equal(dec[k], meta["levels"][k]) for k in dec)
 
 
-@pytest.mark.parametrize("metric", ["task", "std"])
-def test_closed_form_initialisation_reconstructs_before_training(metric):
+def test_closed_form_initialisation_reconstructs_before_training():
     """Metric + PCA transforms + least-squares prediction: at init the network already reconstructs its training
     data, measured in its own feature space (the task metric deliberately ignores what the detector ignores)."""
-    net = build_network(MutualConfig(**SMALL, metric=metric))
-    lv = _levels(3, 8, 8, n=4)
-    _init(net, lv)
+    net = build_network(MutualConfig(**SMALL))
+    lv = random_levels(3, 8, 8, n=4)
+    init_closed_form(net, lv)
     net.eval()
     with torch.no_grad():
         out, ref = net.normalized(net(lv, 3)["levels"]), net.normalized(lv)
@@ -103,7 +109,7 @@ def test_closed_form_initialisation_reconstructs_before_training(metric):
 def test_task_metric_predicts_how_the_detector_output_moves():
     """e^T S e from ``level_sensitivity`` matches the weighted change of the Detect head's sigmoid outputs under a
     small feature perturbation (objectness everywhere, boxes and classes weighted by objectness squared)."""
-    task, lv = _head(), _levels(4, 6, 6)
+    task, lv = _head(), random_levels(4, 6, 6)
     sens = task.level_sensitivity(lv)
     g = torch.Generator().manual_seed(0)
     for i, k in enumerate(task.level_names):
@@ -131,30 +137,23 @@ def test_task_metric_predicts_how_the_detector_output_moves():
         assert exact == pytest.approx(actual, rel=1e-6), k
 
 
-def test_legacy_configs_keep_their_metric_and_transform():
-    old = MutualConfig().to_dict()
-    for key in ("metric", "metric_eps", "metric_scale", "gains", "transform"):
-        old.pop(key)
-    assert MutualConfig.from_dict(old).metric == "std"  # a complete config from before the task metric
-    assert MutualConfig.from_dict(old).transform == "nonlinear"  # ... and before the linear design
-    assert MutualConfig.from_dict(old | {"metric": "task"}).transform == "nonlinear"
-    partial = MutualConfig.from_dict({"arch": "mutual"})  # a partial one gets today's defaults
-    assert (partial.metric, partial.transform) == ("task", "linear")
-    with pytest.raises(ValueError, match="unknown transform"):
-        MutualConfig.from_dict({"transform": "quadratic"})
-    with pytest.raises(ValueError, match="level_sensitivity"):
-        build_network(MutualConfig(**SMALL)).init_from_data(_levels(3, 4, 4))
+def test_retired_designs_are_refused_naming_the_release_that_reads_them():
+    old = MutualConfig().to_dict() | {"metric": "task", "transform": "linear", "min_width": 32}  # what 0.1.0 stored
+    assert MutualConfig.from_dict(old) == MutualConfig()
+    pre_metric = {k: v for k, v in old.items() if k not in ("metric", "transform")}
+    for legacy in (old | {"transform": "nonlinear"}, old | {"metric": "std"}, pre_metric):
+        with pytest.raises(ValueError, match=LEGACY_RELEASE.replace("(", r"\(").replace(")", r"\)")):
+            MutualConfig.from_dict(legacy)
+    assert MutualConfig.from_dict({"arch": "separate", "metric": "task"}).arch == "separate"
 
 
 def test_linear_design_learns_only_entropy_models_and_gains():
-    """The linear design's transforms are the closed-form ones: decoding is the PCA synthesis of the gain-scaled,
-    quantised latent (inverse gain tied to 1 / gain), and the prediction is the least-squares map."""
-    lin, nonlin = _net(), _net(transform="nonlinear")
-    assert sum(p.numel() for p in lin.parameters()) < sum(p.numel() for p in nonlin.parameters())
-    assert lin.bfc.g_a is None and lin.bfc.out_s is None and lin.mfc.heads is None and lin.res.g_s is None
+    """The transforms are the closed-form ones: decoding is the PCA synthesis of the gain-scaled, quantised latent
+    (inverse gain tied to 1 / gain), and the prediction is the least-squares map."""
+    lin = _net()
     gain, inv = lin.bfc.gain(1.5)
     assert torch.allclose(gain * inv, torch.ones_like(gain))
-    lv = _levels(4, h=8, w=10)  # even sizes: no padding
+    lv = random_levels(4, h=8, w=10)  # even sizes: no padding
     _, meta = lin.compress(lv, 3, residual=False)
     gain = lin.bfc.gain(3)[0]
     with torch.no_grad():
@@ -162,31 +161,32 @@ def test_linear_design_learns_only_entropy_models_and_gains():
         y = lin.bfc.lin_a(x) * gain
         base = lin.bfc.lin_s(lin.bfc.latent_codec.code(SymbolWriter(), y, torch.ones_like(y[:, :1])) / gain)
         assert torch.allclose(lin.bfc.pack.pack({k: meta["levels"][k] for k in lin.cfg.base}), base, atol=1e-4)
-        assert torch.allclose(meta["levels"]["p3"], lin.mfc.pack.unpack(lin.mfc.lin(base))["p3"], atol=1e-4)
+        assert torch.allclose(meta["levels"]["p3"], lin.mfc(base)["p3"], atol=1e-4)
 
 
 def test_residual_stream_is_a_rate_distortion_decision():
-    net, lv = _net(), _levels(6)
+    net, lv = _net(), random_levels(6)
     n = net.stream_count()
-    cheap, meta0 = net.compress(lv, 1, rd_lambda=0.0)  # distortion worth nothing: never pay for the residual
-    dear, meta1 = net.compress(lv, 1, rd_lambda=1e12)  # distortion worth everything: always send it
-    assert (len(cheap), meta0["residual"]) == (n, False)
-    assert (len(dear), meta1["residual"]) == (n + 1, True)
-    for strings, meta in ((cheap, meta0), (dear, meta1)):
-        dec = net.decompress(strings, meta["size"], 1)
-        assert all(torch.equal(dec[k], meta["levels"][k]) for k in dec)
+    strings, meta = net.compress(lv, 1, residual=True)
+    assert len(strings) == n + 1
+    bits = 8 * len(strings[-1])
+    assert not residual_pays(net, lv, meta, bits, 0.0)  # distortion worth nothing: never pay for the residual
+    assert residual_pays(net, lv, meta, bits, 1e12)  # distortion worth everything: always send it
+    for coded, levels in ((strings[:-1], meta["prediction"]), (strings, meta["levels"])):
+        dec = net.decompress(coded, meta["size"], 1)  # either choice decodes exactly
+        assert all(torch.equal(dec[k], levels[k]) for k in dec)
 
 
 def test_config_errors():
     with pytest.raises(ValueError, match="predicted level"):
         build_network(MutualConfig(base=("p3", "p4", "p5")))
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_network(MutualConfig(arch="nope"))
+        MutualConfig(arch="nope")
+    with pytest.raises(ValueError, match="must be positive"):
+        MutualConfig(groups=(1, 0))
 
 
 def test_checkpoints_store_a_pca_analysis_as_the_transpose_of_its_synthesis():
-    from mutualfc.codecs.mutual import pack_state, unpack_state
-
     state = _net().state_dict()
     packed = pack_state(state)
     assert "bfc.lin_a.weight" not in packed and "res.lin_a.weight" not in packed
@@ -200,7 +200,7 @@ def test_checkpoints_store_a_pca_analysis_as_the_transpose_of_its_synthesis():
 
 @pytest.mark.parametrize("arch", ["mutual", "separate"])
 def test_skipped_cells_cost_almost_nothing_and_decode_to_the_mean(arch):
-    net, lv = _net(arch), _levels(7, h=8, w=10)
+    net, lv = _net(arch), random_levels(7, h=8, w=10)
     full, _ = net.compress(lv, 3)
     assert net.compress(lv, 3, keep=torch.ones(1, 1, 8, 10, dtype=torch.bool))[0] == full  # keep-all = no mask
     keep = torch.zeros(1, 1, 8, 10, dtype=torch.bool)
@@ -224,7 +224,7 @@ def test_skipped_cells_cost_almost_nothing_and_decode_to_the_mean(arch):
 @pytest.mark.parametrize("arch", ["mutual", "separate"])
 def test_training_forward_counts_no_bits_for_skipped_cells(arch):
     """``forward(..., keep)`` (training) prices skipped cells as coding does: likelihood 1, latent 0."""
-    net, lv = _net(arch), _levels(8, h=8, w=10)
+    net, lv = _net(arch), random_levels(8, h=8, w=10)
     net.train()
     none = net(lv, 2, keep=torch.zeros(1, 1, 8, 10, dtype=torch.bool))
     assert all(bool((v == 1).all()) for v in none["likelihoods"].values())
@@ -241,36 +241,28 @@ def test_training_forward_counts_no_bits_for_skipped_cells(arch):
 def test_networks_evaluated_at_coded_cells_equal_the_whole_map():
     """Real coding evaluates each network only where it is read (columns of coded cells): the values equal the
     whole-map convolutions there, for plain, strided, stacked and masked-context convolutions."""
-    from compressai.layers import CheckerboardMaskedConv2d
-
-    from mutualfc.codecs.mutual import _context_at, _conv_at, _stack_at
-
     torch.manual_seed(0)
     x = torch.randn(1, 6, 9, 11)
     idx = torch.tensor([0, 5, 17, 40, 98])  # corners and edges included
     for conv in (torch.nn.Conv2d(6, 4, 3, 1, 1), torch.nn.Conv2d(6, 4, 1), torch.nn.Conv2d(6, 4, 5, 1, 2)):
         full = conv(x).flatten(2)[0][:, idx]
-        torch.testing.assert_close(_conv_at(conv, x, idx), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(conv_at(conv, x, idx), full, rtol=1e-5, atol=1e-5)
     down = torch.nn.Conv2d(6, 4, 3, 2, 1)
     out_idx = torch.tensor([0, 3, 11, 29])  # in the 5 x 6 output
-    torch.testing.assert_close(_conv_at(down, x, out_idx), down(x).flatten(2)[0][:, out_idx], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv_at(down, x, out_idx), down(x).flatten(2)[0][:, out_idx], rtol=1e-5, atol=1e-5)
     nn = torch.nn
     stack = nn.Sequential(nn.Conv2d(6, 8, 1), nn.GELU(), nn.Conv2d(8, 8, 3, 1, 1), nn.GELU(), nn.Conv2d(8, 2, 1))
-    torch.testing.assert_close(_stack_at(stack, x, idx), stack(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stack_at(stack, x, idx), stack(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
     ctx = CheckerboardMaskedConv2d(6, 12, kernel_size=5, stride=1, padding=2, groups=6)
-    torch.testing.assert_close(_context_at(ctx, x, idx), ctx(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(context_at(ctx, x, idx), ctx(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
 
 
 def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():
     """Latents at the scale table's floor are not coded when one flag says they all round to their mean; any other
     value there sets the flag and everything is coded: decoding stays exact either way."""
-    from compressai.entropy_models import GaussianConditional
-
-    from mutualfc.codecs.mutual import SymbolReader, _code_gaussian, _scale_table
-
     gc = GaussianConditional(None)
-    gc.update_scale_table(_scale_table(), force=True)
-    chunk = lambda p: p.chunk(2, 1)  # noqa: E731
+    gc.update_scale_table(get_scale_table(), force=True)
+    codec = GaussianConditionalLatentCodec(gaussian_conditional=gc)
     scales = torch.full((4, 50), 0.01)
     scales[:, :10] = 3.0  # 40 values with real scales, 160 at the floor
     means = torch.randn(4, 50)
@@ -281,11 +273,10 @@ def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():
     one_off[2, 30] += 3.0  # a floor-scale latent three steps from its mean
     for name, y in {"at mean": at_mean, "one off": one_off}.items():
         w = SymbolWriter()
-        enc = _code_gaussian(w, gc, y, params, chunk)
+        enc = code_gaussian(w, codec, y, params)
         data = w.finish()
-        dec = _code_gaussian(SymbolReader(data + b"\0" * 4096), gc, None, params, chunk)
+        dec = code_gaussian(SymbolReader(data + b"\0" * 4096), codec, None, params)
         assert torch.equal(enc, dec) and torch.equal(dec, torch.round(y - means) + means)
         sizes[name] = len(data)
-        symbols = sum(part[1].numel() for part in w._parts)
-        assert symbols == 1 + (40 if name == "at mean" else 200)  # the flag, then the coded latents
+        assert w.symbol_count == 1 + (40 if name == "at mean" else 200)  # the flag, then the coded latents
     assert sizes["one off"] > sizes["at mean"]

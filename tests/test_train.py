@@ -1,6 +1,7 @@
 """Training loop: runs, logs, resumes exactly where it stopped, exports a checkpoint the codec loads."""
 
 import csv
+import os
 import shutil
 
 import pytest
@@ -9,8 +10,7 @@ import torch
 from mutualfc.cli.main import main as cli
 from mutualfc.codecs import create_codec
 from mutualfc.errors import MutualFCError
-from mutualfc.train import build_feature_cache
-from mutualfc.train.trainer import TrainConfig, export_checkpoint, train
+from mutualfc.train import TrainConfig, build_feature_cache, export_checkpoint, train
 from tests.conftest import EXAMPLE, need_shared_weights
 from tests.test_mutual_model import SMALL
 
@@ -63,8 +63,7 @@ def test_a_cache_smaller_than_one_batch_is_refused_not_looped_on(cache, tmp_path
 def test_fine_tuning_starts_from_matching_weights(task, cache, tmp_path):
     """``init_from`` loads what fits (a residual of another width is refitted in closed form) and refuses a
     checkpoint of another task network."""
-    small = {**SMALL, "transform": "nonlinear"}
-    cfg = TrainConfig(cache=str(cache), model=small, steps=1, batch=2, crop=4)
+    cfg = TrainConfig(cache=str(cache), model=SMALL, steps=1, batch=2, crop=4)
     train(cfg, tmp_path / "a", progress=False)
     src = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
     tuned = TrainConfig.from_dict({**cfg.__dict__, "model": {**SMALL, "residual": 4}, "steps": 0,
@@ -73,7 +72,7 @@ def test_fine_tuning_starts_from_matching_weights(task, cache, tmp_path):
     got = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
     for k in ("bfc.lin_a.weight", "bfc.latent_codec.hyper.h_a.0.weight", "bfc.gain.gain", "mfc.lin.weight"):
         assert torch.equal(got[k], src["model"][k]), k
-    assert got["res.lin_a.weight"].shape[0] == 4 and "bfc.g_a.0.weight" not in got
+    assert got["res.lin_a.weight"].shape[0] == 4
     src["task"] = "other-net"
     torch.save(src, tmp_path / "other.pt")
     with pytest.raises(MutualFCError, match="other-net"):
@@ -107,3 +106,33 @@ def test_train_only_changes_nothing_outside_its_prefixes(cache, tmp_path):
     assert base and all(torch.equal(got[k], src[k]) for k in base)
     with pytest.raises(MutualFCError, match="no parameter"):
         train(TrainConfig.from_dict({**only.__dict__, "train_only": ("nope.",)}), tmp_path / "c", progress=False)
+
+
+class _RunsCode:
+    """A pickle that runs a command when it is unpickled without ``weights_only``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_user_checkpoints_are_read_without_running_code(cache, tmp_path):
+    """--init-from, a run folder to resume or export, and --checkpoint are read with weights_only: a malicious
+    pickle is refused with a one-line error and its payload never runs."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"task": "yolov5n-coco", "model": _RunsCode(marker)}, evil)
+    cfg = TrainConfig(cache=str(cache), model=SMALL, steps=1, batch=2, crop=4, init_from=str(evil))
+    with pytest.raises(MutualFCError, match="not a mutualfc checkpoint"):
+        train(cfg, tmp_path / "a", progress=False)
+    run = tmp_path / "resume"
+    run.mkdir()
+    (run / "last.pt").write_bytes(evil.read_bytes())
+    with pytest.raises(MutualFCError, match="not a mutualfc checkpoint"):
+        train(TrainConfig(cache=str(cache), model=SMALL, steps=1, batch=2, crop=4), run, progress=False)
+    with pytest.raises(MutualFCError, match="not a mutualfc checkpoint"):
+        export_checkpoint(run, tmp_path / "out.pt", "x")
+    assert cli(["encode", str(evil), "--codec", "mutual", "--checkpoint", str(evil), "--out-dir", str(tmp_path)]) == 2
+    assert not marker.exists() and not (tmp_path / "out.pt").exists()

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from mutualfc.errors import MutualFCError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -37,8 +39,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    from mutualfc.errors import MutualFCError
-
     path = Path(path)
     if not path.is_file():
         raise MutualFCError(f"results file not found: {path}")

@@ -1,40 +1,48 @@
-"""Codec registry: anchors and learned codecs behind one interface (``create_codec(name, task)``)."""
+"""Codecs behind one interface (``create_codec(name, task)``): the reference codecs (anchors) and the learned ones.
+Their ids live in ``mutualfc.registry``; every id there has exactly one codec here."""
 
 from __future__ import annotations
 
-from mutualfc.codecs.base import Codec
+import inspect
+
+from mutualfc.codecs.anchors import (
+    HEVCFeatureCodec,
+    HEVCImageCodec,
+    JPEGCodec,
+    VVCFeatureCodec,
+    VVCImageCodec,
+    WebPCodec,
+)
+from mutualfc.codecs.base import Codec, FeatureCodec, ImageCodec
+from mutualfc.codecs.learned import LearnedFeatureCodec, MutualCodec, SeparateCodec
 from mutualfc.errors import MutualFCError
+from mutualfc.registry import CODEC_IDS
 
-
-def _registry() -> dict[str, type[Codec]]:
-    from mutualfc.anchors import (
-        HEVCFeatureCodec,
-        HEVCImageCodec,
-        JPEGCodec,
-        VVCFeatureCodec,
-        VVCImageCodec,
-        WebPCodec,
-    )
-    from mutualfc.codecs.learned import MutualCodec, SeparateCodec
-
-    return {c.name: c for c in (JPEGCodec, WebPCodec, HEVCImageCodec, VVCImageCodec, HEVCFeatureCodec,
-                                VVCFeatureCodec, MutualCodec, SeparateCodec)}  # fmt: skip
+CODECS: dict[str, type[Codec]] = {
+    c.name: c
+    for c in (JPEGCodec, WebPCodec, HEVCImageCodec, VVCImageCodec, HEVCFeatureCodec, VVCFeatureCodec, MutualCodec,
+              SeparateCodec)
+}  # fmt: skip
+if {n: c.codec_id for n, c in CODECS.items()} != CODEC_IDS:
+    raise ImportError("mutualfc.registry.CODEC_IDS and the codec classes disagree")
 
 
 def list_codecs() -> list[str]:
-    return ["none", *_registry()]
+    return ["none", *CODECS]
+
+
+def codec_class(name: str) -> type[Codec]:
+    if name not in CODECS:
+        raise MutualFCError(f"unknown codec {name!r}; choose from {', '.join(list_codecs())}")
+    return CODECS[name]
 
 
 def create_codec(name: str, task=None, **options) -> Codec:
     """Build a codec by name; ``options`` go to its constructor when it takes them (e.g. ``vvc_encoder``)."""
-    reg = _registry()
-    if name not in reg:
-        raise MutualFCError(f"unknown codec {name!r}; choose from {', '.join(list_codecs())}")
-    cls = reg[name]
-    import inspect
-
+    cls = codec_class(name)
     accepted = inspect.signature(cls.__init__).parameters
     return cls(task, **{k: v for k, v in options.items() if k in accepted and v is not None})
 
 
-__all__ = ["Codec", "create_codec", "list_codecs"]
+__all__ = ["CODECS", "Codec", "FeatureCodec", "ImageCodec", "LearnedFeatureCodec", "codec_class", "create_codec",
+           "list_codecs"]  # fmt: skip

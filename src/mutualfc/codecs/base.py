@@ -1,8 +1,10 @@
 """Codec interface shared by anchors and learned codecs.
 
-A codec turns one image (``domain == "image"``) or one image's ``FeatureSet`` (``domain == "features"``) into
-a self-contained container (``mutualfc.bitstream``) and back. Everything the decoder needs beyond the codec's own
-fixed configuration travels in the container, so bpp = 8 * len(container) / original pixels.
+A codec turns one image (``ImageCodec``) or one image's ``FeatureSet`` (``FeatureCodec``) into a self-contained
+container (``mutualfc.bitstream``) and back. Everything the decoder needs beyond the codec's own fixed configuration
+travels in the container, so bpp = 8 * len(container) / original pixels. Each kind also says what it codes of an
+image (``prepare``) and how the task finishes on what it decodes (``detections``), so that callers need not know
+which kind they hold (``mutualfc.pipeline``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import numpy as np
 
 from mutualfc import bitstream
 from mutualfc.errors import BitstreamError
-from mutualfc.tasks.base import FeatureSet
-
-TASK_IDS = {"yolov5n-coco": 1}
+from mutualfc.registry import task_id
+from mutualfc.tasks.base import Detections, FeatureSet, SplitNetwork
 
 
 class Codec(ABC):
@@ -26,7 +27,7 @@ class Codec(ABC):
     param_name: ClassVar[str] = "quality"
     default_params: ClassVar[tuple[float, ...]] = ()
 
-    def __init__(self, task=None):
+    def __init__(self, task: SplitNetwork | None = None):
         self.task = task
 
     @property
@@ -36,7 +37,12 @@ class Codec(ABC):
 
     @property
     def task_id(self) -> int:
-        return TASK_IDS.get(getattr(self.task, "name", ""), 0)
+        return task_id(getattr(self.task, "name", ""))
+
+    @property
+    def param_range(self) -> tuple[float, float]:
+        """The lowest and highest parameter the codec takes (its sweep's ends unless it says otherwise)."""
+        return min(self.default_params), max(self.default_params)
 
     def describe(self, param: float | None = None) -> dict:
         """The codec's settings (at ``param``, where they depend on it), recorded with every result."""
@@ -44,10 +50,7 @@ class Codec(ABC):
 
     # -- the public API --------------------------------------------------------------------------------
     def encode(self, x, param: float) -> bytes:
-        if self.domain == "image":
-            h, w = x.shape[:2]
-        else:
-            h, w = x.geometry.orig_hw
+        h, w = self.original_size(x)
         param = float(np.float16(param))  # the container stores the parameter as float16
         streams = self.encode_streams(x, param)
         header = bitstream.Header(self.codec_id, self.task_id, float(param), self.model_tag, w, h)
@@ -71,9 +74,52 @@ class Codec(ABC):
         except Exception as e:  # noqa: BLE001 - a payload that passed the CRC but cannot be decoded
             raise BitstreamError(f"cannot decode {self.name} payload: {type(e).__name__}: {e}") from None
 
+    # -- what each kind of codec defines --------------------------------------------------------------
+    @abstractmethod
+    def original_size(self, x) -> tuple[int, int]:
+        """(height, width) of the original image behind the codec's input."""
+
+    @abstractmethod
+    def prepare(self, image: np.ndarray):
+        """What the codec codes of an RGB image: the image itself or the task network's front half of it."""
+
+    @abstractmethod
+    def detections(self, decoded) -> Detections:
+        """The task's result on what ``decode`` returned."""
+
     # -- what subclasses implement --------------------------------------------------------------------
     @abstractmethod
     def encode_streams(self, x, param: float) -> list[bytes]: ...
 
     @abstractmethod
     def decode_streams(self, header: bitstream.Header, streams: list[bytes]) -> np.ndarray | FeatureSet: ...
+
+
+class ImageCodec(Codec):
+    """Codes the RGB image; the server runs the whole task network on the decoded picture."""
+
+    domain = "image"
+
+    def original_size(self, x: np.ndarray) -> tuple[int, int]:
+        return x.shape[0], x.shape[1]
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return image
+
+    def detections(self, decoded: np.ndarray) -> Detections:
+        return self.task.detect(decoded)
+
+
+class FeatureCodec(Codec):
+    """Codes the task network's split features; the server runs only the back half."""
+
+    domain = "features"
+
+    def original_size(self, x: FeatureSet) -> tuple[int, int]:
+        return x.geometry.orig_hw
+
+    def prepare(self, image: np.ndarray) -> FeatureSet:
+        return self.task.front(image)
+
+    def detections(self, decoded: FeatureSet) -> Detections:
+        return self.task.back(decoded)

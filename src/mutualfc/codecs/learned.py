@@ -14,26 +14,47 @@ import numpy as np
 import torch
 
 from mutualfc import bitstream
-from mutualfc.codecs.base import Codec
+from mutualfc.codecs.base import FeatureCodec
+from mutualfc.entropy import reproducible_threads
 from mutualfc.errors import BitstreamError, MutualFCError
-from mutualfc.tasks.base import FeatureSet
+from mutualfc.models import FeatureCompressionModel
+from mutualfc.registry import CODEC_IDS
+from mutualfc.tasks.base import FeatureSet, TaskMetric
+from mutualfc.zoo import load_model
 
 RESIDUAL_MODES = ("auto", "on", "off")
-# Measured on coco-val212 (README, ablation): with background skipping, P3 predicted from the decoded base alone gives
-# the best rate-accuracy trade-off at every quality; the residual stream raises only the highest reachable mAP.
+# P3 predicted from the decoded base alone: the residual stream raises only the highest reachable accuracy, so it is
+# off up to the model's top quality (the ablation in the README measures why).
 DEFAULT_RESIDUAL = "off"
 # Objectness below which the encoder skips a stride-32 cell: the cell's mask bit is 0, it costs nothing else and
 # decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
-# no accuracy; chosen on coco-val212 (README).
+# no accuracy (the threshold study is in the README).
 DEFAULT_SKIP_BELOW = 0.05
 # Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the P3 residual stream is sent
-# and the skip threshold falls geometrically from DEFAULT_SKIP_BELOW to this at top + 1, where the detector's
-# accuracy on the decoded features is within 1% of the original's (README). Explicit --residual / --skip-below win.
+# and the skip threshold falls geometrically from DEFAULT_SKIP_BELOW to this at top + 1. Explicit --residual /
+# --skip-below win.
 FIDELITY_SKIP_BELOW = 0.01
 
 
-class LearnedFeatureCodec(Codec):
-    domain = "features"
+@torch.inference_mode()
+@reproducible_threads()
+def residual_pays(net: FeatureCompressionModel, levels: dict[str, torch.Tensor], coded: dict, bits: int,
+                  rd_lambda: float) -> bool:  # fmt: skip
+    """Rate-distortion decision on an image's residual stream (``coded``: what ``net.compress`` returned with it):
+    keep it only if its ``bits`` cost less than ``rd_lambda`` times the squared error it removes (in the codec's
+    feature space, per pixel: the units training used; only the finest level differs between the two
+    reconstructions). Single-threaded like coding, so that the decision does not depend on the thread count."""
+    k = net.cfg.levels[0]
+    ref = net.normalized({k: levels[k]})[k]
+    err = [(net.normalized({k: coded[m][k]})[k] - ref).pow(2).sum() for m in ("prediction", "levels")]
+    return bits < rd_lambda * float(err[0] - err[1])  # both per pixel in training's loss: pixels cancel
+
+
+class LearnedFeatureCodec(FeatureCodec):
+    """A trained network from the zoo (or a checkpoint) behind the codec interface, with every operating-point
+    decision in one place: which model quality, skip threshold and residual mode a quality stands for
+    (``operating_point``), and whether an image's residual stream pays for itself (``residual_pays``)."""
+
     param_name = "quality"
     default_params: ClassVar[tuple[float, ...]] = (0, 1, 2, 3, 4, 5, 6, 7)
 
@@ -45,8 +66,6 @@ class LearnedFeatureCodec(Codec):
         skip_below: float | None = None,
     ):
         super().__init__(task)
-        from mutualfc.zoo import load_model
-
         if task is None:
             raise MutualFCError(f"the {self.name} codec needs a task network")
         self.model = load_model(self.name, task.name, checkpoint)
@@ -59,7 +78,7 @@ class LearnedFeatureCodec(Codec):
         self.skip_below = DEFAULT_SKIP_BELOW if skip_below is None else float(skip_below)
         if not 0 <= self.skip_below < 1:
             raise MutualFCError(f"skip threshold must be in [0, 1), got {self.skip_below:g}")
-        if (self.skip_below or not self._explicit["skip_below"]) and not hasattr(task, "objectness_map"):
+        if (self.skip_below or not self._explicit["skip_below"]) and not isinstance(task, TaskMetric):
             raise MutualFCError(f"{task.name} gives no objectness map; use a skip threshold of 0")
         self.top = self.net.cfg.qualities - 1  # the model's highest quality; top + 1 is the fidelity point
         self.default_params = tuple(float(x) for x in range(self.top + 2))
@@ -97,7 +116,7 @@ class LearnedFeatureCodec(Codec):
         None when the checkpoint does not record it or measured distortion in another space."""
         tc = self.model.meta.get("train_cfg") or {}
         lo, hi = tc.get("lambda_min"), tc.get("lambda_max")
-        if lo is None or hi is None or self.net.cfg.metric != "task":
+        if lo is None or hi is None:
             return None
         return float(lo) * (float(hi) / float(lo)) ** (quality / max(self.net.cfg.qualities - 1, 1))
 
@@ -108,7 +127,11 @@ class LearnedFeatureCodec(Codec):
         keep = None
         if tau > 0:
             keep = self.task.objectness_map(x.levels) >= tau
-        return self.net.compress(x.levels, q, residual=use, rd_lambda=lam, keep=keep, reconstruct=reconstruct)
+        strings, meta = self.net.compress(x.levels, q, residual=use, keep=keep, reconstruct=reconstruct)
+        if use and lam is not None and not residual_pays(self.net, x.levels, meta, 8 * len(strings[-1]), lam):
+            strings, meta = strings[:-1], meta | {"levels": meta["prediction"]}
+            use = False
+        return strings, meta | {"residual": use}
 
     def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
         return self._compress(x, param, reconstruct=False)[0]
@@ -161,11 +184,11 @@ class MutualCodec(LearnedFeatureCodec):
     terms (the encoder measures both options with the checkpoint's training lambda), ``"on"`` always."""
 
     name = "mutual"
-    codec_id = 16
+    codec_id = CODEC_IDS["mutual"]
 
 
 class SeparateCodec(LearnedFeatureCodec):
     """Separate-scale baseline: the same learned codec applied to each level independently."""
 
     name = "separate"
-    codec_id = 17
+    codec_id = CODEC_IDS["separate"]

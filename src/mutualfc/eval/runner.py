@@ -16,6 +16,7 @@ import mutualfc
 from mutualfc.codecs.base import Codec
 from mutualfc.eval.coco import CocoDataset, load_image
 from mutualfc.io import atomic_write_bytes
+from mutualfc.pipeline import Decoder, Encoder
 
 
 def versions() -> dict:
@@ -54,6 +55,8 @@ def evaluate_point(
     bits = pixels = 0
     t_enc = t_dec = t_task = 0.0
     desc = "none" if codec is None else f"{label or codec.name}@{param:g}"
+    encoder = None if codec is None else Encoder(task, codec)
+    decoder = None if codec is None else Decoder(task, {codec.name: codec})
     with tempfile.TemporaryDirectory(prefix="mutualfc-bits-") as tmp:
         out_dir = Path(bitstream_dir) if bitstream_dir else Path(tmp)
         for rec in tqdm(dataset.records, desc=desc, unit="img", disable=not progress):
@@ -64,23 +67,15 @@ def evaluate_point(
                 det = task.detect(image)
                 t_task += time.perf_counter() - t0
             else:
-                t0 = time.perf_counter()
-                x = task.front(image) if codec.domain == "features" else image
-                t1 = time.perf_counter()
-                data = codec.encode(x, param)
-                t2 = time.perf_counter()
+                data, spent = encoder.encode_timed(image, param)
                 path = out_dir / f"{rec.path.stem}.mfc"
                 atomic_write_bytes(path, data)
-                stored = path.read_bytes()
                 bits += 8 * path.stat().st_size
-                t3 = time.perf_counter()
-                y = codec.decode(stored)
-                t4 = time.perf_counter()
-                det = task.back(y) if codec.domain == "features" else task.detect(y)
-                t5 = time.perf_counter()
-                t_enc += t2 - t1
-                t_dec += t4 - t3
-                t_task += (t1 - t0) + (t5 - t4)
+                decoded = decoder.decode(path.read_bytes())
+                det = decoded.detections
+                t_enc += spent["encode"]
+                t_dec += decoded.seconds["decode"]
+                t_task += spent["task"] + decoded.seconds["task"]
             results += det.to_coco(rec.image_id)
     n = len(dataset)
     scores = dataset.evaluate(results)

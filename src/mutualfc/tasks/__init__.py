@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mutualfc.errors import WeightsError
-from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, SplitNetwork
+from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, SplitNetwork, TaskMetric
 from mutualfc.tasks.weights import WeightsSpec, read_weights, resolve_weights
 from mutualfc.tasks.yolov5 import YOLOv5Detector
 
@@ -55,6 +55,7 @@ __all__ = [
     "FeatureSet",
     "LetterboxGeometry",
     "SplitNetwork",
+    "TaskMetric",
     "create_task",
     "list_tasks",
 ]

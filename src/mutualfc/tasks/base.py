@@ -82,3 +82,25 @@ class SplitNetwork(Protocol):
     def back(self, features: FeatureSet) -> Detections: ...
 
     def detect(self, image: np.ndarray) -> Detections: ...
+
+
+@runtime_checkable
+class TaskMetric(Protocol):
+    """What the learned codecs need of a task network beyond the split: where it looks (background skipping), how
+    sensitive its head is to feature errors (the codec's metric), and its head outputs (training's task term)."""
+
+    def objectness_map(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 1, H, W) at the coarsest level: the highest objectness any anchor of any level predicts per cell."""
+        ...
+
+    def level_sensitivity(self, levels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per level, a C x C matrix: the expected squared change of the head's outputs per feature error."""
+        ...
+
+    def head_outputs(self, levels: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The head's raw outputs per level (the reference of ``head_error``)."""
+        ...
+
+    def head_error(self, levels: dict[str, torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+        """The weighted change of the head's outputs between ``levels`` and ``reference`` (summed)."""
+        ...

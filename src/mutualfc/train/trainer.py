@@ -1,20 +1,13 @@
 """Training of the learned feature codecs: rate + lambda * distortion on aligned random crops of cached features.
 
-Distortion is the squared error in the codec's feature space per image pixel. With the task metric (default) that
-space is whitened by the detector's sensitivity, so the error approximates the change in the detection head's outputs
-(objectness everywhere, boxes and classes where there are objects); the task-aware term adds that change computed
-exactly (the linearisation is blind to large errors along directions where the head is saturated). One model covers
-the rate range: every step draws a quality index and uses that quality's gains and lambda. The prediction-only
-reconstruction (no residual) is trained alongside, so the residual stream stays optional at encode time.
-
-Runs on CPU or GPU, resumes from ``last.pt`` in the run directory, logs CSV, and scales out with
+One model covers the rate range: every step draws a quality index and uses that quality's gains and lambda. Runs
+on CPU or GPU, resumes from ``last.pt`` in the run directory, logs CSV, and scales out with
 ``torchrun --nproc-per-node N -m mutualfc.cli.main train ...`` (DistributedDataParallel).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -30,10 +23,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from mutualfc.codecs.mutual import MutualConfig, build_network, is_linear_transform
 from mutualfc.errors import MutualFCError
 from mutualfc.io import atomic_write_bytes
+from mutualfc.models import FeatureCompressionModel, MutualConfig, build_network, is_linear_transform
+from mutualfc.tasks import create_task
+from mutualfc.tasks.base import TaskMetric
 from mutualfc.train.cache import AlignedCropDataset
+from mutualfc.train.checkpoints import load_matching, read_training_file, state_bytes
+from mutualfc.train.loss import RateDistortionLoss
 
 
 @dataclass
@@ -78,6 +75,11 @@ class TrainConfig:
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         return cls(**d)
 
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up, then cosine decay from ``lr`` to ``lr_final``."""
+        lr = self.lr_final + 0.5 * (self.lr - self.lr_final) * (1 + math.cos(math.pi * step / self.steps))
+        return lr * min(1.0, (step + 1) / max(self.warmup, 1))
+
     def lambdas(self, qualities: int) -> list[float]:
         r = self.lambda_max / self.lambda_min
         return [self.lambda_min * r ** (q / max(qualities - 1, 1)) for q in range(qualities)]
@@ -87,96 +89,20 @@ def _collate(batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [torch.stack(x) for x in zip(*batch, strict=True)]
 
 
-class _Loss(nn.Module):
-    def __init__(self, cfg: TrainConfig, task, level_names: tuple[str, ...], normalized, task_scale: float = 1.0):
-        super().__init__()
-        self.cfg, self.levels, self.normalized, self.task_scale = cfg, level_names, normalized, task_scale
-        self.task = task if (task is not None and cfg.task_weight > 0) else None
-        if self.task is not None:
-            if not hasattr(task, "head_error"):
-                raise MutualFCError(f"{cfg.task} does not provide head_error(); train with --task-weight 0")
-            for p in self.task.parameters():
-                p.requires_grad_(False)
+@dataclass
+class _Process:
+    """Where this process runs: rank 0 writes checkpoints and logs."""
 
-    def distortion(self, rec: dict, ref_n: dict, head_ref: list | None, pixels: int) -> tuple[torch.Tensor, ...]:
-        rec_n = self.normalized(rec)
-        weights = zip(self.levels, self.cfg.level_weights, strict=True)
-        mse = sum(w * (rec_n[k] - ref_n[k]).pow(2).sum() for k, w in weights) / pixels
-        task = torch.zeros((), device=mse.device)
-        if self.task is not None:
-            task = self.task.head_error(rec, head_ref) * self.task_scale / pixels
-        return mse, task
+    rank: int
+    device: str
+    distributed: bool
 
-    def forward(self, out: dict, ref: dict, lam: float) -> dict[str, torch.Tensor]:
-        b, _, h, w = ref[self.levels[-1]].shape
-        pixels = b * h * w * 32 * 32
-        bits = sum(-torch.log2(v.clamp_min(1e-9)).sum() for v in out["likelihoods"].values())
-        bpp = bits / pixels
-        head_ref = None
-        with torch.no_grad():
-            ref_n = self.normalized(ref)
-            if self.task is not None:
-                head_ref = self.task.head_outputs(ref)
-        mse, task = self.distortion(out["levels"], ref_n, head_ref, pixels)
-        d = mse + self.cfg.task_weight * task
-        pmse, ptask = (
-            self.distortion(out["prediction"], ref_n, head_ref, pixels)
-            if out["prediction"] is not out["levels"]
-            else (mse, task)
-        )
-        d = d + self.cfg.prediction_weight * (pmse + self.cfg.task_weight * ptask)
-        return {"loss": bpp + lam * d, "bpp": bpp, "mse": mse, "task": task, "pred_mse": pmse}
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
 
-def _state_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def export_checkpoint(run_dir: str | Path, out: str | Path, name: str, checkpoint: str | None = None) -> dict:
-    """Strip a training checkpoint to what coding needs (config, task, fp16 weights, entropy tables) for the zoo."""
-    from mutualfc.codecs.mutual import export_state
-
-    path = Path(run_dir) / (checkpoint or "last.pt")
-    if not path.is_file():
-        raise MutualFCError(f"no checkpoint {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_network(MutualConfig.from_dict(ck["model_cfg"]))
-    net.load_state_dict(ck["model"])
-    meta = {"name": name, "task": ck["task"], "model_cfg": ck["model_cfg"], "train_cfg": ck["train_cfg"],
-            "step": ck["step"]}  # fmt: skip
-    atomic_write_bytes(out, _state_bytes({"meta": meta, "model": export_state(net)}))
-    return meta
-
-
-def load_matching(net: nn.Module, path: str | Path, task: str) -> set[str]:
-    """Load the parameters and buffers of a trained checkpoint (zoo file or training checkpoint) whose names and
-    shapes match ``net``; -> the names loaded. Entropy tables are left out (``update()`` rebuilds them)."""
-    from mutualfc.codecs.mutual import is_entropy_table, unpack_state
-
-    path = Path(path)
-    if not path.is_file():
-        raise MutualFCError(f"no checkpoint {path} to start from")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        state = unpack_state(ck["model"]) if "meta" in ck else ck["model"]
-        trained_for = (ck["meta"] if "meta" in ck else ck)["task"]
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise MutualFCError(f"{path} is not a mutualfc codec checkpoint ({type(e).__name__})") from None
-    if trained_for != task:
-        raise MutualFCError(f"{path} was trained for task {trained_for!r}, not {task!r}")
-    own = net.state_dict()
-    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not is_entropy_table(k)}
-    net.load_state_dict(keep, strict=False)
-    return set(keep)
-
-
-def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
-    """Train (or resume) in ``run_dir``; returns the path of the final checkpoint."""
-    from mutualfc.tasks import create_task
-
-    run_dir = Path(run_dir)
+def _start_process(device: str) -> _Process:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     if distributed:
@@ -185,106 +111,148 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(device)
-    main = rank == 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    last = run_dir / "last.pt"
-    resume = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
-    if resume is not None:
-        cfg = TrainConfig.from_dict(resume["train_cfg"])  # a resumed run keeps its configuration
-    model_cfg = MutualConfig.from_dict(cfg.model)
-    torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
+    return _Process(rank, device, distributed)
 
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _task_for(cfg: TrainConfig, model_cfg: MutualConfig, device: str):
     task = create_task(cfg.task, pretrained=True).eval()
     if tuple(task.level_names) != tuple(model_cfg.levels):
         raise MutualFCError(f"model levels {model_cfg.levels} do not match {cfg.task} levels {task.level_names}")
-    if cfg.skip_below > 0 and not hasattr(task, "objectness_map"):
-        raise MutualFCError(f"{cfg.task} gives no objectness map; train with --skip-below 0")
-    task.to(device)
+    if not isinstance(task, TaskMetric):
+        raise MutualFCError(f"{cfg.task} does not declare the task metric (objectness, sensitivity, head outputs)")
+    return task.to(device)
+
+
+def _data(cfg: TrainConfig, task, proc: _Process) -> tuple[AlignedCropDataset, DataLoader, DistributedSampler | None]:
     data = AlignedCropDataset(
-        cfg.cache, cfg.task, crop=cfg.crop, strides=tuple(task.level_strides), seed=cfg.seed + rank
+        cfg.cache, cfg.task, crop=cfg.crop, strides=tuple(task.level_strides), seed=cfg.seed + proc.rank
     )
-    sampler = DistributedSampler(data, seed=cfg.seed) if distributed else None
+    sampler = DistributedSampler(data, seed=cfg.seed) if proc.distributed else None
     per_process = len(sampler) if sampler is not None else len(data)
     if per_process < cfg.batch:  # full batches only: the loop would never take a step
         raise MutualFCError(f"{cfg.cache} holds {len(data)} usable images, {per_process} per process: fewer than one "
                             f"batch of {cfg.batch}; use a smaller --batch or cache more images")  # fmt: skip
     loader = DataLoader(data, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, collate_fn=_collate)  # fmt: skip
+    return data, loader, sampler
 
-    net = build_network(model_cfg).to(device)
+
+def _freeze(net: nn.Module, cfg: TrainConfig) -> None:
+    """The closed-form linear transforms stay as fitted (shared by all qualities, they otherwise drift towards the
+    low-rate end); with ``train_only`` everything outside those prefixes stays too."""
+    for n, p in net.named_parameters():
+        if (cfg.freeze_linear and is_linear_transform(n)) or (cfg.train_only and not n.startswith(cfg.train_only)):
+            p.requires_grad_(False)
+    if cfg.train_only and not any(p.requires_grad for p in net.parameters()):
+        raise MutualFCError(f"no parameter of the network starts with {', '.join(cfg.train_only)}")
+
+
+def _optimisers(net: FeatureCompressionModel, cfg: TrainConfig) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
+    """Adam on the network, and CompressAI's auxiliary Adam on the entropy bottlenecks' quantiles (None if those
+    are frozen)."""
+    aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+    main = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
+    return torch.optim.Adam(main, lr=cfg.lr), (torch.optim.Adam(aux, lr=1e-3) if aux else None)
+
+
+def _closed_form_start(net, cfg: TrainConfig, model_cfg: MutualConfig, data, task, proc: _Process) -> None:
+    """Metric, PCA and least squares from 256 crops, then the matching weights of ``init_from``; DDP then
+    broadcasts rank 0's weights."""
+    crops = _collate([data[i % len(data)] for i in range(256)])
+    levels = {k: t.to(proc.device) for k, t in zip(model_cfg.levels, crops, strict=True)}
+    net.init_from_data(levels, task.level_sensitivity(levels))
+    if cfg.init_from:
+        loaded = load_matching(net, cfg.init_from, cfg.task)
+        if getattr(net, "res", None) is not None and "res.lin_a.weight" not in loaded:
+            net.init_residual(levels)  # refit to the loaded metric and predictor
+        if proc.main:
+            print(f"started from {len(loaded)} of {len(net.state_dict())} tensors of {cfg.init_from}")
+
+
+class _CsvLog:
+    """One row per step (the quality varies from step to step), flushed every ``every`` steps; rank 0 only."""
+
+    COLUMNS = ("step", "quality", "lambda", "loss", "bpp", "mse", "task", "pred_mse", "lr", "elapsed_s")
+
+    def __init__(self, path: Path, every: int, enabled: bool):
+        self.every, self.file, self.writer = every, None, None
+        if enabled:
+            new = not path.is_file()
+            self.file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
+            self.writer = csv.writer(self.file)
+            if new:
+                self.writer.writerow(self.COLUMNS)
+
+    def row(self, step: int, values: list) -> bool:
+        """-> whether the row was flushed (a point to update the progress bar)."""
+        if self.writer is None:
+            return False
+        self.writer.writerow([step, *values])
+        if step % self.every == 0:
+            self.file.flush()
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: bool = True) -> Path:
+    """Train (or resume) in ``run_dir``; returns the path of the final checkpoint."""
+    run_dir = Path(run_dir)
+    proc = _start_process(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "last.pt"
+    resume = read_training_file(last) if last.is_file() else None
+    if resume is not None:
+        cfg = TrainConfig.from_dict(resume["train_cfg"])  # a resumed run keeps its configuration
+    model_cfg = MutualConfig.from_dict(cfg.model)
+    _seed(cfg.seed + proc.rank)
+    task = _task_for(cfg, model_cfg, proc.device)
+    data, loader, sampler = _data(cfg, task, proc)
+    net = build_network(model_cfg).to(proc.device)
     # the head-output term in the task metric's units (metric_scale^2 x the linearised sensitivity), so weight 1
     # counts it as much as the metric term
-    task_scale = model_cfg.metric_scale**2 if model_cfg.metric == "task" else 1.0
-    crit = _Loss(cfg, task, model_cfg.levels, net.normalized, task_scale).to(device)
-    if cfg.freeze_linear:  # shared by all qualities, the linear paths otherwise drift towards the low-rate end
-        for n, p in net.named_parameters():
-            if is_linear_transform(n):
-                p.requires_grad_(False)
-    if cfg.train_only:
-        for n, p in net.named_parameters():
-            if not n.startswith(tuple(cfg.train_only)):
-                p.requires_grad_(False)
-        if not any(p.requires_grad for p in net.parameters()):
-            raise MutualFCError(f"no parameter of {model_cfg.arch} starts with {', '.join(cfg.train_only)}")
-    aux = [p for n, p in net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
-    main_params = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
-    opt = torch.optim.Adam(main_params, lr=cfg.lr)
-    aux_opt = torch.optim.Adam(aux or [torch.zeros(1, requires_grad=True)], lr=1e-3)  # Adam refuses an empty list
+    crit = RateDistortionLoss(task, model_cfg.levels, net.normalized, task.level_strides[-1] ** 2, cfg.level_weights,
+                              cfg.task_weight, cfg.prediction_weight, model_cfg.metric_scale**2)  # fmt: skip
+    _freeze(net, cfg)
+    opt, aux_opt = _optimisers(net, cfg)
     step = 0
     if resume is not None:
         net.load_state_dict(resume["model"])
         opt.load_state_dict(resume["opt"])
-        aux_opt.load_state_dict(resume["aux_opt"])
+        if aux_opt is not None and resume.get("aux_opt"):
+            aux_opt.load_state_dict(resume["aux_opt"])
         step = resume["step"]
         torch.set_rng_state(resume["rng"]["torch"])
-        data.rng = np.random.default_rng(resume["rng"]["data_seed"] + step + rank)
-    else:  # closed-form start (PCA / least squares) from a few hundred crops; DDP then broadcasts rank 0's weights
-        crops = _collate([data[i % len(data)] for i in range(256)])
-        levels = {k: t.to(device) for k, t in zip(model_cfg.levels, crops, strict=True)}
-        sensitivity = None
-        if model_cfg.metric == "task":
-            if not hasattr(task, "level_sensitivity"):
-                raise MutualFCError(f"{cfg.task} does not provide level_sensitivity(); train with the 'std' metric")
-            sensitivity = task.level_sensitivity(levels)
-        net.init_from_data(levels, sensitivity)
-        if cfg.init_from:
-            loaded = load_matching(net, cfg.init_from, cfg.task)
-            if getattr(net, "res", None) is not None and "res.lin_a.weight" not in loaded:
-                net.init_residual(levels)  # refit to the loaded metric and predictor
-            if main:
-                print(f"started from {len(loaded)} of {len(net.state_dict())} tensors of {cfg.init_from}")
-    model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if distributed else net
+        data.rng = np.random.default_rng(resume["rng"]["data_seed"] + step + proc.rank)
+    else:
+        _closed_form_start(net, cfg, model_cfg, data, task, proc)
+    model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if proc.distributed else net
     lambdas = cfg.lambdas(model_cfg.qualities)
     qrng = random.Random(cfg.seed * 7919 + step)
 
     def save() -> None:
-        if not main:
+        if not proc.main:
             return
-        state = {
-            "train_cfg": asdict(cfg) | {"model": model_cfg.to_dict()},
-            "model_cfg": model_cfg.to_dict(),
-            "task": cfg.task,
-            "model": net.state_dict(),
-            "opt": opt.state_dict(),
-            "aux_opt": aux_opt.state_dict(),
-            "step": step,
-            "rng": {"torch": torch.get_rng_state(), "data_seed": cfg.seed},
-        }
-        atomic_write_bytes(last, _state_bytes(state))
+        state = {"train_cfg": asdict(cfg) | {"model": model_cfg.to_dict()}, "model_cfg": model_cfg.to_dict(),
+                 "task": cfg.task, "model": net.state_dict(), "opt": opt.state_dict(),
+                 "aux_opt": aux_opt.state_dict() if aux_opt else {}, "step": step,
+                 "rng": {"torch": torch.get_rng_state(), "data_seed": cfg.seed}}  # fmt: skip
+        atomic_write_bytes(last, state_bytes(state))
 
-    log_path = run_dir / "log.csv"
-    new_log = not log_path.is_file()
-    log_file = open(log_path, "a", newline="") if main else None  # noqa: SIM115 - kept open for the run
-    writer = csv.writer(log_file) if log_file else None
-    if writer and new_log:
-        writer.writerow(["step", "quality", "lambda", "loss", "bpp", "mse", "task", "pred_mse", "lr", "elapsed_s"])
-    if main:
+    log = _CsvLog(run_dir / "log.csv", cfg.log_every, proc.main)
+    if proc.main:
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg) | {"model": model_cfg.to_dict()}, indent=1))
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not (progress and main))
-    t0 = time.time()
-    epoch = 0
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not (progress and proc.main))
+    t0, epoch = time.time(), 0
     net.train()
     while step < cfg.steps:
         if sampler is not None:
@@ -293,47 +261,44 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
         for batch in loader:
             if step >= cfg.steps:
                 break
-            ref = {k: t.to(device, non_blocking=True) for k, t in zip(model_cfg.levels, batch, strict=True)}
+            ref = {k: t.to(proc.device, non_blocking=True) for k, t in zip(model_cfg.levels, batch, strict=True)}
             q = qrng.randrange(model_cfg.qualities)
-            lr = cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * step / cfg.steps))
-            lr *= min(1.0, (step + 1) / max(cfg.warmup, 1))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            keep = None
-            if cfg.skip_below > 0:
-                with torch.no_grad():
-                    keep = task.objectness_map(ref) >= cfg.skip_below
-            out = model(ref, q, keep)
-            terms = crit(out, ref, lambdas[q])
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            nn.utils.clip_grad_norm_(main_params, 1.0)
-            opt.step()
-            if aux:
-                aux_loss = sum(
-                    m.loss() for m in net.modules() if hasattr(m, "loss") and getattr(m, "quantiles", None) is not None
-                    and m.quantiles.requires_grad
-                )  # fmt: skip
-                aux_opt.zero_grad(set_to_none=True)
-                aux_loss.backward()
-                aux_opt.step()
+            lr = cfg.learning_rate(step)
+            terms = _step(model, net, crit, opt, aux_opt, task, ref, q, lambdas[q], lr, cfg.skip_below)
             step += 1
             bar.update(1)
-            if writer:  # one row per step: the quality varies from step to step
-                vals = [f"{float(terms[k].detach()):.5g}" for k in ("loss", "bpp", "mse", "task", "pred_mse")]
-                writer.writerow([step, q, f"{lambdas[q]:.4g}", *vals, f"{lr:.3g}", f"{time.time() - t0:.0f}"])
-                if step % cfg.log_every == 0:
-                    log_file.flush()
-                    bar.set_postfix(q=q, bpp=vals[1], mse=vals[2])
+            vals = [f"{float(terms[k].detach()):.5g}" for k in ("loss", "bpp", "mse", "task", "pred_mse")]
+            if log.row(step, [q, f"{lambdas[q]:.4g}", *vals, f"{lr:.3g}", f"{time.time() - t0:.0f}"]):
+                bar.set_postfix(q=q, bpp=vals[1], mse=vals[2])
             if step % cfg.checkpoint_every == 0:
                 save()
-            if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            if proc.main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
                 save()
                 atomic_write_bytes(run_dir / f"step{step}.pt", last.read_bytes())
     save()
     bar.close()
-    if log_file:
-        log_file.close()
-    if distributed:
+    log.close()
+    if proc.distributed:
         dist.destroy_process_group()
     return last
+
+
+def _step(model, net, crit, opt, aux_opt, task, ref: dict, q: int, lam: float, lr: float, skip_below: float) -> dict:
+    """One optimisation step at quality ``q`` (the encoder's skip mask applied to the crops), plus the auxiliary
+    step on the entropy bottlenecks' quantiles."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    keep = None
+    if skip_below > 0:
+        with torch.no_grad():
+            keep = task.objectness_map(ref) >= skip_below
+    terms = crit(model(ref, q, keep), ref, lam)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+    if aux_opt is not None:
+        aux_opt.zero_grad(set_to_none=True)
+        net.aux_loss().backward()
+        aux_opt.step()
+    return terms

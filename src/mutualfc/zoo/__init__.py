@@ -1,8 +1,9 @@
 """Model zoo: trained feature codecs loadable by name (``load_model("mutual", "yolov5n-coco")``).
 
-Checkpoints ship inside the package (``zoo/checkpoints``), declared here with their SHA-256 and metadata, as
-torchvision declares weights next to models. A checkpoint stores its configuration, the task network it was trained
-for, and its entropy-coder tables (so ``compress`` works right after loading, with the exact tables the encoder used).
+Checkpoints ship inside the package (``zoo/checkpoints``), declared here with their SHA-256 and measured metrics
+(metadata, from results/), as torchvision declares weights next to models. A checkpoint stores its configuration,
+the task network it was trained for, and its entropy-coder tables (so ``compress`` works right after loading, with
+the exact tables the encoder used).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from mutualfc.errors import MutualFCError
+from mutualfc.models import FeatureCompressionModel, MutualConfig, build_network
+from mutualfc.zoo.packing import export_state, load_packed, pack_state, unpack_state
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 
@@ -27,6 +30,9 @@ class ZooEntry:
     file: str
     sha256: str
     notes: str = ""
+    # measured on coco-val212 (results/learned.md, results/learned_bdrate.json); BD-rates in %, pchip on monotone
+    # envelopes, mAP@[.5:.95]
+    metrics: dict = field(default_factory=dict)
 
 
 ZOO: dict[tuple[str, str], ZooEntry] = {
@@ -39,13 +45,21 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "4bafd67ac35691b93fe3ef51516773af8b05963c6fa843228622454410654761",
             "BFCNet {P4,P5} + MFCNet P3 (+ optional 512-component P3 residual); task metric, linear transforms, "
             "skip-mask training",
-        ),
+            {
+                "bd_rate_vs_hevc_feature": -93.12,
+                "bd_rate_vs_hevc_image": -67.75,
+                "bd_rate_vs_separate": -61.80,
+                "bpp_range": (0.0281, 0.723),
+                "map_range": (0.0969, 0.3064),
+            },
+        ),  # fmt: skip
         ZooEntry(
             "separate",
             "yolov5n-coco",
             "separate_yolov5n-coco.pt",
             "e37d5b6ea9e864d8a4dd17c02eb8473cb230ad737b5b7ef21a99db5cace5d9f7",
             "one codec per level; task metric, linear transforms (trained without skipping in the loop)",
+            {"bd_rate_vs_hevc_feature": -81.15},
         ),
     )
 }
@@ -57,12 +71,14 @@ def list_models() -> list[tuple[str, str]]:
 
 @dataclass
 class LoadedModel:
-    net: torch.nn.Module
+    net: FeatureCompressionModel
     meta: dict
     tag: int  # CRC-32 of the checkpoint file: the model identity written into every bitstream
 
 
 def read_checkpoint(path: str | Path, expect_sha256: str = "") -> tuple[dict, bytes]:
+    """A zoo-format checkpoint (``{"meta", "model"}``), read with ``weights_only=True`` (no code in the file runs);
+    -> it and the file's bytes. One-line MutualFCError for anything else."""
     path = Path(path)
     if not path.is_file():
         raise MutualFCError(f"codec checkpoint not found: {path}")
@@ -77,22 +93,30 @@ def read_checkpoint(path: str | Path, expect_sha256: str = "") -> tuple[dict, by
     return {"meta": meta, "model": state}, raw
 
 
+def config_of(meta: dict, path: str | Path) -> MutualConfig:
+    """The checkpoint's model configuration; one-line MutualFCError for a retired design."""
+    try:
+        return MutualConfig.from_dict(meta["model_cfg"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise MutualFCError(f"{path}: {e}") from None
+
+
 def load_model(name: str, task: str, checkpoint: str | Path | None = None) -> LoadedModel:
     """The trained network for codec ``name`` and task network ``task`` (or a user's ``checkpoint``), ready to code."""
-    from mutualfc.codecs.mutual import MutualConfig, build_network, load_packed
-
     if checkpoint is None:
         entry = ZOO.get((name, task))
         if entry is None:
             have = ", ".join(f"{n} for {t}" for n, t in list_models())
             raise MutualFCError(f"no trained {name!r} codec for task {task!r} in the zoo (have: {have})")
-        ck, raw = read_checkpoint(CHECKPOINTS / entry.file, entry.sha256)
+        path = CHECKPOINTS / entry.file
+        ck, raw = read_checkpoint(path, entry.sha256)
     else:
-        ck, raw = read_checkpoint(checkpoint)
+        path = Path(checkpoint)
+        ck, raw = read_checkpoint(path)
     meta = ck["meta"]
     if meta.get("task") != task:
         raise MutualFCError(f"codec checkpoint was trained for task {meta.get('task')!r}, not {task!r}")
-    cfg = MutualConfig.from_dict(meta["model_cfg"])
+    cfg = config_of(meta, path)
     if cfg.arch != name:
         raise MutualFCError(f"codec checkpoint holds a {cfg.arch!r} model, not {name!r}")
     net = build_network(cfg)
@@ -105,4 +129,5 @@ def load_model(name: str, task: str, checkpoint: str | Path | None = None) -> Lo
     return LoadedModel(net.eval(), meta, zlib.crc32(raw))
 
 
-__all__ = ["ZOO", "LoadedModel", "ZooEntry", "list_models", "load_model", "read_checkpoint"]
+__all__ = ["ZOO", "LoadedModel", "ZooEntry", "config_of", "export_state", "list_models", "load_model", "load_packed",
+           "pack_state", "read_checkpoint", "unpack_state"]  # fmt: skip

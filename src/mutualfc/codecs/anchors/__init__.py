@@ -1,8 +1,8 @@
 """Standard anchors: image codecs (JPEG, WebP, HEVC, VVC) and the MPEG-VCM feature anchor (HEVC, VVC)."""
 
-from mutualfc.anchors.feature import FeatureRange, HEVCFeatureCodec, VVCFeatureCodec, measure_range
-from mutualfc.anchors.image import HEVCImageCodec, JPEGCodec, VVCImageCodec, WebPCodec
-from mutualfc.anchors.video import VVCEncoder
+from mutualfc.codecs.anchors.feature import FeatureRange, HEVCFeatureCodec, VVCFeatureCodec, measure_range
+from mutualfc.codecs.anchors.image import HEVCImageCodec, JPEGCodec, VVCImageCodec, WebPCodec
+from mutualfc.codecs.anchors.video import VVCEncoder
 
 __all__ = [
     "FeatureRange",

@@ -8,8 +8,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from mutualfc.anchors.video import VVCEncoder, decode_picture, x265_encode
-from mutualfc.codecs.base import Codec
+from mutualfc.codecs.anchors.video import VVCEncoder, decode_picture, x265_encode
+from mutualfc.codecs.base import ImageCodec
+from mutualfc.registry import CODEC_IDS
 
 
 def _crop(rgb: np.ndarray, header) -> np.ndarray:
@@ -22,8 +23,7 @@ def _pad_even(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if (h % 2 or w % 2) else image
 
 
-class PillowImageCodec(Codec):
-    domain = "image"
+class PillowImageCodec(ImageCodec):
     fmt: str
     save_options: dict
 
@@ -40,7 +40,7 @@ class PillowImageCodec(Codec):
 class JPEGCodec(PillowImageCodec):
     """Baseline JPEG, 4:2:0, optimised Huffman tables."""
 
-    name, codec_id, fmt = "jpeg", 1, "JPEG"
+    name, codec_id, fmt = "jpeg", CODEC_IDS["jpeg"], "JPEG"
     save_options = {"optimize": True, "subsampling": "4:2:0"}
     default_params = (1, 3, 5, 8, 12, 18, 25, 35, 50, 70, 90)
 
@@ -48,15 +48,15 @@ class JPEGCodec(PillowImageCodec):
 class WebPCodec(PillowImageCodec):
     """Lossy WebP (VP8 intra), slowest/best method."""
 
-    name, codec_id, fmt = "webp", 2, "WEBP"
+    name, codec_id, fmt = "webp", CODEC_IDS["webp"], "WEBP"
     save_options = {"method": 6}
     default_params = (0, 2, 5, 10, 20, 35, 50, 70, 85, 95)
 
 
-class HEVCImageCodec(Codec):
+class HEVCImageCodec(ImageCodec):
     """HEVC intra (libx265), YUV 4:2:0 8-bit, BT.601 conversion, explicit QP."""
 
-    name, codec_id, domain, param_name = "hevc-image", 3, "image", "qp"
+    name, codec_id, param_name = "hevc-image", CODEC_IDS["hevc-image"], "qp"
     default_params = (17, 22, 27, 32, 37, 41, 44, 47, 49, 51)
 
     def __init__(self, task=None, preset: str = "medium"):
@@ -71,10 +71,10 @@ class HEVCImageCodec(Codec):
         return _crop(decode_picture(streams[0], "hevc").to_ndarray(format="rgb24"), header)
 
 
-class VVCImageCodec(Codec):
+class VVCImageCodec(ImageCodec):
     """VVC intra with an external encoder (vvencapp / VTM), decoded by PyAV's native VVC decoder."""
 
-    name, codec_id, domain, param_name = "vvc-image", 4, "image", "qp"
+    name, codec_id, param_name = "vvc-image", CODEC_IDS["vvc-image"], "qp"
     default_params = (17, 22, 27, 32, 37, 41, 44, 47, 49, 51)
 
     def __init__(self, task=None, encoder: VVCEncoder | None = None, vvc_encoder: str | None = None,

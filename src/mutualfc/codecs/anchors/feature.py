@@ -12,10 +12,12 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from mutualfc.anchors.video import VVCEncoder, decode_picture, x265_encode
-from mutualfc.codecs.base import Codec
+from mutualfc.codecs.anchors.video import VVCEncoder, decode_picture, x265_encode
+from mutualfc.codecs.base import FeatureCodec
 from mutualfc.errors import MutualFCError
+from mutualfc.registry import CODEC_IDS
 from mutualfc.tasks.base import FeatureSet
 
 BIT_DEPTH = 10
@@ -45,7 +47,7 @@ class FeatureRange:
 
     @classmethod
     def for_task(cls, task_name: str) -> FeatureRange:
-        ref = resources.files("mutualfc.anchors") / "stats" / f"{task_name}.json"
+        ref = resources.files("mutualfc.codecs.anchors") / "stats" / f"{task_name}.json"
         if not ref.is_file():
             raise MutualFCError(f"no feature-anchor range shipped for {task_name}; run 'mutualfc anchor stats'")
         return cls.load(str(ref))
@@ -53,8 +55,6 @@ class FeatureRange:
 
 def measure_range(task, images, progress: bool = True) -> dict:
     """Global min/max of all pyramid levels of ``task`` over ``images`` (an iterable of RGB arrays)."""
-    from tqdm import tqdm
-
     lo, hi, n = np.inf, -np.inf, 0
     per_level: dict[str, list[float]] = {}
     for image in tqdm(images, desc="feature range", disable=not progress):
@@ -122,8 +122,8 @@ def untile(frame: np.ndarray, shapes: dict[str, tuple[int, int, int]]) -> dict[s
 # ---------------------------------------------------------------------------------------------------------
 # codecs
 # ---------------------------------------------------------------------------------------------------------
-class TiledFeatureCodec(Codec):
-    domain, param_name = "features", "qp"
+class TiledFeatureCodec(FeatureCodec):
+    param_name = "qp"
 
     def __init__(self, task, feature_range: FeatureRange | None = None):
         super().__init__(task)
@@ -151,7 +151,7 @@ class TiledFeatureCodec(Codec):
 class HEVCFeatureCodec(TiledFeatureCodec):
     """Tiled 10-bit features coded as one HEVC 4:0:0 10-bit intra picture (libx265)."""
 
-    name, codec_id = "hevc-feature", 5
+    name, codec_id = "hevc-feature", CODEC_IDS["hevc-feature"]
     default_params = (2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42)
 
     def __init__(self, task, feature_range: FeatureRange | None = None, preset: str = "medium"):
@@ -173,7 +173,7 @@ class VVCFeatureCodec(TiledFeatureCodec):
     """Tiled 10-bit features as one VVC intra picture: 4:0:0 with VTM, 4:2:0 with constant chroma with vvencapp
     (which reads 4:2:0 only; the chroma planes' bits are in the bitstream and counted)."""
 
-    name, codec_id = "vvc-feature", 6
+    name, codec_id = "vvc-feature", CODEC_IDS["vvc-feature"]
     default_params = (2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42)
 
     def __init__(self, task, feature_range: FeatureRange | None = None, encoder: VVCEncoder | None = None,

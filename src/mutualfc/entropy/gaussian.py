@@ -1,0 +1,53 @@
+"""Gaussian coding of latent columns: scale-table indexes, the floor-scale flag, the entropy bottleneck's medians."""
+
+from __future__ import annotations
+
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.latent_codecs import GaussianConditionalLatentCodec
+
+from mutualfc.entropy.rans import SymbolCoder
+
+
+def medians(eb: EntropyBottleneck) -> torch.Tensor:
+    """The bottleneck's per-channel medians, (C, 1, 1): where its quantisation grid is centred."""
+    return eb.quantiles[:, :, 1:2]
+
+
+def scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor:
+    """CompressAI's ``build_indexes`` (index of the smallest table scale >= the scale) by binary search."""
+    return torch.searchsorted(gc.scale_table[:-1].contiguous(), scales.contiguous())
+
+
+def split_params(codec: GaussianConditionalLatentCodec, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2C, K) entropy parameters -> scales, means (C, K), in the order the latent codec's ``chunks`` declares."""
+    if codec.chunks not in (("scales", "means"), ("means", "scales")):
+        raise ValueError(f"Gaussian parameters must be scales and means, got {codec.chunks}")
+    a, b = params.chunk(2, 0)
+    return (a, b) if codec.chunks[0] == "scales" else (b, a)
+
+
+def code_gaussian(
+    coder: SymbolCoder, codec: GaussianConditionalLatentCodec, y: torch.Tensor | None, params: torch.Tensor
+) -> torch.Tensor:
+    """Codes the values ``y`` (C, K) with the Gaussians ``params`` ((2C, K): scales and means at the same K
+    positions) predicts, using ``codec``'s Gaussian conditional; -> the decoded values, (C, K).
+
+    Values whose scale is at the table's floor (index 0: about 1e-5 bits each) are left out when all of them round
+    to their mean, which one flag says: then both sides take the means. Otherwise everything is coded, so decoding
+    is exact either way."""
+    gc = codec.gaussian_conditional
+    scales, means = split_params(codec, params)
+    indexes, out = scale_indexes(gc, scales).reshape(-1), means.reshape(-1).clone()
+    floor = indexes == 0
+    every = True
+    if bool(floor.any()):
+        off = None if y is None else bool(torch.round(y.reshape(-1) - out).ne(0).logical_and_(floor).any())
+        every = coder.flag(off)
+    if every:
+        return coder.code(gc, None if y is None else y.reshape(-1), indexes, out).view_as(means)
+    coded = indexes.nonzero().squeeze(1)
+    if coded.numel():
+        values = None if y is None else y.reshape(-1).index_select(0, coded)
+        out.index_copy_(0, coded, coder.code(gc, values, indexes.index_select(0, coded), out.index_select(0, coded)))
+    return out.view_as(means)

@@ -1,0 +1,122 @@
+"""Masked hyperprior latent codec: hyperprior + channel groups + checkerboard context (CompressAI's latent codecs),
+aware of the skip mask, with real coding that evaluates every network at the coded cells only."""
+
+from __future__ import annotations
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.latent_codecs import (
+    ChannelGroupsLatentCodec,
+    CheckerboardLatentCodec,
+    GaussianConditionalLatentCodec,
+    HyperpriorLatentCodec,
+)
+from compressai.layers import CheckerboardMaskedConv2d
+from torch import nn
+
+from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian
+from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
+from mutualfc.nn.layers import conv, upconv
+from mutualfc.nn.sparse import apply_columns, columns, context_at, positions, stack_at
+
+
+class MaskedParams(nn.Sequential):
+    """Entropy-parameter network whose input carries the skip mask as its last channel (CompressAI's latent codecs
+    split and re-arrange it with the other inputs, checkerboard halves included). Where the mask is 0 the Gaussian
+    is pinned to mean 0 and the smallest scale: a skipped (zero) latent then costs about 1e-4 bits and both sides
+    agree on its value without decoding anything."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :-1]) * x[:, -1:]
+
+
+class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
+    """Hyperprior latent codec that knows which latent cells are skipped (``mask``: 1 = coded, at the latent's
+    resolution; the decoder reads it from its own stream): skipped cells and the hyper-latent over them cost no bits."""
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
+        y = y * mask
+        hyper = self.latent_codec["hyper"](y, mask)
+        out = self.latent_codec["y"](y, torch.cat([hyper["params"], mask.expand(y.shape[0], 1, -1, -1)], 1))
+        lik = out["likelihoods"]["y"]
+        lik = torch.where(mask > 0, lik, torch.ones_like(lik))  # exactly what coding costs (the noise would not be)
+        return {"likelihoods": {"y": lik, "z": hyper["likelihoods"]["z"]}, "y_hat": out["y_hat"] * mask}
+
+    def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Real coding of the latent ``y`` (1, C, H, W) at the cells ``mask`` keeps -> {"strings": [one rANS
+        stream], "y_hat": the decoded latent, exactly what ``decompress`` returns}."""
+        writer = SymbolWriter()
+        y_hat = self.code(writer, y, mask)
+        return {"strings": [writer.finish()], "y_hat": y_hat}
+
+    def decompress(self, strings: list[bytes], mask: torch.Tensor) -> dict:
+        """Inverse of ``compress`` given the same ``mask`` (the decoder reads it from its own stream)."""
+        return {"y_hat": self.code(SymbolReader(strings[0]), None, mask)}
+
+    def code(self, coder: SymbolCoder, y: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Real coding into one rANS stream: the hyper-latent, then per channel group the checkerboard anchors and
+        non-anchors, only at kept cells. The encoder (``SymbolWriter``, ``y`` given) and the decoder
+        (``SymbolReader``, ``y`` None) run this same code, so their entropy parameters match by construction; they
+        equal what ``forward`` computes (two-pass checkerboard, channel-group context) up to float rounding, each
+        network evaluated at the coded cells only. -> y_hat."""
+        h, w = mask.shape[-2:]
+        kept = positions(mask)
+        cg = self.latent_codec["y"]
+        y_hat = mask.new_zeros(1, sum(cg.groups), h, w)
+        if not kept.numel():
+            return y_hat
+        y = None if y is None else columns(y, kept)  # (C, K): only the coded cells are read
+        params = self.latent_codec["hyper"].code(coder, y, mask, kept)  # (C_params, K)
+        y_hat_ = [t.view(t.shape[1], h * w) for t in y_hat.split(cg.groups, 1)]
+        y_ = [None] * len(cg.groups) if y is None else y.split(cg.groups, 0)
+        anchor = (kept // w + kept % w) % 2 == 0  # CompressAI's "even" anchor parity
+        steps = [anchor.nonzero().squeeze(1), (~anchor).nonzero().squeeze(1)]  # indexes into ``kept``
+        memo, idxs = {}, [kept.index_select(0, sel) for sel in steps]  # the same cells for every group
+        for k, g in enumerate(cg.groups):
+            side = params
+            if k:
+                channel_ctx = stack_at(cg.channel_context[f"y{k}"], y_hat[:, : sum(cg.groups[:k])], kept, memo)
+                side = torch.cat([channel_ctx, side])
+            cb = cg.latent_codec[f"y{k}"]
+            gcl = cb.latent_codec["y"]
+            for step, sel in enumerate(steps):
+                if not sel.numel():
+                    continue
+                idx = idxs[step]
+                if step == 0:  # anchors: no spatial context
+                    ctx = side.new_zeros(cb.context_prediction.out_channels, sel.numel())
+                else:  # non-anchors: this group's map holds its decoded anchors only
+                    ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
+                p = apply_columns(cb.entropy_parameters, torch.cat([ctx, side.index_select(1, sel)]))
+                values = None if y is None else y_[k].index_select(1, sel)
+                y_hat_[k].index_copy_(1, idx, code_gaussian(coder, gcl, values, p))
+        return y_hat
+
+
+def masked_hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> MaskedHyperpriorLatentCodec:
+    """Hyperprior (hyper-latent at half the latent's resolution) + channel groups + checkerboard context, all aware
+    of the skip mask."""
+    side = n_hyper * 2
+    h_a = nn.Sequential(conv(m, n_hyper, 1), nn.GELU(), conv(n_hyper, n_hyper, 3, 2))
+    h_s = nn.Sequential(upconv(n_hyper, n_hyper), nn.GELU(), conv(n_hyper, side))
+    channel_context = {
+        f"y{k}": nn.Sequential(
+            conv(sum(groups[:k]), 64, 1), nn.GELU(), conv(64, 64, 3), nn.GELU(), conv(64, groups[k] * 2, 1)
+        )
+        for k in range(1, len(groups))
+    }
+    per_group = {}
+    for k, g in enumerate(groups):
+        cin = g * 2 + (k > 0) * g * 2 + side
+        per_group[f"y{k}"] = CheckerboardLatentCodec(
+            latent_codec={"y": GaussianConditionalLatentCodec(quantizer="ste")},
+            context_prediction=CheckerboardMaskedConv2d(g, g * 2, kernel_size=5, stride=1, padding=2, groups=g),
+            entropy_parameters=MaskedParams(nn.Conv2d(cin, 96, 1), nn.GELU(), nn.Conv2d(96, g * 2, 1)),
+        )
+    hyper = MaskedHyperLatentCodec(entropy_bottleneck=EntropyBottleneck(n_hyper), h_a=h_a, h_s=h_s, quantizer="ste")
+    return MaskedHyperpriorLatentCodec(
+        latent_codec={
+            "y": ChannelGroupsLatentCodec(groups=list(groups), channel_context=channel_context, latent_codec=per_group),
+            "hyper": hyper,
+        }
+    )

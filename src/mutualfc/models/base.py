@@ -1,0 +1,88 @@
+"""What the mutual and the separate network share: CompressAI's ``CompressionModel`` (``update()``, entropy-table
+loading, ``aux_loss()``), the skip mask and its stream, padding to whole hyper-latent cells, and stream guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
+from compressai.models.utils import update_registered_buffers
+
+from mutualfc.models.config import MutualConfig
+from mutualfc.models.gain import GainUnit
+
+ENTROPY_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def is_entropy_table(key: str) -> bool:
+    """Whether a state-dict key is an entropy coder's table buffer (rebuilt by ``update()``, not a weight)."""
+    return key.endswith(ENTROPY_TABLES)
+
+
+def encode_mask(keep: torch.Tensor | None) -> bytes:
+    """Skip mask stream: the coarsest level's keep map, one bit per cell in raster order (numpy ``packbits``); empty
+    when every cell is coded."""
+    if keep is None or bool(keep.all()):
+        return b""
+    return np.packbits(keep[0, 0].cpu().numpy().astype(bool).ravel()).tobytes()
+
+
+def decode_mask(data: bytes, size: tuple[int, int]) -> torch.Tensor | None:
+    """Inverse of ``encode_mask`` for a coarsest level of ``size``; ValueError if the length does not fit."""
+    if not data:
+        return None
+    h, w = size
+    if len(data) != (h * w + 7) // 8:
+        raise ValueError(f"skip mask of {len(data)} bytes does not fit a {h}x{w} map")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=h * w)
+    return torch.from_numpy(bits.astype(bool)).view(1, 1, h, w)
+
+
+class FeatureCompressionModel(CompressionModel):
+    """Base of the learned feature codecs' networks: ``forward`` for training, ``compress`` / ``decompress`` for
+    real bits (call ``update()`` first, or load a checkpoint that carries the tables)."""
+
+    pad_multiple = 2  # at the coarsest level, so that the hyper-latent (/2) tiles the latent exactly
+    latent_count = 1  # BFCNet latents per image (the separate network has one per level)
+    cfg: MutualConfig
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True):
+        """CompressAI's loading, except that table buffers the state holds are resized to it even when they were
+        built already (a checkpoint's stored tables are used as they are), and tables it does not hold are kept."""
+        for name, module in self.named_modules():
+            if isinstance(module, (EntropyBottleneck, GaussianConditional)):
+                present = [b for b in ENTROPY_TABLES if f"{name}.{b}" in state_dict and hasattr(module, b)]
+                update_registered_buffers(module, name, present, state_dict, policy="resize")
+        return super(CompressionModel, self).load_state_dict(state_dict, strict=strict)
+
+    def padded(self, size: tuple[int, int]) -> tuple[int, int]:
+        h, w = size
+        return h + (-h % self.pad_multiple), w + (-w % self.pad_multiple)
+
+    def coded_mask(
+        self, keep: torch.Tensor | None, size: tuple[int, int], batch: int = 1, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """-> (batch, 1, Hp, Wp) float mask of the coded latent cells: ``keep`` ((B, 1, H, W) at the coarsest level,
+        None = all) zero-padded to the latent's size (padding is never coded)."""
+        h, w = size
+        hp, wp = self.padded(size)
+        k = torch.ones(batch, 1, h, w, device=device) if keep is None else keep.float().expand(batch, 1, h, w)
+        return F.pad(k, (0, wp - w, 0, hp - h))
+
+    def guarded(self, strings: list[bytes], size: tuple[int, int]) -> list[bytes]:
+        """Zero-pad every rANS stream so that the decoder (which does not bounds-check) does not read past the end of
+        a crafted or damaged stream: a regular symbol consumes at most one 32-bit word, and a stream holds at most a
+        latent's and its hyper-latent's symbols (and one flag per coding step)."""
+        hp, wp = self.padded(size)
+        if "_widest" not in self.__dict__:
+            self._widest = max(m.channels for m in self.modules() if isinstance(m, GainUnit)) + self.cfg.hyper
+        pad = 4 * self._widest * hp * wp + 64
+        # escape (bypass) symbols read 4 bits per call and their length prefix comes from the data, so a stream of
+        # crafted escape prefixes can ask for about 15 times its own length: padded for that too
+        return [strings[0], *(bytes(s) + b"\0" * (pad + 16 * len(s)) for s in strings[1:])]  # mask: not rANS
+
+    def stream_count(self, residual: bool = False) -> int:
+        """Streams of one coded image: the skip mask, one rANS stream per latent, then the residual stream if sent."""
+        return 1 + self.latent_count + int(residual)

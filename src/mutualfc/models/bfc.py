@@ -1,0 +1,96 @@
+"""BFCNet: the base levels, packed to the coarsest resolution, through a linear transform into one latent coded by
+the masked hyperprior."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mutualfc.latent_codecs import masked_hyperprior_codec
+from mutualfc.models.config import MutualConfig
+from mutualfc.models.gain import GainUnit
+from mutualfc.nn.caching import cached
+from mutualfc.nn.closed_form import sample_rows, set_pca
+from mutualfc.nn.layers import ResBlock, conv
+from mutualfc.nn.packing import LevelPacker
+from mutualfc.nn.sparse import columns, positions, scatter
+
+
+class BFCNet(nn.Module):
+    """Basic feature compression: base levels -> latent -> decoded base levels. Analysis and synthesis are the
+    closed-form PCA of the packed base in the task metric (training learns the entropy model and the gains).
+    ``shared``: also build the trunk that gives the residual stream its context from the decoded latent."""
+
+    def __init__(self, cfg: MutualConfig, base: tuple[str, ...], shared: bool = True):
+        super().__init__()
+        self.pack = LevelPacker(names=base, **cfg.packer_args())
+        c = self.pack.channels
+        m, self.groups = cfg.latent_groups(c)
+        self.lin_a = conv(c, m, 1)
+        self.lin_s = conv(m, c, 1)
+        self.g_s = nn.Sequential(conv(m, cfg.width, 1), ResBlock(cfg.width), ResBlock(cfg.width)) if shared else None
+        self.latent_codec = masked_hyperprior_codec(m, cfg.hyper, self.groups)
+        self.gain = GainUnit(cfg.qualities, m, *cfg.gains)
+
+    def analysis(self, levels: dict[str, torch.Tensor], kept: torch.Tensor | None = None) -> torch.Tensor:
+        """-> latent (before the gains). ``kept``: raster positions that will be coded (real coding): only those are
+        computed (from the levels' blocks there, the metric folded into the transform), the others are 0."""
+        if kept is None:
+            return self.lin_a(self.pack.pack(levels))
+        k = self.pack.names[-1]
+        h, w = (n // self.pack.factor[k] for n in levels[k].shape[-2:])
+        blocks = self.pack.gather_cells(levels, kept, w)
+        x = torch.cat([blocks[k].reshape(self.pack.ch[k], kept.numel()) for k in self.pack.names])
+
+        def fold():  # the metric folded into the analysis: latent = W A x + (W a + b)
+            a, off = self.pack.packed_affine(to_features=False)
+            wt, b = self.lin_a.weight.view(self.lin_a.out_channels, -1).double(), self.lin_a.bias.double()
+            return (wt @ a).float(), (wt @ off + b).float()
+
+        wt, b = cached(self, "analysis", (self.lin_a.weight, self.lin_a.bias, *self.pack.buffers()), fold)
+        return scatter(F.linear(x.T, wt, b).T, kept, (h, w))
+
+    def synthesis(self, y_hat: torch.Tensor, shared: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """-> the residual stream's context (None if there is no trunk or it is not asked for), decoded base
+        (packed, in the codec's feature space)."""
+        context = self.g_s(y_hat) if shared and self.g_s is not None else None
+        return context, self.lin_s(y_hat)
+
+    def synthesis_blocks(self, y_hat: torch.Tensor, kept: torch.Tensor, mfc: nn.Module | None = None) -> torch.Tensor:
+        """Real decoding: the decoded base levels' blocks in feature units (``LevelPacker`` stacking), then with
+        ``mfc`` (an ``MFCNet``) the predicted levels' blocks, as columns (rows, 1 + K): column 0 is every skipped
+        cell's (latent 0), the others the cells ``kept``. The metric and the prediction are folded into one matrix."""
+
+        def fold():
+            w, b = self.lin_s.weight.view(self.lin_s.out_channels, -1).double(), self.lin_s.bias.double()
+            a, off = self.pack.packed_affine(to_features=True)
+            ws, bs = [a @ w], [a @ b + off]
+            if mfc is not None:
+                wm, bm = mfc.lin.weight.view(mfc.lin.out_channels, -1).double(), mfc.lin.bias.double()
+                a, off = mfc.pack.packed_affine(to_features=True)
+                ws.append(a @ wm @ w)
+                bs.append(a @ (wm @ b + bm) + off)
+            return torch.cat(ws).float(), torch.cat(bs).float()
+
+        key = (self.lin_s.weight, self.lin_s.bias, *self.pack.buffers())
+        if mfc is not None:
+            key += (mfc.lin.weight, mfc.lin.bias, *mfc.pack.buffers())
+        w, b = cached(self, "synthesis" if mfc is None else "synthesis+mfc", key, fold)
+        y = columns(y_hat, kept)
+        return F.linear(torch.cat([y.new_zeros(y.shape[0], 1), y], 1).T, w, b).T
+
+    def decoded_levels(self, y_hat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Real decoding of the base levels alone (separate-scale codec), cell by cell."""
+        kept = positions(mask)
+        return self.pack.paint(self.pack.split_blocks(self.synthesis_blocks(y_hat, kept)), kept, mask.shape[-2:])
+
+    def init_from_data(
+        self, levels: dict[str, torch.Tensor], samples: int, sensitivity: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Metric and PCA of the packed base; returns the packed base as reconstructed from the principal components."""
+        self.pack.set_stats(levels, sensitivity)
+        u = self.pack.pack(levels)
+        set_pca(self.lin_a, self.lin_s, sample_rows(u, samples))
+        with torch.no_grad():
+            return self.lin_s(self.lin_a(u))

@@ -1,0 +1,156 @@
+"""The mutual network (after Liu et al., ICASSP 2023): BFCNet codes the base levels, MFCNet predicts the others
+from the decoded base, and an optional residual stream refines the finest level."""
+
+from __future__ import annotations
+
+import torch
+
+from mutualfc.entropy import reproducible_threads
+from mutualfc.models.base import FeatureCompressionModel, decode_mask, encode_mask
+from mutualfc.models.bfc import BFCNet
+from mutualfc.models.config import MutualConfig
+from mutualfc.models.mfc import MFCNet
+from mutualfc.models.residual import ResidualCoder
+from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
+from mutualfc.nn.sparse import affine, positions
+
+
+class MutualFeatureNet(FeatureCompressionModel):
+    """BFCNet + MFCNet (+ residual): ``forward`` for training (noisy/STE quantisation, likelihoods; also returns the
+    prediction-only reconstruction), ``compress``/``decompress`` for real bits."""
+
+    def __init__(self, cfg: MutualConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or MutualConfig(arch="mutual")
+        self.targets = tuple(k for k in cfg.levels if k not in cfg.base)
+        if not self.targets:
+            raise ValueError("the mutual codec needs at least one predicted level (base must not hold all levels)")
+        self.finest = cfg.levels[0]
+        residual = bool(cfg.residual) and self.finest in self.targets
+        self.bfc = BFCNet(cfg, cfg.base, shared=residual)
+        self.mfc = MFCNet(cfg, cfg.base, self.targets)
+        self.res = ResidualCoder(cfg, self.finest) if residual else None
+
+    @torch.no_grad()
+    def init_from_data(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor]) -> None:
+        """Closed-form start (metric, PCA transforms, least-squares prediction) from a batch of training crops;
+        ``sensitivity`` is the task network's ``level_sensitivity``."""
+        levels, _ = pad_levels(levels, self.cfg.levels, self.pad_multiple)
+        n = self.cfg.init_samples
+        base_rec = self.bfc.init_from_data({k: levels[k] for k in self.cfg.base}, n, sensitivity)
+        self.mfc.init_from_data({k: levels[k] for k in self.targets}, base_rec, n, sensitivity)
+        if self.res is not None:
+            self.res.pack.set_stats({self.finest: levels[self.finest]}, sensitivity)
+            self.init_residual(levels)
+
+    @torch.no_grad()
+    def init_residual(self, levels: dict[str, torch.Tensor]) -> None:
+        """PCA of the residual of the linear prediction (from the base as the linear transforms reconstruct it);
+        also used after loading a model with another residual width into this one."""
+        levels, _ = pad_levels(levels, self.cfg.levels, self.pad_multiple)
+        base_rec = self.bfc.lin_s(self.bfc.lin_a(self.bfc.pack.pack({k: levels[k] for k in self.cfg.base})))
+        pred = self.mfc(base_rec)[self.finest]
+        d = self.res.pack.pack({self.finest: levels[self.finest]}) - self.res.pack.pack({self.finest: pred})
+        self.res.init_from_data(d, self.cfg.init_samples)
+
+    def normalized(self, levels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Levels in the codec's feature space (where training measures distortion)."""
+        packers = {k: self.bfc.pack for k in self.cfg.base} | {k: self.mfc.pack for k in self.targets}
+        return {k: packers[k].normalize(k, x) for k, x in levels.items()}
+
+    # -- training --------------------------------------------------------------------------------------
+    def forward(self, levels: dict[str, torch.Tensor], quality: float, keep: torch.Tensor | None = None) -> dict:
+        """``keep``: (B, 1, H, W) at the coarsest level, cells to code (None = all); the others decode to the mean.
+        -> likelihoods, the decoded levels and the prediction-only levels (no residual)."""
+        x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
+        mask = self.coded_mask(keep, size, x[self.finest].shape[0], x[self.finest].device)
+        gain, inv = self.bfc.gain(quality)
+        lc = self.bfc.latent_codec(self.bfc.analysis({k: x[k] for k in self.cfg.base}) * gain, mask)
+        likelihoods = dict(lc["likelihoods"])
+        context, base_u = self.bfc.synthesis(lc["y_hat"] * inv, self.res is not None)
+        pred = self.bfc.pack.unpack(base_u) | self.mfc(base_u)
+        rec = pred
+        if self.res is not None:
+            rg, rinv = self.res.gain(quality)
+            p = self.res.pack
+            pred_r = p.pack({self.finest: pred[self.finest]})
+            d = p.pack({self.finest: x[self.finest]}) - pred_r
+            rc = self.res.codec(self.res.lin_a(d) * rg * mask, torch.cat([context, mask], 1))
+            lik = rc["likelihoods"]["y"]
+            likelihoods["r"] = torch.where(mask > 0, lik, torch.ones_like(lik))
+            rec = pred | p.unpack(pred_r + self.res.lin_s(rc["y_hat"] * mask * rinv))
+        return {"likelihoods": likelihoods, "levels": crop_levels(rec, self.cfg.levels, size),
+                "prediction": crop_levels(pred, self.cfg.levels, size)}  # fmt: skip
+
+    # -- real bits -------------------------------------------------------------------------------------
+    def _predicted_blocks(self, y_hat: torch.Tensor, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every level's blocks (C, f, f, 1 + K) decoded from the base latent: column 0 stands for all skipped
+        cells (they decode to the same blocks), the others for the cells ``kept``."""
+        base, target = self.bfc.synthesis_blocks(y_hat, kept, self.mfc).split(
+            [self.bfc.pack.channels, self.mfc.pack.channels]
+        )
+        return self.bfc.pack.split_blocks(base) | self.mfc.pack.split_blocks(target)
+
+    def _residual_columns(self, coded: torch.Tensor) -> torch.Tensor:
+        """Decoded residual latent columns (C, K) -> the correction of the finest level's prediction in the codec's
+        feature space, with column 0 (skipped cells: no residual) first."""
+        return affine(self.res.lin_s, torch.cat([coded.new_zeros(coded.shape[0], 1), coded], 1))
+
+    @torch.inference_mode()
+    @reproducible_threads()
+    def compress(
+        self,
+        levels: dict[str, torch.Tensor],
+        quality: float,
+        residual: bool = True,
+        keep: torch.Tensor | None = None,
+        reconstruct: bool = True,
+    ) -> tuple[list[bytes], dict]:
+        """-> byte strings (skip mask, the latent's stream, then the residual stream if ``residual``) and what
+        decoding needs besides them: the coarsest level's ``size``; also the encoder's own reconstruction under
+        ``"levels"`` and the prediction-only one under ``"prediction"`` (None if not ``reconstruct`` and the
+        residual did not need them). ``keep`` ((1, 1, H, W) at the coarsest level) skips the positions where it is
+        0: their latents (base and residual) are not coded, so they decode to the mean features; the mask is the
+        first stream (``encode_mask``)."""
+        x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
+        mask = self.coded_mask(keep, size)
+        kept, padded = positions(mask), tuple(mask.shape[-2:])
+        gain, inv = self.bfc.gain(quality)
+        lc = self.bfc.latent_codec.compress(self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept) * gain, mask)
+        strings = [encode_mask(keep), lc["strings"][0]]
+        use = residual and self.res is not None
+        if not (use or reconstruct):
+            return strings, {"size": size, "levels": None, "prediction": None}
+        y_hat = lc["y_hat"] * inv
+        feats = self._predicted_blocks(y_hat, kept)
+        pred = rec = LevelPacker.paint(feats, kept, padded)
+        if use:
+            rg, rinv = (g.view(-1, 1) for g in self.res.gain(quality))
+            p, k = self.res.pack, self.finest
+            pred_r = p.features_to_cells({k: feats[k]})
+            d = p.features_to_cells(p.gather_cells({k: x[k]}, kept, padded[1])) - pred_r[:, 1:]
+            string, r_hat = self.res.compress(affine(self.res.lin_a, d) * rg, self.bfc.g_s(y_hat), kept)
+            strings.append(string)
+            rec = LevelPacker.paint(feats | p.cells_to_features(pred_r + self._residual_columns(r_hat * rinv)),
+                                    kept, padded)  # fmt: skip
+        names = self.cfg.levels
+        return strings, {"size": size, "levels": crop_levels(rec, names, size),
+                         "prediction": crop_levels(pred, names, size)}  # fmt: skip
+
+    @torch.inference_mode()
+    @reproducible_threads()
+    def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
+        n = self.stream_count()
+        if len(strings) not in (n, n + 1) or (len(strings) == n + 1 and self.res is None):
+            raise ValueError(f"expected {n} streams (+1 residual), got {len(strings)}")
+        mask = self.coded_mask(decode_mask(strings[0], size), size)
+        kept, padded = positions(mask), tuple(mask.shape[-2:])
+        strings = self.guarded(strings, size)
+        y_hat = self.bfc.latent_codec.decompress([strings[1]], mask)["y_hat"] * self.bfc.gain(quality)[1]
+        feats = self._predicted_blocks(y_hat, kept)
+        if len(strings) > n:
+            p, k = self.res.pack, self.finest
+            pred_r = p.features_to_cells({k: feats[k]})
+            r_hat = self.res.decompress(strings[n], self.bfc.g_s(y_hat), kept) * self.res.gain(quality)[1].view(-1, 1)
+            feats = feats | p.cells_to_features(pred_r + self._residual_columns(r_hat))
+        return crop_levels(LevelPacker.paint(feats, kept, padded), self.cfg.levels, size)

@@ -1,0 +1,43 @@
+"""Caches keyed on tensor identity and version: derived matrices and tables are rebuilt exactly when their source
+tensors change (training steps, ``load_state_dict``, ``update()``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+T = TypeVar("T")
+
+
+def stamps(tensors: Iterable[torch.Tensor]) -> tuple:
+    """Identity and in-place version of each tensor: a cache key that changes when any of them is replaced or
+    modified. Tensors made under ``torch.inference_mode`` keep no version; they cannot be modified outside it."""
+
+    def version(t: torch.Tensor) -> int:
+        return -1 if t.is_inference() else t._version
+
+    return tuple((id(t), t.data_ptr(), version(t)) for t in tensors)
+
+
+def cached(owner: nn.Module, name: str, tensors: tuple[torch.Tensor, ...], build: Callable[[], T]) -> T:
+    """``build()``, cached on ``owner`` until one of ``tensors`` is replaced or changed in place."""
+    key = stamps(tensors)
+    hit = owner.__dict__.get(f"_mutualfc_{name}")
+    if hit is None or hit[0] != key:
+        hit = (key, build())
+        owner.__dict__[f"_mutualfc_{name}"] = hit
+    return hit[1]
+
+
+def memoized(memo: dict | None, key: tuple, positions: torch.Tensor, build: Callable[[], T]) -> T:
+    """``build()``, kept in ``memo`` (one image's coding: every channel group gathers at the same cells) under
+    ``key`` and the identity of ``positions`` (held with the value, so that the identity cannot be reused)."""
+    if memo is None:
+        return build()
+    key = (*key, id(positions))
+    if key not in memo:
+        memo[key] = (positions, build())
+    return memo[key][1]

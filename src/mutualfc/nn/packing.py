@@ -1,0 +1,157 @@
+"""Pyramid levels in the codec's feature space: the task metric, lossless packing to the coarsest resolution, the
+per-cell form real coding uses, and padding to whole hyper-latent cells."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mutualfc.nn.sparse import block_indexes
+
+
+class LevelPacker(nn.Module):
+    """Brings pyramid levels into the codec's feature space and back: per-channel mean removed, then the detector's
+    sensitivity whitening (``set_stats``: squared error there approximates the change in the detections), then the
+    coarsest resolution by lossless space-to-depth."""
+
+    def __init__(self, levels: tuple[str, ...], channels: tuple[int, ...], names: tuple[str, ...],
+                 eps: float = 1e-5, scale: float = 50.0):  # fmt: skip
+        super().__init__()
+        ch = dict(zip(levels, channels, strict=True))
+        top = len(levels) - 1
+        self.names, self.eps, self.scale = names, eps, scale
+        self.factor = {k: 2 ** (top - levels.index(k)) for k in names}
+        self.ch = {k: ch[k] * self.factor[k] ** 2 for k in names}
+        self.channels = sum(self.ch.values())
+        for k in names:
+            self.register_buffer(f"mean_{k}", torch.zeros(1, ch[k], 1, 1))
+            self.register_buffer(f"proj_{k}", torch.eye(ch[k]).view(ch[k], ch[k], 1, 1))
+            self.register_buffer(f"unproj_{k}", torch.eye(ch[k]).view(ch[k], ch[k], 1, 1))
+
+    def normalize(self, k: str, x: torch.Tensor) -> torch.Tensor:
+        """Feature units -> the codec's feature space (one level, its own resolution)."""
+        return F.conv2d(x - getattr(self, f"mean_{k}"), getattr(self, f"proj_{k}"))
+
+    def to_features(self, k: str, x: torch.Tensor) -> torch.Tensor:
+        """A difference in the codec's feature space -> feature units (no mean)."""
+        return F.conv2d(x, getattr(self, f"unproj_{k}"))
+
+    def pack(self, levels: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for k in self.names:
+            x = self.normalize(k, levels[k])
+            parts.append(F.pixel_unshuffle(x, self.factor[k]) if self.factor[k] > 1 else x)
+        return torch.cat(parts, 1)
+
+    def unpack(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 1), strict=True):
+            x = F.pixel_shuffle(part, self.factor[k]) if self.factor[k] > 1 else part
+            out[k] = self.to_features(k, x) + getattr(self, f"mean_{k}")
+        return out
+
+    # -- per-cell form (real coding): the coarsest-level cells as columns, each level's f x f block per cell ------
+    def gather_cells(self, levels: dict[str, torch.Tensor], kept: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+        """-> each level's blocks at the coarsest-level cells ``kept`` (raster indices in a map ``width`` wide), as
+        (C, f, f, K) in the level's own units."""
+        out = {}
+        for k in self.names:
+            f, x = self.factor[k], levels[k][0]
+            c = x.shape[0]
+            out[k] = x.reshape(c, -1).index_select(1, block_indexes(kept, width, f)).view(c, f, f, kept.numel())
+        return out
+
+    def features_to_cells(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(C, f, f, N) blocks in feature units -> (packed channels, N) in the codec's feature space: ``pack`` of N
+        cells (the packed channel order is ``pixel_unshuffle``'s)."""
+        parts = []
+        for k in self.names:
+            c, f = feats[k].shape[0], self.factor[k]
+            x = feats[k].reshape(c, -1) - getattr(self, f"mean_{k}").view(c, 1)
+            parts.append((getattr(self, f"proj_{k}").view(c, c) @ x).reshape(c * f * f, -1))
+        return torch.cat(parts, 0)
+
+    def cells_to_features(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inverse of ``features_to_cells``: (packed channels, N) -> each level's (C, f, f, N) blocks in feature
+        units."""
+        out = {}
+        for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
+            f = self.factor[k]
+            c = self.ch[k] // (f * f)
+            x = getattr(self, f"unproj_{k}").view(c, c) @ part.reshape(c, -1)
+            out[k] = (x + getattr(self, f"mean_{k}").view(c, 1)).view(c, f, f, -1)
+        return out
+
+    def packed_affine(self, to_features: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-pixel metric of every level as one affine map on per-cell blocks (float64), so that it can be
+        folded into the linear transforms: ``to_features``: codec space (packed) -> blocks in feature units
+        ``A u + a``; else the inverse direction. Blocks are stacked level after level, each (C, f, f) flattened."""
+        mats, means = [], []
+        for k in self.names:
+            c, f2 = self.ch[k] // self.factor[k] ** 2, self.factor[k] ** 2
+            m = getattr(self, f"unproj_{k}" if to_features else f"proj_{k}").view(c, c).double()
+            mats.append(torch.kron(m, torch.eye(f2, dtype=torch.float64)))
+            means.append(getattr(self, f"mean_{k}").double().view(c).repeat_interleave(f2))
+        a, mean = torch.block_diag(*mats), torch.cat(means)
+        return (a, mean) if to_features else (a, -(a @ mean))
+
+    def split_blocks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(stacked blocks, N) -> each level's (C, f, f, N) blocks."""
+        return {
+            k: part.view(-1, self.factor[k], self.factor[k], x.shape[1])
+            for k, part in zip(self.names, x.split([self.ch[k] for k in self.names]), strict=True)
+        }
+
+    @staticmethod
+    def paint(feats: dict[str, torch.Tensor], kept: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Per-cell blocks (C, f, f, 1 + K) -> full maps (1, C, H f, W f): column 0 fills every cell not in
+        ``kept`` (skipped cells all decode to the same block), the others go to the ``kept`` cells."""
+        h, w = size
+        out = {}
+        for k, v in feats.items():
+            c, f = v.shape[0], v.shape[1]
+            band = v[..., 0].reshape(c, f, 1, f).expand(c, f, w, f).reshape(c, f, w * f)  # one row of cells
+            full = band.repeat(1, h, 1).view(c, -1)
+            full.index_copy_(1, block_indexes(kept, w, f), v[..., 1:].reshape(c, -1))
+            out[k] = full.view(1, c, h * f, w * f)
+        return out
+
+    def set_stats(self, levels: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor]) -> None:
+        """Means from ``levels`` and the metric from the task network's ``level_sensitivity`` (C x C per level)."""
+        for k in self.names:
+            x = levels[k].double()
+            mean = x.mean((0, 2, 3), keepdim=True)
+            getattr(self, f"mean_{k}").copy_(mean.float())
+            e, v = torch.linalg.eigh(sensitivity[k].double().cpu())
+            e = e.clamp_min(0) + self.eps * e.max().clamp_min(1e-30)
+            c = e.numel()
+            proj = self.scale * (v * e.sqrt()) @ v.T
+            unproj = (v / e.sqrt()) @ v.T / self.scale
+            getattr(self, f"proj_{k}").copy_(proj.float().view(c, c, 1, 1))
+            getattr(self, f"unproj_{k}").copy_(unproj.float().view(c, c, 1, 1))
+
+
+def pad_levels(
+    levels: dict[str, torch.Tensor], names: tuple[str, ...], multiple: int
+) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+    """Replicate-pad so the coarsest level (``names`` run fine -> coarse, each level half the size of the previous)
+    is a multiple of ``multiple``; -> padded levels, the coarsest level's original size."""
+    h, w = levels[names[-1]].shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    out = {}
+    for i, name in enumerate(names):
+        f = 2 ** (len(names) - 1 - i)
+        x = levels[name].float()
+        out[name] = F.pad(x, (0, pw * f, 0, ph * f), mode="replicate") if (ph or pw) else x
+    return out, (h, w)
+
+
+def crop_levels(levels: dict[str, torch.Tensor], names: tuple[str, ...], size: tuple[int, int]) -> dict:
+    """Inverse of ``pad_levels``: every level cropped to the coarsest ``size`` times its factor."""
+    h, w = size
+    out = {}
+    for i, name in enumerate(names):
+        f = 2 ** (len(names) - 1 - i)
+        out[name] = levels[name][..., : h * f, : w * f]
+    return out

@@ -1,0 +1,137 @@
+"""Evaluating networks at the coded cells only: maps as columns (C, K) for K raster positions.
+
+Real coding touches a small share of a feature map (the cells the skip mask keeps); every convolution of the
+entropy model and every linear transform is evaluated at the positions a later step reads, as matrix products over
+gathered patches, so the cost follows the number of coded cells.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mutualfc.nn.caching import cached, memoized
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Raster indices of the nonzero cells of a map of one image ((1, 1, H, W) or (H, W)): the coded positions."""
+    return mask.flatten().nonzero().squeeze(1)
+
+
+def cell_map(idx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of ``positions``: a (1, 1, H, W) map that is 1 at raster positions ``idx`` (dilating it with a max
+    pool gives the cells a convolution reads)."""
+    cells = torch.zeros(1, 1, *size)
+    cells.view(-1)[idx] = 1
+    return cells
+
+
+def columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(1, C, H, W) -> (C, K): the values at raster positions ``idx``."""
+    return x.reshape(x.shape[1], -1).index_select(1, idx)
+
+
+def scatter(cells: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], fill: torch.Tensor | None = None):
+    """(C, K) values at raster positions ``idx`` -> (1, C, H, W) map, ``fill`` ((C,); default 0) elsewhere."""
+    c, n = cells.shape[0], size[0] * size[1]
+    out = cells.new_zeros(c, n) if fill is None else fill.view(c, 1).expand(c, n).clone()
+    out.index_copy_(1, idx, cells)
+    return out.view(1, c, *size)
+
+
+def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
+    """Raster indices, in a map ``f`` times finer, of the f x f blocks under the cells ``cells`` (raster indices in a
+    map ``width`` wide), ordered (row in block, column in block, cell): the ``(C, f, f, K)`` layout of cell blocks."""
+    i = torch.arange(f)
+    rows, cols = (cells // width) * f, (cells % width) * f
+    return ((rows.view(1, 1, -1) + i.view(-1, 1, 1)) * (width * f) + cols.view(1, 1, -1) + i.view(1, -1, 1)).view(-1)
+
+
+def affine(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to columns: (C_in, N) -> (C_out, N)."""
+    return F.linear(x.T, conv.weight.view(conv.out_channels, -1), conv.bias).T  # faster than addmm in this layout
+
+
+def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+    """A (masked, grouped, one input channel per group) context convolution of ``x`` (1, C, H, W) evaluated at
+    raster positions ``idx`` only -> (C_out, K): the taps the mask zeroes are not read at all."""
+    c, h, w = x.shape[1:]
+    k, pad = conv.kernel_size[0], conv.padding[0]
+    if conv.groups != c or conv.weight.shape[1] != 1:
+        raise ValueError("context convolution must have one input channel per group")
+
+    def taps_and_weights():
+        weight = conv.weight * conv.mask if hasattr(conv, "mask") else conv.weight
+        taps = weight.flatten(1).abs().sum(0).nonzero().squeeze(1)  # kernel offsets any output uses
+        return taps, weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
+
+    taps, wt = cached(conv, "taps", (conv.weight, getattr(conv, "mask", conv.weight)), taps_and_weights)
+
+    def gather_at():  # (K * taps) in the padded map
+        r, col = idx // w, idx % w
+        return ((r.view(-1, 1) + taps // k) * (w + 2 * pad) + (col.view(-1, 1) + taps % k)).reshape(-1)
+
+    flat = memoized(memo, ("context", k, pad, w, *taps.tolist()), idx, gather_at)
+    xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
+    patches = xp.index_select(1, flat).view(c, -1, taps.numel())  # (C, K, taps)
+    return torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel()) + conv.bias.view(-1, 1)
+
+
+def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+    """An (ungrouped, square, symmetrically padded) convolution of ``x`` (1, C, H, W) evaluated at raster positions
+    ``idx`` of its output only -> (C_out, K), as one matrix product over the gathered patches."""
+    k, s, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    if conv.groups != 1 or conv.kernel_size != (k, k) or conv.stride != (s, s) or conv.padding != (pad, pad):
+        raise ValueError("only ungrouped, square convolutions can be evaluated at positions")
+    c, h, w = x.shape[1:]
+    if k == 1 and s == 1 and pad == 0:
+        return affine(conv, columns(x, idx))
+
+    def gather_at():  # (k * k * K) in the padded map
+        w_out = (w + 2 * pad - k) // s + 1
+        taps = torch.arange(k * k).view(-1, 1)
+        r, col = idx // w_out * s, idx % w_out * s
+        return ((taps // k + r) * (w + 2 * pad) + (taps % k + col)).reshape(-1)
+
+    flat = memoized(memo, ("conv", k, s, pad, w), idx, gather_at)
+    xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
+    patches = xp.index_select(1, flat).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
+    return F.linear(patches.T, conv.weight.reshape(conv.out_channels, -1), conv.bias).T
+
+
+def apply_columns(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A stack of 1x1 convolutions and element-wise activations applied to columns (C, K)."""
+    for m in layers:
+        x = affine(m, x) if isinstance(m, nn.Conv2d) else m(x)
+    return x
+
+
+def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+    """A stack of stride-1 "same" convolutions and element-wise activations applied to ``x`` (1, C, H, W),
+    evaluated at raster positions ``idx`` only -> (C_out, K). Each convolution runs only where a later one reads it
+    (the positions dilated by the later kernels' radii), so a sparse set of coded cells costs in proportion to its
+    size."""
+    h, w = x.shape[-2:]
+    convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+
+    def need_at() -> dict[int, torch.Tensor]:  # each convolution's positions
+        need = {convs[-1]: idx}
+        cells = cell_map(idx, (h, w))
+        for a, b in zip(reversed(convs[:-1]), reversed(convs[1:]), strict=True):
+            r = layers[b].kernel_size[0] // 2
+            if r:
+                cells = F.max_pool2d(cells, 2 * r + 1, 1, r)
+            need[a] = positions(cells) if r else need[b]
+        return need
+
+    need = memoized(memo, ("stack", h, w, *(layers[i].kernel_size[0] for i in convs)), idx, need_at)
+    out, prev = None, None  # columns at need[prev]
+    for i, m in enumerate(layers):
+        if not isinstance(m, nn.Conv2d):
+            out = m(out)
+        elif prev is not None and m.kernel_size == (1, 1):
+            out, prev = affine(m, out), i  # a 1x1 convolution reads the columns it is given (need[prev] = need[i])
+        else:
+            out, prev = conv_at(m, x if prev is None else scatter(out, need[prev], (h, w)), need[i], memo), i
+    return out

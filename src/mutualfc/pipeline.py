@@ -1,0 +1,77 @@
+"""image -> bytes -> detections for any codec: the edge half (``Encoder``) and the server half (``Decoder``).
+
+The codec says what it codes of an image and how the task finishes on what it decodes, so neither half branches on
+the kind of codec; the decoder picks the codec from each container's header.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mutualfc import bitstream
+from mutualfc.codecs import Codec, create_codec
+from mutualfc.errors import BitstreamError
+from mutualfc.registry import codec_name
+from mutualfc.tasks.base import Detections, FeatureSet, SplitNetwork
+
+
+@dataclass
+class Decoded:
+    """What a server gets from one container."""
+
+    header: bitstream.Header
+    codec: Codec
+    detections: Detections
+    features: FeatureSet | None = None  # feature codecs: the decoded levels
+    image: np.ndarray | None = None  # image codecs: the decoded picture
+    seconds: dict[str, float] = field(default_factory=dict)  # "decode", "task"
+
+
+class Encoder:
+    """Edge side: the task network's front half (for feature codecs) and the codec's encoder."""
+
+    def __init__(self, task: SplitNetwork, codec: Codec):
+        self.task, self.codec = task, codec
+
+    def encode(self, image: np.ndarray, param: float) -> bytes:
+        return self.codec.encode(self.codec.prepare(image), param)
+
+    def encode_timed(self, image: np.ndarray, param: float) -> tuple[bytes, dict[str, float]]:
+        """``encode`` with the seconds spent in the task's front half ("task") and in the codec ("encode")."""
+        t0 = time.perf_counter()
+        x = self.codec.prepare(image)
+        t1 = time.perf_counter()
+        data = self.codec.encode(x, param)
+        return data, {"task": t1 - t0, "encode": time.perf_counter() - t1}
+
+
+class Decoder:
+    """Server side: decodes containers of any codec (named by the header's codec id; each codec is built once, with
+    ``codec_options``) and runs the rest of the task network."""
+
+    def __init__(self, task: SplitNetwork, codecs: dict[str, Codec] | None = None, **codec_options):
+        self.task, self.options = task, codec_options
+        self.codecs: dict[str, Codec] = dict(codecs or {})
+
+    def codec_for(self, header: bitstream.Header) -> Codec:
+        name = codec_name(header.codec_id)
+        if name is None:
+            raise BitstreamError(f"unknown codec id {header.codec_id}")
+        if name not in self.codecs:
+            self.codecs[name] = create_codec(name, self.task, **self.options)
+        return self.codecs[name]
+
+    def decode(self, data: bytes) -> Decoded:
+        header, _ = bitstream.unpack(data)
+        codec = self.codec_for(header)
+        t0 = time.perf_counter()
+        y = codec.decode(data)
+        t1 = time.perf_counter()
+        det = codec.detections(y)
+        seconds = {"decode": t1 - t0, "task": time.perf_counter() - t1}
+        if isinstance(y, FeatureSet):
+            return Decoded(header, codec, det, features=y, seconds=seconds)
+        return Decoded(header, codec, det, image=y, seconds=seconds)

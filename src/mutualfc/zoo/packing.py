@@ -1,0 +1,97 @@
+"""Zoo checkpoint packing: what a trained network needs to code, in a small file (int8 / float16 weights, the
+entropy-bottleneck tables the encoder used)."""
+
+from __future__ import annotations
+
+import torch
+
+from mutualfc.models import FeatureCompressionModel, is_entropy_table, is_linear_transform
+
+_INT8 = "::int8"
+_SCALE = "::scale"
+_DERIVED = "::transpose_of_synthesis"  # marker: this analysis transform is the transpose of its synthesis (PCA)
+
+
+def _quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 (keeps zoo checkpoints small; encoder and decoder use the same values)."""
+    scale = w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127
+    scale = scale.half().float()
+    q = torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))).clamp(-127, 127).to(torch.int8)
+    return q, scale.half()
+
+
+def _is_pca_pair(state: dict[str, torch.Tensor], analysis: str) -> bool:
+    """Whether ``<prefix>.lin_a`` is the orthonormal PCA analysis of ``<prefix>.lin_s`` (weight = its transpose,
+    bias = -weight @ mean): true for closed-form transforms that training kept frozen."""
+    synthesis = analysis[: -len("lin_a")] + "lin_s"
+    keys = [f"{p}.{t}" for p in (analysis, synthesis) for t in ("weight", "bias")]
+    if not all(k in state for k in keys):
+        return False
+    wa, ba, ws, mean = (state[k].double() for k in keys)
+    if wa.dim() != 4 or not torch.equal(wa.flatten(1), ws.flatten(1).T):
+        return False
+    return torch.allclose(ba, -(wa.flatten(1) @ mean), rtol=1e-4, atol=1e-5)
+
+
+def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Large non-linear weights as int8 + per-channel scale, other floats (the closed-form linear transforms
+    included) as float16; integer tables as they are. A PCA analysis transform is not stored: it is the transpose
+    of its synthesis (only the encoder uses it, so rounding in re-deriving its bias cannot desynchronise decoding)."""
+    out = {}
+    derived = {k[: -len(".weight")] for k in state if k.endswith("lin_a.weight") and _is_pca_pair(state, k[:-7])}
+    for k, v in state.items():
+        prefix = k.rpartition(".")[0]
+        if prefix in derived:
+            out[prefix + _DERIVED] = torch.ones(())
+            continue
+        big = v.is_floating_point() and k.endswith(".weight") and v.dim() >= 2 and v.numel() >= 4096
+        if big and not is_linear_transform(k):  # the linear transforms stay float16: near-lossless at the top
+            out[k + _INT8], out[k + _SCALE] = _quantize_weight(v.float())
+        elif v.is_floating_point() and not k.endswith("scale_table"):
+            out[k] = v.half()
+        else:
+            out[k] = v
+    return out
+
+
+def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in packed.items():
+        if k.endswith(_DERIVED):
+            synthesis = k[: -len(_DERIVED) - len("lin_a")] + "lin_s"
+            ws, mean = packed[synthesis + ".weight"].double(), packed[synthesis + ".bias"].double()
+            wa = ws.flatten(1).T
+            out[k[: -len(_DERIVED)] + ".weight"] = wa.float().view(*wa.shape, 1, 1)
+            out[k[: -len(_DERIVED)] + ".bias"] = (-(wa @ mean)).float()
+            continue
+        if k.endswith(_SCALE):
+            continue
+        if k.endswith(_INT8):
+            name = k[: -len(_INT8)]
+            scale = packed[name + _SCALE].float()
+            out[name] = v.float() * scale.view(-1, *([1] * (v.dim() - 1)))
+        else:
+            out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def export_state(net: FeatureCompressionModel) -> dict[str, torch.Tensor]:
+    """Packed weights plus the entropy-bottleneck tables built from exactly the unpacked weights. The Gaussian
+    conditionals' tables depend only on the fixed scale table and are rebuilt by ``update()`` at load."""
+    packed = pack_state({k: v for k, v in net.state_dict().items() if not is_entropy_table(k)})
+    net.load_state_dict(unpack_state(packed), strict=False)
+    net.update(force=True)
+    tables = {k: v for k, v in net.state_dict().items() if is_entropy_table(k) and ".entropy_bottleneck." in k}
+    return packed | tables
+
+
+def load_packed(net: FeatureCompressionModel, packed: dict[str, torch.Tensor]) -> None:
+    """Load a zoo checkpoint: unpack the weights, keep the stored entropy-bottleneck tables, build the Gaussian
+    conditionals' tables (``update()`` builds only the tables that are missing). RuntimeError if it does not fit."""
+    state = unpack_state(packed)
+    missing = [k for k in net.state_dict() if k not in state and not is_entropy_table(k)]
+    unexpected = [k for k in state if k not in net.state_dict()]
+    if missing or unexpected:
+        raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    net.load_state_dict(state, strict=False)
+    net.update()
