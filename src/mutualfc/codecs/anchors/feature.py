@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mutualfc.codecs.anchors.video import VVCEncoder, decode_picture, x265_encode
+from mutualfc.codecs.anchors.video import VVCEncoder, decode_picture, luma_samples, x265_encode
 from mutualfc.codecs.base import FeatureCodec
 from mutualfc.errors import MutualFCError
 from mutualfc.registry import CODEC_IDS
@@ -163,33 +163,25 @@ class HEVCFeatureCodec(TiledFeatureCodec):
         return [x265_encode(frame, int(param), self.preset)]
 
     def decode_streams(self, header, streams):
-        pic = decode_picture(streams[0], "hevc")
-        if pic.format.name != "gray10le":
-            pic = pic.reformat(format="gray10le")
-        return self.from_frame(pic.to_ndarray(), header)
+        return self.from_frame(luma_samples(decode_picture(streams[0], "hevc")), header)
 
 
 class VVCFeatureCodec(TiledFeatureCodec):
-    """Tiled 10-bit features as one VVC intra picture: 4:0:0 with VTM, 4:2:0 with constant chroma with vvencapp
-    (which reads 4:2:0 only; the chroma planes' bits are in the bitstream and counted)."""
+    """Tiled 10-bit features coded as one VVC 4:0:0 10-bit intra picture (vvencapp or VTM), true QP."""
 
     name, codec_id = "vvc-feature", CODEC_IDS["vvc-feature"]
     default_params = (2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42)
 
     def __init__(self, task, feature_range: FeatureRange | None = None, encoder: VVCEncoder | None = None,
-                 vvc_encoder: str | None = None, vvc_config: str | None = None):  # fmt: skip
+                 vvc_encoder: str | None = None, vvc_config: str | None = None,
+                 vvc_preset: str | None = None):  # fmt: skip
         super().__init__(task, feature_range)
-        self.encoder = encoder or VVCEncoder.find(vvc_encoder, vvc_config)
+        self.encoder = encoder or VVCEncoder.find(vvc_encoder, vvc_config, vvc_preset)
 
     def encode_streams(self, features: FeatureSet, param: float) -> list[bytes]:
         y = self.to_frame(features)
         h, w = y.shape
-        if self.encoder.kind == "vtm":
-            return [self.encoder.encode(y, w, h, int(param), "400", BIT_DEPTH)]
-        chroma = np.full((h // 2, w), 1 << (BIT_DEPTH - 1), dtype=np.uint16)  # U and V planes, (h/2 x w/2) each
-        return [self.encoder.encode(np.concatenate([y, chroma]), w, h, int(param), "420", BIT_DEPTH)]
+        return [self.encoder.encode(y, w, h, int(param), "400", BIT_DEPTH)]
 
     def decode_streams(self, header, streams):
-        pic = decode_picture(streams[0], "vvc")
-        y = pic.to_ndarray(format="gray10le") if pic.format.name != "gray10le" else pic.to_ndarray()
-        return self.from_frame(y, header)
+        return self.from_frame(luma_samples(decode_picture(streams[0], "vvc")), header)

@@ -78,9 +78,9 @@ class VVCImageCodec(ImageCodec):
     default_params = (17, 22, 27, 32, 37, 41, 44, 47, 49, 51)
 
     def __init__(self, task=None, encoder: VVCEncoder | None = None, vvc_encoder: str | None = None,
-                 vvc_config: str | None = None):  # fmt: skip
+                 vvc_config: str | None = None, vvc_preset: str | None = None):  # fmt: skip
         super().__init__(task)
-        self.encoder = encoder or VVCEncoder.find(vvc_encoder, vvc_config)
+        self.encoder = encoder or VVCEncoder.find(vvc_encoder, vvc_config, vvc_preset)
 
     def encode_streams(self, image: np.ndarray, param: float) -> list[bytes]:
         padded = _pad_even(image)

@@ -52,6 +52,15 @@ def decode_picture(data: bytes, codec: str) -> av.VideoFrame:
     return frames[0]
 
 
+def luma_samples(frame: av.VideoFrame) -> np.ndarray:
+    """The decoded luma plane's samples as they are (H, W), uint16 for high bit depths: no colour conversion, which
+    would rescale limited-range luma (a feature frame is data, not a picture)."""
+    plane = frame.planes[0]
+    dtype = np.dtype("<u2") if plane.line_size >= 2 * frame.width and "10" in frame.format.name else np.uint8
+    rows = np.frombuffer(memoryview(plane), dtype).reshape(frame.height, -1)
+    return rows[:, : frame.width].copy()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # external VVC encoders
 # ---------------------------------------------------------------------------------------------------------
@@ -59,25 +68,28 @@ def decode_picture(data: bytes, codec: str) -> av.VideoFrame:
 class VVCEncoder:
     """An external VVC encoder binary: ``vvencapp`` (Fraunhofer VVenC) or VTM's ``EncoderApp``.
 
-    Fixed QP, perceptual QP adaptation off, one intra picture. VTM needs its intra config file
-    (``cfg/encoder_intra_vtm.cfg``), given as ``config``.
+    Fixed ("true") QP, perceptual QP adaptation off, one intra picture. ``vvencapp`` runs its ``preset`` (``medium``
+    is the reference; ``fast`` codes about 3-5 times faster at a few percent more rate) with intra QP offset, block
+    importance and temporal filtering off, so that the picture is coded at the QP given. VTM needs its intra config
+    file (``cfg/encoder_intra_vtm.cfg``), given as ``config``.
     """
 
     kind: str  # "vvenc" or "vtm"
     path: str
     config: str | None = None
     preset: str = "medium"
+    threads: int = 1  # one picture per process: parallelism comes from coding several images at once
     extra: list[str] = field(default_factory=list)
 
     @classmethod
-    def find(cls, path: str | None = None, config: str | None = None) -> VVCEncoder:
+    def find(cls, path: str | None = None, config: str | None = None, preset: str | None = None) -> VVCEncoder:
         """Locate an encoder: explicit path, ``MUTUALFC_VVC_ENCODER``, then ``vvencapp``/``EncoderApp`` on PATH."""
         explicit = path or os.environ.get("MUTUALFC_VVC_ENCODER")
         for c in [explicit] if explicit else ["vvencapp", "EncoderApp"]:
             found = shutil.which(c)
             if found:
                 kind = "vtm" if "encoderapp" in Path(found).name.lower() else "vvenc"
-                return cls(kind, found, config or os.environ.get("MUTUALFC_VTM_CONFIG"))
+                return cls(kind, found, config or os.environ.get("MUTUALFC_VTM_CONFIG"), preset or "medium")
         raise EncoderNotFoundError(
             "no VVC encoder found: install vvencapp (Fraunhofer VVenC) or VTM EncoderApp and put it on PATH, "
             "or pass --vvc-encoder PATH (or set MUTUALFC_VVC_ENCODER)"
@@ -86,33 +98,17 @@ class VVCEncoder:
     def command(self, yuv: str, out: str, width: int, height: int, qp: int, chroma: str, bit_depth: int) -> list[str]:
         """The command line that codes ``yuv`` (planar, little-endian when 10-bit) into ``out``."""
         if self.kind == "vvenc":
-            if chroma != "420":
-                raise ValueError("vvencapp reads 4:2:0 input only")
-            fmt = "yuv420_10" if bit_depth == 10 else "yuv420"
+            if chroma not in ("420", "400"):
+                raise ValueError(f"vvencapp reads 4:2:0 or 4:0:0 input, not {chroma}")
+            fmt = f"yuv{chroma}" + ("_10" if bit_depth == 10 else "")
             return [
-                self.path,
-                "-i",
-                yuv,
-                "-s",
-                f"{width}x{height}",
-                "-c",
-                fmt,
-                "-r",
-                "1",
-                "-f",
-                "1",
-                "--qp",
-                str(qp),
-                "--qpa",
-                "0",
-                "--preset",
-                self.preset,
-                "--internal-bitdepth",
-                "10",
-                "-o",
-                out,
-                *self.extra,
-            ]
+                self.path, "-i", yuv, "-s", f"{width}x{height}", "-c", fmt, "-r", "1", "-f", "1",
+                "--qp", str(qp), "--qpa", "0", "--preset", self.preset, "--internal-bitdepth", "10",
+                "-t", str(self.threads),
+                # true QP for one intra picture: no intra QP offset, no block-importance QP changes, no temporal filter
+                "--additional", "IntraQPOffset=0:BIM=0:MCTF=0",
+                "-o", out, *self.extra,
+            ]  # fmt: skip
         cmd = [self.path]
         if self.config:
             cmd += ["-c", self.config]
