@@ -8,6 +8,7 @@ from mutualfc.codecs import create_codec
 from mutualfc.eval.bdrate import Curve, bd_rate, curve_from_records, monotone_envelope
 from mutualfc.eval.coco import CocoDataset
 from mutualfc.eval.runner import evaluate_point
+from mutualfc.io import read_jsonl
 from tests.conftest import EXAMPLE
 
 
@@ -60,3 +61,25 @@ def test_curve_needs_one_codec_and_enough_points():
         curve_from_records(recs + [{"codec": "b", "bpp": 1, "map": 1}])
     with pytest.raises(MutualFCError, match="at least 4"):
         curve_from_records(recs[:3])
+
+
+def test_eval_jobs_spread_images_over_processes_with_identical_results(tmp_path):
+    """--jobs 2 codes the images in two processes: the same bits, bitstreams and mAP as --jobs 1."""
+    from mutualfc.cli.main import main
+    from tests.conftest import need_shared_weights
+
+    need_shared_weights()
+    recs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}.jsonl"
+        args = ["-q", "eval", "--codec", "mutual", "--param", "4", "--images", str(EXAMPLE / "images"),
+                "--annotations", str(EXAMPLE / "instances.json"), "--out", str(out), "--jobs", str(jobs),
+                "--bitstreams", str(tmp_path / f"b{jobs}")]  # fmt: skip
+        assert main(args) == 0
+        recs[jobs] = read_jsonl(out)[0]
+    same = ("bits", "pixels", "bpp", "map", "map50", "n_images", "codec_info")
+    assert {k: recs[1][k] for k in same} == {k: recs[2][k] for k in same}
+    for f in sorted((tmp_path / "b1" / "mutual-4").iterdir()):
+        assert f.read_bytes() == (tmp_path / "b2" / "mutual-4" / f.name).read_bytes()
+    assert main(["eval", "--codec", "none", "--images", str(EXAMPLE / "images"), "--annotations",
+                 str(EXAMPLE / "instances.json"), "--out", str(tmp_path / "x.jsonl"), "--jobs", "0"]) == 2  # fmt: skip

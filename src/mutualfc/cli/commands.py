@@ -32,13 +32,17 @@ def cmd_detect(args) -> int:
 def cmd_eval(args) -> int:
     from mutualfc.codecs import create_codec
     from mutualfc.eval.coco import CocoDataset
-    from mutualfc.eval.runner import evaluate_point
+    from mutualfc.eval.runner import CodecSpec, evaluate_point
     from mutualfc.io import append_jsonl, read_jsonl
     from mutualfc.tasks import create_task
 
     ds = CocoDataset(args.images, args.annotations).subset(args.limit)
     task = create_task(args.task, weights=args.weights)
-    codec = None if args.codec == "none" else create_codec(args.codec, task, **codec_options(args))
+    if args.jobs < 1:
+        raise MutualFCError(f"--jobs must be at least 1, got {args.jobs}")
+    options = {k: v for k, v in codec_options(args).items() if v is not None}
+    codec = None if args.codec == "none" else create_codec(args.codec, task, **options)
+    spec = CodecSpec(args.task, args.codec, args.weights, options)
     params = [None] if codec is None else parse_params(args.param, codec.default_params)
     done = set()
     if args.skip_existing and Path(args.out).is_file():
@@ -49,7 +53,7 @@ def cmd_eval(args) -> int:
             print(f"skip {label} {p} (already in {args.out})")
             continue
         bdir = Path(args.bitstreams) / f"{label}-{p:g}" if (args.bitstreams and p is not None) else None
-        rec = evaluate_point(task, codec, p, ds, bdir, progress(args), label=args.label)
+        rec = evaluate_point(task, codec, p, ds, bdir, progress(args), label=args.label, jobs=args.jobs, spec=spec)
         append_jsonl(args.out, rec)
         bpp = "-" if rec["bpp"] is None else f"{rec['bpp']:.5f}"
         print(f"{rec['codec']} param={p} bpp={bpp} mAP={rec['map']:.4f} mAP50={rec['map50']:.4f}", flush=True)

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true", help="skip rate points already in --out (resume a sweep)")
     p.add_argument("--label", help="name written as 'codec' in the results (default: the codec name)")
     p.add_argument("--plot", help="also draw all curves in --out to this PNG")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="code the images in this many local processes (same results as 1, only faster; each process "
+                   "loads the task network and the codec; default: %(default)s)")  # fmt: skip
     add_codec_options(p)
     p.set_defaults(func=cmd_eval)
 

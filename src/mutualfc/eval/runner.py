@@ -5,24 +5,28 @@ Bits are the sizes of the bitstream files written (containers included); pixels 
 
 from __future__ import annotations
 
+import multiprocessing
 import platform
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 import mutualfc
-from mutualfc.codecs.base import Codec
+from mutualfc.codecs import Codec, create_codec
 from mutualfc.eval.coco import CocoDataset, load_image
 from mutualfc.io import atomic_write_bytes
 from mutualfc.pipeline import Decoder, Encoder
+from mutualfc.tasks import create_task
 
 
 def versions() -> dict:
     import av
     import PIL
-    import torch
 
     return {
         "mutualfc": mutualfc.__version__,
@@ -40,6 +44,57 @@ def run_detection(task, dataset: CocoDataset, progress: bool = True) -> list[dic
     return results
 
 
+@dataclass(frozen=True)
+class CodecSpec:
+    """How to build the task network and the codec again in another process (``--jobs``): names and options only."""
+
+    task: str
+    codec: str
+    weights: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+class _ImageCoder:
+    """Codes one image at a time: encode -> FILE -> decode -> detections, with the bits and seconds it took."""
+
+    def __init__(self, task, codec: Codec | None):
+        self.task, self.codec = task, codec
+        self.encoder = None if codec is None else Encoder(task, codec)
+        self.decoder = None if codec is None else Decoder(task, {codec.name: codec})
+
+    def __call__(self, path: Path, image_id: int, param: float | None, out_dir: Path) -> dict:
+        image = load_image(path)
+        out = {"pixels": image.shape[0] * image.shape[1], "bits": 0, "encode": 0.0, "decode": 0.0}
+        if self.codec is None:
+            t0 = time.perf_counter()
+            det = self.task.detect(image)
+            out["task"] = time.perf_counter() - t0
+        else:
+            data, spent = self.encoder.encode_timed(image, param)
+            file = out_dir / f"{path.stem}.mfc"
+            atomic_write_bytes(file, data)
+            out["bits"] = 8 * file.stat().st_size
+            decoded = self.decoder.decode(file.read_bytes())
+            det = decoded.detections
+            out |= {"encode": spent["encode"], "decode": decoded.seconds["decode"],
+                    "task": spent["task"] + decoded.seconds["task"]}  # fmt: skip
+        return out | {"results": det.to_coco(image_id)}
+
+
+_WORKER: _ImageCoder | None = None
+
+
+def _start_worker(spec: CodecSpec, threads: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)  # as in the parent: float results of the detector depend on the thread count
+    task = create_task(spec.task, weights=spec.weights)
+    _WORKER = _ImageCoder(task, create_codec(spec.codec, task, **spec.options))
+
+
+def _work(args: tuple) -> dict:
+    return _WORKER(*args)
+
+
 def evaluate_point(
     task,
     codec: Codec | None,
@@ -48,35 +103,37 @@ def evaluate_point(
     bitstream_dir: str | Path | None = None,
     progress: bool = True,
     label: str | None = None,
+    jobs: int = 1,
+    spec: CodecSpec | None = None,
 ) -> dict:
     """One JSON-lines record for ``codec`` at ``param`` (``codec=None``: uncompressed); ``label`` replaces the codec
-    name in the record (e.g. to tell apart two checkpoints of one codec)."""
-    results: list[dict] = []
-    bits = pixels = 0
-    t_enc = t_dec = t_task = 0.0
+    name in the record (e.g. to tell apart two checkpoints of one codec). ``jobs`` > 1 spreads the images over that
+    many local processes, each building the task and the codec from ``spec``; the record is the same as with one
+    (results are gathered in the dataset's order), only the timings differ."""
     desc = "none" if codec is None else f"{label or codec.name}@{param:g}"
-    encoder = None if codec is None else Encoder(task, codec)
-    decoder = None if codec is None else Decoder(task, {codec.name: codec})
+    parallel = jobs > 1 and codec is not None
+    if parallel and spec is None:
+        raise ValueError("jobs > 1 needs a CodecSpec to build the codec in each process")
     with tempfile.TemporaryDirectory(prefix="mutualfc-bits-") as tmp:
         out_dir = Path(bitstream_dir) if bitstream_dir else Path(tmp)
-        for rec in tqdm(dataset.records, desc=desc, unit="img", disable=not progress):
-            image = load_image(rec.path)
-            pixels += image.shape[0] * image.shape[1]
-            if codec is None:
-                t0 = time.perf_counter()
-                det = task.detect(image)
-                t_task += time.perf_counter() - t0
+        work = [(rec.path, rec.image_id, param, out_dir) for rec in dataset.records]
+        done: list[dict] = []
+        with tqdm(total=len(work), desc=desc, unit="img", disable=not progress) as bar:  # closed on errors too
+            if parallel:
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(jobs, ctx, initializer=_start_worker,
+                                         initargs=(spec, torch.get_num_threads())) as pool:  # fmt: skip
+                    for d in pool.map(_work, work):
+                        done.append(d)
+                        bar.update(1)
             else:
-                data, spent = encoder.encode_timed(image, param)
-                path = out_dir / f"{rec.path.stem}.mfc"
-                atomic_write_bytes(path, data)
-                bits += 8 * path.stat().st_size
-                decoded = decoder.decode(path.read_bytes())
-                det = decoded.detections
-                t_enc += spent["encode"]
-                t_dec += decoded.seconds["decode"]
-                t_task += spent["task"] + decoded.seconds["task"]
-            results += det.to_coco(rec.image_id)
+                coder = _ImageCoder(task, codec)
+                for w in work:
+                    done.append(coder(*w))
+                    bar.update(1)
+    results = [r for d in done for r in d["results"]]
+    bits, pixels = sum(d["bits"] for d in done), sum(d["pixels"] for d in done)
+    t_enc, t_dec, t_task = (sum(d[k] for d in done) for k in ("encode", "decode", "task"))
     n = len(dataset)
     scores = dataset.evaluate(results)
     return {
