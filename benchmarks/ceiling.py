@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
 from mutualfc.io import atomic_write_text
 from mutualfc.nn import crop_levels, pad_levels
 from mutualfc.tasks import create_task

@@ -23,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from mutualfc.eval.bdrate import bd_rate, curve_from_records
-from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
 from mutualfc.io import atomic_write_text
 from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet

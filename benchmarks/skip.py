@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from mutualfc.eval.bdrate import bd_rate, curve_from_records
-from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
 from mutualfc.io import atomic_write_text, read_jsonl
 from mutualfc.tasks import create_task
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from mutualfc.codecs import create_codec
-from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
 from mutualfc.io import atomic_write_text
 from mutualfc.tasks import create_task
 

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from mutualfc.codecs import create_codec
-from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
 from mutualfc.io import atomic_write_text
 from mutualfc.nn import pad_levels, pca
 from mutualfc.tasks import create_task

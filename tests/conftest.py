@@ -26,7 +26,7 @@ def task():
 
 @pytest.fixture(scope="session")
 def example_images():
-    from mutualfc.eval.coco import load_image
+    from mutualfc.images import load_image
 
     return [load_image(p) for p in sorted((EXAMPLE / "images").glob("*.jpg"))]
 

@@ -81,10 +81,11 @@ def test_vtm_command_codes_monochrome_10_bit():
 def test_missing_vvc_encoder_is_a_clear_error(task, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("MUTUALFC_VVC_ENCODER", raising=False)
+    fs = task.front(np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(EncoderNotFoundError, match="vvencapp"):
-        create_codec("vvc-feature", task)
+        create_codec("vvc-feature", task).encode(fs, 32)  # a decoder needs no encoder: looked up when encoding
     with pytest.raises(EncoderNotFoundError):
-        create_codec("vvc-image", task)
+        create_codec("vvc-image", task).encode(np.zeros((64, 64, 3), np.uint8), 32)
 
 
 def test_vvc_encoder_found_on_path(tmp_path, monkeypatch):

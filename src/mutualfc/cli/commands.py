@@ -1,32 +1,23 @@
-"""The ``mutualfc`` commands (detect, eval, encode, decode, anchor, bdrate, plot). Heavy modules (torch, the task
+"""The ``mutualfc`` evaluation commands (eval, bdrate, plot, codecs, anchor stats). Heavy modules (torch, the task
 network, the codecs) are imported inside each command, so that ``mutualfc --help`` starts fast."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from mutualfc.cli.options import codec_options, parse_params, progress
+from mutualfc.cli.options import (
+    add_codec_options,
+    add_dataset,
+    add_device,
+    add_task,
+    codec_options,
+    load_task,
+    parse_params,  # fmt: skip
+    progress,
+)
 from mutualfc.errors import MutualFCError
-
-
-# ---------------------------------------------------------------------------------------------------------
-def cmd_detect(args) -> int:
-    from mutualfc.eval.coco import CocoDataset
-    from mutualfc.eval.runner import run_detection
-    from mutualfc.io import atomic_write_text
-    from mutualfc.tasks import create_task
-
-    ds = CocoDataset(args.images, args.annotations).subset(args.limit)
-    task = create_task(args.task, weights=args.weights)
-    results = run_detection(task, ds, progress(args))
-    atomic_write_text(args.out, json.dumps(results))
-    msg = f"{len(results)} detections on {len(ds)} images -> {args.out}"
-    if ds.gt is not None:
-        s = ds.evaluate(results)
-        msg += f"  mAP={s['map']:.4f} mAP50={s['map50']:.4f}"
-    print(msg)
-    return 0
 
 
 def cmd_eval(args) -> int:
@@ -34,13 +25,12 @@ def cmd_eval(args) -> int:
     from mutualfc.eval.coco import CocoDataset
     from mutualfc.eval.runner import CodecSpec, evaluate_point
     from mutualfc.io import append_jsonl, read_jsonl
-    from mutualfc.tasks import create_task
 
     ds = CocoDataset(args.images, args.annotations).subset(args.limit)
-    task = create_task(args.task, weights=args.weights)
     if args.jobs < 1:
         raise MutualFCError(f"--jobs must be at least 1, got {args.jobs}")
-    options = {k: v for k, v in codec_options(args).items() if v is not None}
+    task = load_task(args)
+    options = codec_options(args)
     codec = None if args.codec == "none" else create_codec(args.codec, task, **options)
     spec = CodecSpec(args.task, args.codec, args.weights, options)
     params = [None] if codec is None else parse_params(args.param, codec.default_params)
@@ -98,7 +88,8 @@ def cmd_plot(args) -> int:
 
 def cmd_anchor_stats(args) -> int:
     from mutualfc.codecs.anchors import measure_range
-    from mutualfc.eval.coco import CocoDataset, load_image
+    from mutualfc.eval.coco import CocoDataset
+    from mutualfc.images import load_image
     from mutualfc.io import atomic_write_text
     from mutualfc.tasks import create_task
 
@@ -111,100 +102,64 @@ def cmd_anchor_stats(args) -> int:
     return 0
 
 
-def cmd_anchor_list(args) -> int:
+def cmd_codecs(args) -> int:
+    """Every codec with its kind, parameter range and what it is."""
     from mutualfc.codecs import CODECS
 
     for name, cls in CODECS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:14s} {cls.domain:9s} {cls.param_name}={','.join(f'{p:g}' for p in cls.default_params)}  {doc}")
+        doc = " ".join((cls.__doc__ or "").split())
+        print(f"{name} (id {cls.codec_id}, codes {cls.domain})\n    {cls.param_help()}\n    {doc}")
     return 0
 
 
-def cmd_encode(args) -> int:
-    from mutualfc.codecs import LearnedFeatureCodec, create_codec
-    from mutualfc.eval.coco import load_image
-    from mutualfc.io import atomic_write_bytes
-    from mutualfc.tasks import create_task
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a codec at one or more rate points (one JSON line each)")
+    add_task(p)
+    add_dataset(p, annotations_required=True)
+    p.add_argument(
+        "--codec",
+        required=True,
+        help="none (uncompressed) or a codec: mutual, separate, jpeg, webp, hevc-image, hevc-feature, vvc-image, "
+        "vvc-feature ('mutualfc codecs' lists them)",
+    )
+    p.add_argument("--param", help="comma-separated qualities / QPs (default: the codec's own sweep)")
+    p.add_argument("--out", required=True, help="JSON-lines results file; one line is appended per rate point")
+    p.add_argument("--bitstreams", help="keep the bitstream files here (default: a temporary folder)")
+    p.add_argument("--skip-existing", action="store_true", help="skip rate points already in --out (resume a sweep)")
+    p.add_argument("--label", help="name written as 'codec' in the results (default: the codec name)")
+    p.add_argument("--plot", help="also draw all curves in --out to this PNG")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="code the images in this many local processes (same results as 1, only faster; each process "
+                   "loads the task network and the codec; default: %(default)s)")  # fmt: skip
+    add_codec_options(p)
+    add_device(p)
+    p.set_defaults(func=cmd_eval)
 
-    task = create_task(args.task, weights=args.weights)
-    codec = create_codec(args.codec, task, **codec_options(args))
-    param = args.quality if args.quality is not None else codec.default_params[len(codec.default_params) // 2]
-    if args.target_bpp is not None and not isinstance(codec, LearnedFeatureCodec):
-        raise MutualFCError(f"--target-bpp needs a learned codec (mutual, separate), not {codec.name}")
-    if args.target_bpp is not None and args.target_bpp <= 0:
-        raise MutualFCError("--target-bpp must be positive")
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    total_bits = total_px = 0
-    for f in args.images:
-        image = load_image(f)
-        x = codec.prepare(image)
-        if args.target_bpp is not None:
-            param, data = codec.quality_for_bpp(x, args.target_bpp, image.shape[0] * image.shape[1])
-        else:
-            data = codec.encode(x, param)
-        out = Path(args.out_dir) / (Path(f).stem + ".mfc")
-        atomic_write_bytes(out, data)
-        total_bits += 8 * len(data)
-        total_px += image.shape[0] * image.shape[1]
-        bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
-        print(f"{f} -> {out}  {codec.param_name}={param:g}  {len(data)} bytes  {bpp:.5f} bpp")
-    print(f"total {total_bits} bits / {total_px} pixels = {total_bits / total_px:.5f} bpp")
-    return 0
+    p = sub.add_parser("codecs", help="list every codec: id, what it codes, its parameter range, what it is")
+    p.set_defaults(func=cmd_codecs)
 
+    p = sub.add_parser("anchor", help="anchor utilities: measure the feature-anchor range")
+    asub = p.add_subparsers(dest="anchor_command", required=True, metavar="ACTION")
+    q = asub.add_parser("stats", help="measure the global min/max of the split features (10-bit anchor range)")
+    add_task(q)
+    q.add_argument("--images", required=True, help="folder of training images")
+    q.add_argument("--limit", type=int, help="use only the first N images")
+    q.add_argument("--out", required=True, help="output JSON")
+    q.set_defaults(func=cmd_anchor_stats)
 
-def _draw(args, path: Path, header, decoded_image, det) -> None:
-    """Boxes on the decoded image (image codecs), else on the original from --images, else on a grey canvas."""
-    import io
+    p = sub.add_parser("bdrate", help="BD-rate of a test curve against a reference curve (JSON-lines results)")
+    p.add_argument("test", help="test results (JSON lines)")
+    p.add_argument("reference", help="reference results (JSON lines)")
+    p.add_argument("--metric", default="map", choices=["map", "map50"], help="accuracy metric (default: map)")
+    p.add_argument("--method", default="pchip", choices=["pchip", "cubic", "akima"], help="interpolation")
+    p.add_argument("--test-codec", help="codec to take from the test file when it holds several")
+    p.add_argument("--ref-codec", help="codec to take from the reference file when it holds several")
+    p.add_argument("--json", action="store_true", help="also print the full result as one JSON line")
+    p.set_defaults(func=cmd_bdrate)
 
-    import numpy as np
-
-    from mutualfc.eval.coco import IMAGE_SUFFIXES, load_image
-    from mutualfc.eval.draw import draw_detections
-    from mutualfc.io import atomic_write_bytes
-
-    canvas = decoded_image
-    if canvas is None and args.images:
-        found = [f for f in Path(args.images).glob(path.stem + ".*") if f.suffix.lower() in IMAGE_SUFFIXES]
-        canvas = load_image(found[0]) if found else None
-    if canvas is None:
-        canvas = np.full((header.height, header.width, 3), 114, np.uint8)
-    buf = io.BytesIO()
-    draw_detections(canvas, det, args.min_score).save(buf, format="PNG")
-    atomic_write_bytes(Path(args.draw) / f"{path.stem}.png", buf.getvalue())
-
-
-def cmd_decode(args) -> int:
-    from mutualfc.errors import BitstreamError
-    from mutualfc.io import atomic_write_bytes, atomic_write_text
-    from mutualfc.pipeline import Decoder
-    from mutualfc.tasks import create_task
-
-    task = create_task(args.task, weights=args.weights)
-    decoder = Decoder(task, **codec_options(args))
-    results = []
-    for f in args.files:
-        p = Path(f)
-        if not p.is_file():
-            raise MutualFCError(f"bitstream file not found: {p}")
-        try:
-            out = decoder.decode(p.read_bytes())
-        except BitstreamError as e:
-            raise BitstreamError(f"{p}: {e}") from None
-        header, codec, det = out.header, out.codec, out.detections
-        if args.draw:
-            _draw(args, p, header, out.image, det)
-        image_id = int(p.stem) if p.stem.isdigit() else len(results)
-        results += det.to_coco(image_id)
-        if args.features and out.features is not None:
-            import io
-
-            import numpy as np
-
-            buf = io.BytesIO()
-            np.savez(buf, **{k: v.numpy() for k, v in out.features.levels.items()})
-            atomic_write_bytes(Path(args.features) / f"{p.stem}.npz", buf.getvalue())
-        print(f"{p}: {codec.name} {codec.param_name}={header.param:g} {header.width}x{header.height} "
-              f"-> {len(det)} detections")  # fmt: skip
-    if args.detections:
-        atomic_write_text(args.detections, json.dumps(results))
-    return 0
+    p = sub.add_parser("plot", help="draw RD curves (mAP vs bpp, log x) to a PNG")
+    p.add_argument("results", nargs="+", help="JSON-lines results files")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--metric", default="map", choices=["map", "map50"], help="accuracy metric (default: map)")
+    p.add_argument("--title", help="plot title")
+    p.set_defaults(func=cmd_plot)

@@ -27,10 +27,16 @@ def add_dataset(p: argparse.ArgumentParser, annotations_required: bool = False) 
     p.add_argument("--limit", type=int, help="use only the first N images (sorted by image id)")
 
 
-def add_codec_options(p: argparse.ArgumentParser) -> None:
+def add_decoder_options(p: argparse.ArgumentParser) -> None:
+    """What a decoder may need besides the container: a user's checkpoint."""
     p.add_argument(
         "--checkpoint", help="learned codecs: use this checkpoint instead of the zoo's (mutualfc train export)"
     )
+
+
+def add_codec_options(p: argparse.ArgumentParser) -> None:
+    """Encoder settings (and the decoder's)."""
+    add_decoder_options(p)
     p.add_argument(
         "--residual",
         choices=["auto", "on", "off"],
@@ -51,21 +57,63 @@ def add_codec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")
     p.add_argument("--vvc-config", help="VTM encoder config file (e.g. cfg/encoder_intra_vtm.cfg); VTM only")
-    p.add_argument("--vvc-preset", choices=["faster", "fast", "medium", "slow", "slower"],
-                   help="vvencapp preset for the VVC anchors (default: medium, the reference; fast is several times "
-                   "faster at a few percent more rate)")  # fmt: skip
+    p.add_argument(
+        "--vvc-preset",
+        choices=["faster", "fast", "medium", "slow", "slower"],
+        help="vvencapp preset for the VVC anchors (default: medium, the reference; fast is several times "
+        "faster at a few percent more rate)",
+    )
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the task network runs: cpu, cuda or cuda:N (default: %(default)s); entropy coding "
+        "always runs on the CPU, where it is exact",
+    )
+
+
+def add_exif(p: argparse.ArgumentParser, default: str = "on") -> None:
+    p.add_argument(
+        "--exif-transpose",
+        choices=["on", "off"],
+        default=default,
+        help="apply the EXIF orientation of the images (phone photos stored sideways are seen upright; "
+        "default: %(default)s; COCO evaluation with --annotations always uses the stored pixel order, "
+        "which its boxes refer to)",
+    )
+
+
+def add_skip_errors(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="report an unreadable input file and go on with the others; the exit status is then 1",
+    )
+
+
+CODEC_OPTIONS = ("checkpoint", "residual", "skip_below", "preset", "vvc_encoder", "vvc_config", "vvc_preset")
 
 
 def codec_options(args) -> dict:
-    return {
-        "preset": args.preset,
-        "vvc_encoder": args.vvc_encoder,
-        "vvc_config": args.vvc_config,
-        "vvc_preset": args.vvc_preset,
-        "checkpoint": args.checkpoint,
-        "residual": getattr(args, "residual", None),
-        "skip_below": getattr(args, "skip_below", None),
-    }
+    """The codec constructor options a command was given (decoders get only ``checkpoint``)."""
+    return {k: getattr(args, k) for k in CODEC_OPTIONS if getattr(args, k, None) is not None}
+
+
+def load_task(args):
+    """The task network the command names, on ``--device``; one-line error for a device that is not there."""
+    import torch
+
+    from mutualfc.tasks import create_task
+
+    device = getattr(args, "device", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MutualFCError(f"--device {device}: no CUDA device is available here (torch {torch.__version__})")
+    try:
+        return create_task(args.task, weights=args.weights).to(device)
+    except RuntimeError as e:
+        raise MutualFCError(f"--device {device}: {str(e).splitlines()[0]}") from None
 
 
 def parse_params(text: str | None, default: tuple) -> list[float]:

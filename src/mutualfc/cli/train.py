@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
-from mutualfc.cli.options import progress
+from mutualfc.cli.options import add_task, progress
 
 
 def cmd_train_cache(args) -> int:
@@ -47,3 +48,55 @@ def cmd_train_export(args) -> int:
     meta = export_checkpoint(args.run_dir, args.out, args.name or Path(args.out).stem, args.checkpoint)
     print(f"exported {meta['model_cfg']['arch']} (step {meta['step']}, task {meta['task']}) -> {args.out}")
     return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train learned codecs: cache features, run (resumable, DDP), export")
+    tsub = p.add_subparsers(dest="train_command", required=True, metavar="ACTION")
+    q = tsub.add_parser("cache", help="cache the task network's split features of a training image folder (fp16)")
+    add_task(q)
+    q.add_argument("--images", required=True, help="folder of training images")
+    q.add_argument("--cache", required=True, help="feature cache folder (resumable)")
+    q.set_defaults(func=cmd_train_cache)
+    q = tsub.add_parser(
+        "run",
+        help="train a codec on cached features; resumes from RUN_DIR/last.pt; multi-GPU with "
+        "'torchrun --nproc-per-node N -m mutualfc.cli.main train run ... --device cuda'",
+    )
+    add_task(q)
+    q.add_argument("--cache", required=True, help="feature cache folder (from 'train cache')")
+    q.add_argument("--run-dir", required=True, help="checkpoints (last.pt), log.csv and config.json go here")
+    q.add_argument("--arch", default="mutual", choices=["mutual", "separate"], help="network (default: mutual)")
+    q.add_argument("--base", help="mutual: comma-separated base levels coded by BFCNet (default: p4,p5)")
+    q.add_argument("--residual", type=int, help="mutual: residual latent channels, 0 = no residual (default: 128)")
+    q.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from the matching weights of a trained checkpoint (zoo file or a run's last.pt), "
+                   "e.g. to fine-tune; parts that do not match start as usual (default: none)")  # fmt: skip
+    q.add_argument("--train-only", default="", metavar="PREFIXES",
+                   help="comma-separated parameter-name prefixes to train, the rest stays as initialised, e.g. 'res.' "
+                   "to fit a new residual stream to a --init-from model whose base bitstreams must not change "
+                   "(default: everything)")  # fmt: skip
+    q.add_argument("--steps", type=int, default=4000, help="training steps (default: %(default)s)")
+    q.add_argument("--batch", type=int, default=8, help="crops per step and process (default: %(default)s)")
+    q.add_argument("--crop", type=int, default=8, help="crop size at the coarsest level (default: %(default)s)")
+    q.add_argument("--lr", type=float, default=2e-4, help="peak learning rate, cosine decay (default: %(default)s)")
+    q.add_argument("--lambda-min", type=float, default=9.0, help="lambda of quality 0 (default: %(default)s)")
+    q.add_argument("--lambda-max", type=float, default=9000.0, help="lambda of the top quality (default: %(default)s)")
+    q.add_argument("--task-weight", type=float, default=1.0,
+                   help="weight of the task-aware term (the weighted change of the detection head's outputs, in the "
+                   "task metric's units), 0 = off (default: %(default)s)")  # fmt: skip
+    q.add_argument("--skip-below", type=float, default=0.05, metavar="OBJECTNESS",
+                   help="train with the encoder's background skipping: crop cells where the detector's objectness "
+                   "is below this are not coded (match the --skip-below you encode with), 0 = code every cell "
+                   "(default: %(default)s)")  # fmt: skip
+    q.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    q.add_argument("--snapshot-every", type=int, default=0, help="keep stepN.pt every N steps (default: never)")
+    q.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    q.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    q.set_defaults(func=cmd_train_run)
+    q = tsub.add_parser("export", help="strip a run's checkpoint to a small zoo checkpoint (fp16, entropy tables)")
+    q.add_argument("--run-dir", required=True, help="training run folder")
+    q.add_argument("--checkpoint", help="checkpoint file in the run folder (default: last.pt)")
+    q.add_argument("--out", required=True, help="output checkpoint file")
+    q.add_argument("--name", help="name recorded in the checkpoint (default: file stem)")
+    q.set_defaults(func=cmd_train_export)

@@ -25,7 +25,8 @@ class Codec(ABC):
     codec_id: ClassVar[int]
     domain: ClassVar[str]  # "image" or "features"
     param_name: ClassVar[str] = "quality"
-    default_params: ClassVar[tuple[float, ...]] = ()
+    default_params: ClassVar[tuple[float, ...]] = ()  # the sweep ``eval`` runs by default
+    param_limits: ClassVar[tuple[float, float]] = (0, 100)  # every value the codec takes
 
     def __init__(self, task: SplitNetwork | None = None):
         self.task = task
@@ -43,6 +44,12 @@ class Codec(ABC):
     def param_range(self) -> tuple[float, float]:
         """The lowest and highest parameter the codec takes (its sweep's ends unless it says otherwise)."""
         return min(self.default_params), max(self.default_params)
+
+    @classmethod
+    def param_help(cls) -> str:
+        """The parameter and its range, for listings and --help."""
+        lo, hi = cls.param_limits
+        return f"{cls.param_name} {lo:g}..{hi:g} (default sweep {','.join(f'{x:g}' for x in cls.default_params)})"
 
     def describe(self, param: float | None = None) -> dict:
         """The codec's settings (at ``param``, where they depend on it), recorded with every result."""

@@ -58,6 +58,10 @@ class LearnedFeatureCodec(FeatureCodec):
     param_name = "quality"
     default_params: ClassVar[tuple[float, ...]] = (0, 1, 2, 3, 4, 5, 6, 7)
 
+    @classmethod
+    def param_help(cls) -> str:
+        return "quality 0..8 (zoo models: 0..7 rate points, fractions interpolate; 7..8 fidelity)"
+
     def __init__(
         self,
         task=None,
@@ -179,9 +183,8 @@ class LearnedFeatureCodec(FeatureCodec):
 
 
 class MutualCodec(LearnedFeatureCodec):
-    """Learnt mutual feature codec: BFCNet codes {P4,P5}, MFCNet predicts P3. The P3 residual stream is off by
-    default (``DEFAULT_RESIDUAL``); ``residual="auto"`` sends it for an image only when it pays in rate-distortion
-    terms (the encoder measures both options with the checkpoint's training lambda), ``"on"`` always."""
+    """Learnt mutual feature codec (after Liu et al., ICASSP 2023): BFCNet codes P4 and P5, MFCNet predicts P3 from
+    them; an optional P3 residual stream (--residual off|auto|on) refines it."""
 
     name = "mutual"
     codec_id = CODEC_IDS["mutual"]

@@ -1,5 +1,6 @@
 """Evaluation: COCO datasets, mAP, bits-per-pixel accounting, BD-rate and RD plots."""
 
-from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
 
 __all__ = ["CocoDataset", "load_image"]

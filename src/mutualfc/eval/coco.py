@@ -8,24 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from mutualfc.errors import DatasetError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB (stored pixel order, as COCO annotations assume)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"cannot decode image {path}: {e}") from None
+from mutualfc.images import IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

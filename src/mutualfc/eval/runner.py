@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 import mutualfc
 from mutualfc.codecs import Codec, create_codec
-from mutualfc.eval.coco import CocoDataset, load_image
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
 from mutualfc.io import atomic_write_bytes
 from mutualfc.pipeline import Decoder, Encoder
 from mutualfc.tasks import create_task

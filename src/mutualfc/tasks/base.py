@@ -47,20 +47,29 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def to_coco(self, image_id: int) -> list[dict]:
-        """COCO results format (xywh boxes)."""
+    def to_coco(
+        self, image_id: int, min_score: float = 0.0, names: dict[int, str] | None = None, file_name: str | None = None
+    ) -> list[dict]:
+        """COCO results format (xywh boxes) for the boxes scoring at least ``min_score``; with ``names`` each box
+        also carries its class name ("category") and with ``file_name`` the file it came from (extra keys, which
+        COCO tools ignore)."""
         out = []
         for (x1, y1, x2, y2), s, c in zip(
             self.boxes.tolist(), self.scores.tolist(), self.category_ids.tolist(), strict=True
         ):
-            out.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(c),
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(float(s), 5),
-                }
-            )
+            if s < min_score:
+                continue
+            rec = {
+                "image_id": int(image_id),
+                "category_id": int(c),
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "score": round(float(s), 5),
+            }
+            if names is not None:
+                rec["category"] = names.get(int(c), str(int(c)))
+            if file_name is not None:
+                rec["file_name"] = file_name
+            out.append(rec)
         return out
 
 
@@ -72,6 +81,7 @@ class SplitNetwork(Protocol):
     level_names: tuple[str, ...]
     level_channels: tuple[int, ...]
     level_strides: tuple[int, ...]
+    category_names: dict[int, str]  # category id -> class name
 
     def geometry(self, orig_hw: tuple[int, int]) -> LetterboxGeometry: ...
 

@@ -20,6 +20,17 @@ COCO80_CATEGORY_IDS: tuple[int, ...] = (
     35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
     64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )  # fmt: skip
+# Their names, in the same order.
+COCO80_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
 
 
 class Letterbox:
@@ -173,6 +184,7 @@ class YOLOv5Detector(nn.Module):
         self.level_channels = self.body.out_channels
         self.head = DetectHead(self.level_channels, self.level_strides, len(category_ids))
         self.category_ids = np.asarray(category_ids)
+        self.category_names = dict(zip(COCO80_CATEGORY_IDS, COCO80_NAMES, strict=True))
         self.conf, self.iou, self.max_det = 0.001, 0.65, 300
         self.eval()
 
@@ -212,15 +224,21 @@ class YOLOv5Detector(nn.Module):
             for n, c, s in zip(self.level_names, self.level_channels, self.level_strides, strict=True)
         }
 
+    @property
+    def device(self) -> torch.device:
+        return self.head.m[0].weight.device
+
     @torch.inference_mode()
     def front(self, image: np.ndarray) -> FeatureSet:
+        """-> the split features, on the CPU (where codecs code) whatever device the network runs on."""
         x, g = self.transform(image)
-        return FeatureSet(dict(zip(self.level_names, self.body(x), strict=True)), g)
+        levels = self.body(x.to(self.device))
+        return FeatureSet({n: t.cpu() for n, t in zip(self.level_names, levels, strict=True)}, g)
 
     @torch.inference_mode()
     def back(self, features: FeatureSet) -> Detections:
-        levels = [features.levels[n].float() for n in self.level_names]
-        pred = self.head(levels)[0]
+        levels = [features.levels[n].float().to(self.device) for n in self.level_names]
+        pred = self.head(levels)[0].cpu()
         det = non_max_suppression(pred, self.conf, self.iou, self.max_det)
         g = features.geometry
         boxes = det[:, :4].clone()

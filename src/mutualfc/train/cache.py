@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from mutualfc.errors import MutualFCError
-from mutualfc.eval.coco import IMAGE_SUFFIXES, load_image
+from mutualfc.images import IMAGE_SUFFIXES, load_image
 from mutualfc.io import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "manifest.json"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mutualfc.codecs.anchors.video import VVCEncoder, decode_picture, luma_samples, x265_encode
+from mutualfc.codecs.anchors.video import UsesVVCEncoder, VVCEncoder, decode_picture, luma_samples, x265_encode
 from mutualfc.codecs.base import FeatureCodec
 from mutualfc.errors import MutualFCError
 from mutualfc.registry import CODEC_IDS
@@ -153,6 +153,7 @@ class HEVCFeatureCodec(TiledFeatureCodec):
 
     name, codec_id = "hevc-feature", CODEC_IDS["hevc-feature"]
     default_params = (2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42)
+    param_limits = (0, 51)
 
     def __init__(self, task, feature_range: FeatureRange | None = None, preset: str = "medium"):
         super().__init__(task, feature_range)
@@ -166,17 +167,18 @@ class HEVCFeatureCodec(TiledFeatureCodec):
         return self.from_frame(luma_samples(decode_picture(streams[0], "hevc")), header)
 
 
-class VVCFeatureCodec(TiledFeatureCodec):
+class VVCFeatureCodec(UsesVVCEncoder, TiledFeatureCodec):
     """Tiled 10-bit features coded as one VVC 4:0:0 10-bit intra picture (vvencapp or VTM), true QP."""
 
     name, codec_id = "vvc-feature", CODEC_IDS["vvc-feature"]
     default_params = (2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42)
+    param_limits = (0, 63)
 
     def __init__(self, task, feature_range: FeatureRange | None = None, encoder: VVCEncoder | None = None,
                  vvc_encoder: str | None = None, vvc_config: str | None = None,
                  vvc_preset: str | None = None):  # fmt: skip
         super().__init__(task, feature_range)
-        self.encoder = encoder or VVCEncoder.find(vvc_encoder, vvc_config, vvc_preset)
+        self.init_encoder(encoder, vvc_encoder, vvc_config, vvc_preset)
 
     def encode_streams(self, features: FeatureSet, param: float) -> list[bytes]:
         y = self.to_frame(features)

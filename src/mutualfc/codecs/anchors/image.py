@@ -8,7 +8,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from mutualfc.codecs.anchors.video import VVCEncoder, decode_picture, x265_encode
+from mutualfc.codecs.anchors.video import UsesVVCEncoder, VVCEncoder, decode_picture, x265_encode
 from mutualfc.codecs.base import ImageCodec
 from mutualfc.registry import CODEC_IDS
 
@@ -43,6 +43,7 @@ class JPEGCodec(PillowImageCodec):
     name, codec_id, fmt = "jpeg", CODEC_IDS["jpeg"], "JPEG"
     save_options = {"optimize": True, "subsampling": "4:2:0"}
     default_params = (1, 3, 5, 8, 12, 18, 25, 35, 50, 70, 90)
+    param_limits = (1, 95)
 
 
 class WebPCodec(PillowImageCodec):
@@ -58,6 +59,7 @@ class HEVCImageCodec(ImageCodec):
 
     name, codec_id, param_name = "hevc-image", CODEC_IDS["hevc-image"], "qp"
     default_params = (17, 22, 27, 32, 37, 41, 44, 47, 49, 51)
+    param_limits = (0, 51)
 
     def __init__(self, task=None, preset: str = "medium"):
         super().__init__(task)
@@ -71,16 +73,17 @@ class HEVCImageCodec(ImageCodec):
         return _crop(decode_picture(streams[0], "hevc").to_ndarray(format="rgb24"), header)
 
 
-class VVCImageCodec(ImageCodec):
+class VVCImageCodec(UsesVVCEncoder, ImageCodec):
     """VVC intra with an external encoder (vvencapp / VTM), decoded by PyAV's native VVC decoder."""
 
     name, codec_id, param_name = "vvc-image", CODEC_IDS["vvc-image"], "qp"
     default_params = (17, 22, 27, 32, 37, 41, 44, 47, 49, 51)
+    param_limits = (0, 63)
 
     def __init__(self, task=None, encoder: VVCEncoder | None = None, vvc_encoder: str | None = None,
                  vvc_config: str | None = None, vvc_preset: str | None = None):  # fmt: skip
         super().__init__(task)
-        self.encoder = encoder or VVCEncoder.find(vvc_encoder, vvc_config, vvc_preset)
+        self.init_encoder(encoder, vvc_encoder, vvc_config, vvc_preset)
 
     def encode_streams(self, image: np.ndarray, param: float) -> list[bytes]:
         padded = _pad_even(image)

@@ -135,3 +135,17 @@ class VVCEncoder:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise EncoderNotFoundError(f"VVC encoder {self.path} failed (exit {proc.returncode}): {tail[0]}")
             return Path(out).read_bytes()
+
+
+class UsesVVCEncoder:
+    """For codecs that encode with an external VVC encoder: it is looked up when first needed, so that a decoder
+    (FFmpeg's VVC decoder is built in) needs none."""
+
+    def init_encoder(self, encoder: VVCEncoder | None, path: str | None, config: str | None, preset: str | None):
+        self._encoder, self._encoder_args = encoder, (path, config, preset)
+
+    @property
+    def encoder(self) -> VVCEncoder:
+        if self._encoder is None:
+            self._encoder = VVCEncoder.find(*self._encoder_args)
+        return self._encoder

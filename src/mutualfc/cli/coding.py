@@ -1,0 +1,248 @@
+"""The per-file commands: ``detect`` (images -> detections), ``encode`` (images -> .mfc), ``decode`` (.mfc ->
+detections, features, drawings). Inputs are checked before torch and the task network are imported."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+from mutualfc.cli.inputs import BITSTREAM_SUFFIXES, IMAGE_SUFFIXES, Batch, expand, image_ids, outputs
+from mutualfc.cli.options import (
+    add_codec_options,
+    add_decoder_options,
+    add_device,
+    add_exif,
+    add_skip_errors,
+    add_task,
+    codec_options,
+    load_task,
+    progress,
+)
+from mutualfc.errors import MutualFCError
+
+
+def cmd_detect(args) -> int:
+    from tqdm import tqdm
+
+    if args.annotations:  # COCO evaluation: the annotations' images and ids, stored pixel order
+        if args.inputs or not args.images:
+            raise MutualFCError("--annotations goes with --images FOLDER (the folder its file names refer to)")
+        return _detect_coco(args)
+    paths = expand(args.inputs + ([args.images] if args.images else []), IMAGE_SUFFIXES, "images")[: args.limit]
+    from mutualfc.images import load_image
+    from mutualfc.io import atomic_write_text
+
+    task, batch, results = load_task(args), Batch(args.skip_errors), []
+    for path, image_id in tqdm(
+        list(zip(paths, image_ids(paths), strict=True)), desc="detect", unit="img", disable=not progress(args)
+    ):
+        image = batch.run(path, lambda p=path: load_image(p, args.exif_transpose == "on"))
+        if image is not None:
+            results += task.detect(image).to_coco(image_id, args.min_score, task.category_names, path.name)
+    atomic_write_text(args.out, json.dumps(results))
+    print(
+        f"{len(results)} detections (score >= {args.min_score:g}) on {len(paths) - batch.skipped} images -> {args.out}"
+    )
+    return batch.exit_code
+
+
+def _detect_coco(args) -> int:
+    from mutualfc.eval.coco import CocoDataset
+    from mutualfc.eval.runner import run_detection
+    from mutualfc.io import atomic_write_text
+
+    ds = CocoDataset(args.images, args.annotations).subset(args.limit)
+    task = load_task(args)
+    results = run_detection(task, ds, progress(args))  # every box: mAP needs them all
+    s = ds.evaluate(results)
+    kept = [r for r in results if r["score"] >= args.min_score]
+    atomic_write_text(args.out, json.dumps(kept))
+    print(
+        f"{len(kept)} detections (score >= {args.min_score:g}) on {len(ds)} images -> {args.out}  "
+        f"mAP={s['map']:.4f} mAP50={s['map50']:.4f} (all {len(results)} boxes)"
+    )
+    return 0
+
+
+def cmd_encode(args) -> int:
+    if args.target_bpp is not None and args.quality is not None:
+        raise MutualFCError("give --quality or --target-bpp, not both")
+    if args.target_bpp is not None and args.target_bpp <= 0:
+        raise MutualFCError("--target-bpp must be positive")
+    paths = expand(args.inputs, IMAGE_SUFFIXES, "images")
+    targets = outputs(paths, args.out_dir, ".mfc")
+    from mutualfc.codecs import LearnedFeatureCodec, create_codec
+    from mutualfc.images import load_image
+    from mutualfc.io import atomic_write_bytes
+
+    task = load_task(args)
+    codec = create_codec(args.codec, task, **codec_options(args))
+    if args.target_bpp is not None and not isinstance(codec, LearnedFeatureCodec):
+        raise MutualFCError(f"--target-bpp needs a learned codec (mutual, separate), not {codec.name}")
+    param = args.quality if args.quality is not None else codec.default_params[len(codec.default_params) // 2]
+    batch, coded = Batch(args.skip_errors), []
+
+    def encode(path: Path) -> tuple[bytes, float, int]:
+        image = load_image(path, args.exif_transpose == "on")
+        pixels = image.shape[0] * image.shape[1]
+        x = codec.prepare(image)
+        if args.target_bpp is None:
+            return codec.encode(x, param), param, pixels
+        q, data = codec.quality_for_bpp(x, args.target_bpp, pixels)
+        bpp = 8 * len(data) / pixels
+        if bpp > args.target_bpp:
+            msg = (
+                f"{path}: even the lowest quality needs {bpp:.4f} bpp, over the --target-bpp {args.target_bpp:g} "
+                f"({bpp / args.target_bpp:.1f}x)"
+            )
+            if args.strict_budget:
+                raise MutualFCError(msg)
+            print(f"mutualfc: warning: {msg}", file=sys.stderr)
+        return data, q, pixels
+
+    for path, out in zip(paths, targets, strict=True):  # everything is coded before anything is written
+        result = batch.run(path, lambda p=path: encode(p))
+        if result is not None:
+            coded.append((path, out, *result))
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    total_bits = total_px = 0
+    for path, out, data, q, pixels in coded:
+        atomic_write_bytes(out, data)
+        total_bits, total_px = total_bits + 8 * len(data), total_px + pixels
+        print(f"{path} -> {out}  {codec.param_name}={q:g}  {len(data)} bytes  {8 * len(data) / pixels:.5f} bpp")
+    if total_px:
+        print(f"total {total_bits} bits / {total_px} pixels = {total_bits / total_px:.5f} bpp ({len(coded)} files)")
+    return batch.exit_code
+
+
+def _draw(args, path: Path, out, names: dict[int, str]) -> None:
+    """Boxes on the decoded image (image codecs), else on the original from --images, else on a grey canvas."""
+    import numpy as np
+
+    from mutualfc.eval.draw import draw_detections
+    from mutualfc.images import load_image
+    from mutualfc.io import atomic_write_bytes
+
+    canvas = out.image
+    if canvas is None and args.images:
+        found = [f for f in Path(args.images).glob(path.stem + ".*") if f.suffix.lower() in IMAGE_SUFFIXES]
+        canvas = load_image(found[0], args.exif_transpose == "on") if found else None
+    if canvas is None or canvas.shape[:2] != (out.header.height, out.header.width):
+        canvas = np.full((out.header.height, out.header.width, 3), 114, np.uint8)
+    buf = io.BytesIO()
+    draw_detections(canvas, out.detections, args.min_score, names).save(buf, format="PNG")
+    atomic_write_bytes(Path(args.draw) / f"{path.stem}.png", buf.getvalue())
+
+
+def cmd_decode(args) -> int:
+    paths = expand(args.inputs, BITSTREAM_SUFFIXES, "bitstream files")
+    for flag, folder in (("--features", args.features), ("--draw", args.draw)):
+        if folder and Path(folder).is_file():
+            raise MutualFCError(f"{flag} {folder}: is a file, not a folder")
+    import numpy as np
+
+    from mutualfc.io import atomic_write_bytes, atomic_write_text
+    from mutualfc.pipeline import Decoder
+
+    task = load_task(args)
+    decoder, batch, results = Decoder(task, **codec_options(args)), Batch(args.skip_errors), []
+    for path, image_id in zip(paths, image_ids(paths), strict=True):
+        out = batch.run(path, lambda p=path: decoder.decode(p.read_bytes()))
+        if out is None:
+            continue
+        results += out.detections.to_coco(image_id, args.min_score, task.category_names, path.name)
+        if args.draw:
+            _draw(args, path, out, task.category_names)
+        if args.features and out.features is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **{k: v.numpy() for k, v in out.features.levels.items()})
+            atomic_write_bytes(Path(args.features) / f"{path.stem}.npz", buf.getvalue())
+        h = out.header
+        kept = int((out.detections.scores >= args.min_score).sum())
+        print(
+            f"{path}: {out.codec.name} {out.codec.param_name}={h.param:g} {h.width}x{h.height} -> {kept} "
+            f"detections (score >= {args.min_score:g})"
+        )
+    if args.detections:
+        atomic_write_text(args.detections, json.dumps(results))
+    return batch.exit_code
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="run the detector on images, write detections (COCO results JSON)")
+    add_task(p)
+    p.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--images", help="a folder of images (with --annotations: the folder its file names refer to)")
+    p.add_argument(
+        "--annotations",
+        help="COCO instances JSON: its images and ids are used and the mAP is printed "
+        "(stored pixel order; the mAP counts every box, --min-score only filters what is written)",
+    )
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--out", required=True, help="output detections (COCO results JSON, with file_name and category)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=0.25,
+        help="lowest score written (default: %(default)s; 0 keeps every box, as COCO mAP tools expect)",
+    )
+    add_exif(p)
+    add_skip_errors(p)
+    add_device(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("encode", help="encode images to mutualfc bitstream files (one .mfc per image)")
+    add_task(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--codec", required=True, help="codec name ('mutualfc codecs' lists them)")
+    p.add_argument(
+        "--quality",
+        type=float,
+        help="quality / QP (default: middle of the codec's sweep); learned codecs: 0..7 are the model's "
+        "rate points (fractions interpolate), 7..8 raise fidelity: the P3 residual stream is sent and "
+        "the skip threshold falls to 0.01 at 8 (unless --residual / --skip-below are given)",
+    )
+    p.add_argument(
+        "--target-bpp",
+        type=float,
+        help="learned codecs, instead of --quality: per image, the highest (fractional) quality whose file "
+        "fits this many bits per pixel; an image that does not fit even at quality 0 is warned about",
+    )
+    p.add_argument(
+        "--strict-budget",
+        action="store_true",
+        help="with --target-bpp: an image over budget at quality 0 is an error, and nothing is written",
+    )
+    p.add_argument("--out-dir", required=True, help="folder for the .mfc files (<image stem>.mfc)")
+    add_codec_options(p)
+    add_exif(p)
+    add_skip_errors(p)
+    add_device(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decode .mfc files and run the rest of the task network")
+    add_task(p)
+    p.add_argument("inputs", nargs="+", metavar="FILE", help=".mfc files or folders of them")
+    p.add_argument(
+        "--detections",
+        help="write detections here (COCO results JSON with file_name and category; "
+        "image_id = the file stems when all are distinct numbers, else 1..N in the order given)",
+    )
+    p.add_argument("--features", help="write decoded feature levels here as .npz (feature codecs)")
+    p.add_argument("--draw", help="write a PNG per file with the detected boxes drawn here")
+    p.add_argument("--images", help="with --draw: folder of the originals to draw on (feature codecs; matched by name)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=0.25,
+        help="lowest score written to --detections and drawn (default: %(default)s; 0 keeps every box, "
+        "as COCO mAP tools expect)",
+    )
+    add_decoder_options(p)
+    add_exif(p)
+    add_skip_errors(p)
+    add_device(p)
+    p.set_defaults(func=cmd_decode)

@@ -1,0 +1,83 @@
+"""What the commands read, checked before anything heavy is imported: files and folders expanded, image ids, output
+names, and per-file error handling (``--skip-errors``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from mutualfc.errors import MutualFCError
+
+T = TypeVar("T")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+BITSTREAM_SUFFIXES = (".mfc",)
+
+
+def expand(items: Iterable[str], suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """Files as given and folders as their files with one of ``suffixes`` (sorted); a missing path or an empty
+    selection is a one-line error naming it."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+            if not found:
+                raise MutualFCError(f"{p}: no {what} in this folder ({', '.join(suffixes)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise MutualFCError(f"{what} not found: {p}")
+    if not out:
+        raise MutualFCError(f"no {what} given")
+    return out
+
+
+def image_ids(paths: list[Path]) -> list[int]:
+    """One numbering rule for every command: the file stems when all are numbers and distinct (COCO file names),
+    else 1..N in the order given."""
+    stems = [p.stem for p in paths]
+    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(1, len(paths) + 1))
+
+
+def outputs(paths: list[Path], out_dir: str | Path, suffix: str) -> list[Path]:
+    """``out_dir/<stem><suffix>`` for each input; refuses inputs whose stems collide (one would overwrite the
+    other)."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen:
+            raise MutualFCError(
+                f"{seen[p.stem]} and {p} would both be written to {Path(out_dir) / (p.stem + suffix)}; "
+                "rename one or encode them into different --out-dir folders"
+            )
+        seen[p.stem] = p
+    return [Path(out_dir) / (p.stem + suffix) for p in paths]
+
+
+class Batch:
+    """Runs one step per input file. A failing file is a one-line error naming it; with ``skip_errors`` the batch
+    goes on, each skipped file is reported, and ``exit_code`` is 1 at the end."""
+
+    def __init__(self, skip_errors: bool):
+        self.skip_errors, self.skipped = skip_errors, 0
+
+    def run(self, path: Path, step: Callable[[], T]) -> T | None:
+        try:
+            return step()
+        except (MutualFCError, OSError, ValueError) as e:
+            msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+            if not self.skip_errors:
+                raise MutualFCError(msg) from None
+            self.skipped += 1
+            print(f"mutualfc: skipped {msg}", file=sys.stderr)
+            return None
+
+    @property
+    def exit_code(self) -> int:
+        if self.skipped:
+            print(f"mutualfc: {self.skipped} file(s) skipped", file=sys.stderr)
+        return 1 if self.skipped else 0

@@ -1,0 +1,141 @@
+"""``mutualfc serve`` (the server half of split inference over HTTP) and ``mutualfc send`` (the edge half)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from mutualfc.cli.inputs import IMAGE_SUFFIXES, Batch, expand, image_ids
+from mutualfc.cli.options import add_device, add_exif, add_skip_errors, add_task, codec_options, load_task
+from mutualfc.errors import MutualFCError
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from mutualfc.service.settings import ServiceSettings
+
+    if args.workers < 1:
+        raise MutualFCError(f"--workers must be at least 1, got {args.workers}")
+    options = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    settings = ServiceSettings(
+        args.task, args.weights, args.device, options, args.max_body_bytes, args.decode_timeout, args.max_pixels
+    )
+    os.environ.update(settings.to_env())  # every worker builds its app from these
+    uvicorn.run(
+        "mutualfc.service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def cmd_send(args) -> int:
+    if args.target_bpp is not None and args.quality is not None:
+        raise MutualFCError("give --quality or --target-bpp, not both")
+    paths = expand(args.inputs, IMAGE_SUFFIXES, "images")
+    from mutualfc.codecs import LearnedFeatureCodec, create_codec
+    from mutualfc.images import load_image
+    from mutualfc.io import atomic_write_text
+    from mutualfc.service.client import Client
+
+    client = Client(args.server, timeout=args.timeout)
+    client.health()  # fail early, with one line, when the server is not there
+    task = load_task(args)
+    codec = create_codec(args.codec, task, **codec_options(args))
+    if args.target_bpp is not None and not isinstance(codec, LearnedFeatureCodec):
+        raise MutualFCError(f"--target-bpp needs a learned codec (mutual, separate), not {codec.name}")
+    param = args.quality if args.quality is not None else codec.default_params[len(codec.default_params) // 2]
+    batch, results = Batch(args.skip_errors), []
+
+    def send(path: Path) -> dict:
+        image = load_image(path, args.exif_transpose == "on")
+        x = codec.prepare(image)
+        pixels = image.shape[0] * image.shape[1]
+        data = (
+            codec.encode(x, param) if args.target_bpp is None else codec.quality_for_bpp(x, args.target_bpp, pixels)[1]
+        )
+        answer = client.detect(data, args.min_score)
+        return answer | {"file_name": path.name, "bytes": len(data), "bpp": 8 * len(data) / pixels}
+
+    for path, image_id in zip(paths, image_ids(paths), strict=True):
+        answer = batch.run(path, lambda p=path: send(p))
+        if answer is None:
+            continue
+        for d in answer["detections"]:
+            results.append({"image_id": image_id, **d, "file_name": answer["file_name"]})
+        print(
+            f"{path}: {answer['bytes']} bytes ({answer['bpp']:.4f} bpp) -> {len(answer['detections'])} detections "
+            f"(score >= {args.min_score:g}), decoded in {answer['decode_ms']:.1f} ms"
+        )
+    if args.out:
+        atomic_write_text(args.out, json.dumps(results))
+    elif not args.quiet_results:
+        json.dump(results, sys.stdout)
+        print()
+    return batch.exit_code
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP server: decode .mfc containers and finish the task (split inference)",
+        description="Starts the split-inference server (FastAPI + uvicorn). POST /v1/detect and "
+        "/v1/features take one .mfc container as the body; GET /v1/codecs, /healthz, /metrics.",
+    )
+    add_task(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes; each decodes one request at a time (default: %(default)s)",
+    )
+    p.add_argument("--checkpoint", help="decode mutual/separate streams of this checkpoint instead of the zoo's")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=8 << 20, help="larger bodies are refused with 413 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=4096 * 4096,
+        help="containers announcing a larger image are refused with 413 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may spend decoding before it is answered 422 (default: %(default)s)",
+    )
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (default: %(default)s)")
+    add_device(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "send",
+        help="edge side: encode images locally, send them to a server, get detections",
+        description="Runs the task network's front half and the encoder here, posts each container "
+        "to SERVER/v1/detect and prints (or writes) the detections.",
+    )
+    add_task(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--codec", default="mutual", help="codec ('mutualfc codecs' lists them; default: %(default)s)")
+    p.add_argument("--quality", type=float, help="quality / QP (default: the middle of the codec's sweep)")
+    p.add_argument("--target-bpp", type=float, help="learned codecs: the highest quality that fits this rate")
+    p.add_argument("--checkpoint", help="learned codecs: a checkpoint instead of the zoo's (the server needs it too)")
+    p.add_argument("--min-score", type=float, default=0.25, help="lowest score returned (default: %(default)s)")
+    p.add_argument("--out", help="write the detections here (COCO results JSON with file_name and category)")
+    p.add_argument("--quiet-results", action="store_true", help="without --out: do not print the detections JSON")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server (default: %(default)s)")
+    add_exif(p)
+    add_skip_errors(p)
+    add_device(p)
+    p.set_defaults(func=cmd_send)

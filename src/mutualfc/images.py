@@ -1,0 +1,57 @@
+"""Reading user images: one rule for every command.
+
+Every image becomes H x W x 3 uint8 RGB (Pillow's ``convert("RGB")``): grayscale is replicated to three channels,
+palette images are expanded, CMYK is converted, and an alpha channel is dropped (the colour under a transparent pixel
+is kept as stored; the detector never sees transparency). ``exif_transpose`` applies the EXIF orientation tag, so a
+phone photo stored sideways is seen upright; COCO evaluation keeps the stored pixel order, which its annotations use.
+Pillow refuses images over its decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, about 179 megapixels);
+``MUTUALFC_MAX_IMAGE_PIXELS`` raises or lowers that limit.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mutualfc.errors import DatasetError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow warns above this and refuses above twice this
+
+
+def max_image_pixels() -> int:
+    """The largest image (in pixels) that is read: twice ``MUTUALFC_MAX_IMAGE_PIXELS`` (default Pillow's limit)."""
+    value = os.environ.get("MUTUALFC_MAX_IMAGE_PIXELS")
+    try:
+        return 2 * int(value) if value else 2 * DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DatasetError(f"MUTUALFC_MAX_IMAGE_PIXELS must be a whole number, got {value!r}") from None
+
+
+def load_image(path: str | Path, exif_transpose: bool = False) -> np.ndarray:
+    """Decode an image file to H x W x 3 uint8 RGB (the conversion rule above); ``exif_transpose`` applies the EXIF
+    orientation (off by default: stored pixel order, as COCO annotations assume)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image not found: {path}")
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > limit:
+                    raise DatasetError(
+                        f"{path}: {im.width}x{im.height} = {im.width * im.height} pixels is over the limit of {limit} "
+                        f"(decompression-bomb guard); set MUTUALFC_MAX_IMAGE_PIXELS to half the pixels you allow"
+                    )
+                if exif_transpose:
+                    im = ImageOps.exif_transpose(im)
+                return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"{path}: {e}; set MUTUALFC_MAX_IMAGE_PIXELS to raise the limit") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"cannot decode image {path}: {e}") from None
