@@ -1,0 +1,129 @@
+"""The split-inference service for real: a uvicorn server on a free loopback port, the real client and
+``mutualfc send``, compared with ``mutualfc decode``; bad bodies get 4xx with one-line reasons, never 5xx."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from mutualfc import bitstream
+from mutualfc.cli.main import main
+from mutualfc.errors import MutualFCError
+from mutualfc.service import Client
+from tests.conftest import EXAMPLE, SHARED_WEIGHTS, need_shared_weights
+
+IMAGES = sorted((EXAMPLE / "images").glob("*.jpg"))
+MAX_BODY = 1 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    need_shared_weights()
+    port = _free_port()
+    env = os.environ | {"MUTUALFC_WEIGHTS_DIR": str(SHARED_WEIGHTS)}
+    cmd = [sys.executable, "-m", "mutualfc.cli.main", "serve", "--port", str(port), "--max-body-bytes", str(MAX_BODY)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    client = Client(url, timeout=5)
+    for _ in range(240):
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read()}")
+        try:
+            client.health()
+            break
+        except MutualFCError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("server did not answer /healthz within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _post(url: str, body: bytes, query: str = "") -> tuple[int, dict]:
+    req = urllib.request.Request(url + query, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_served_detections_equal_local_decoding(server, tmp_path):
+    bits = tmp_path / "bits"
+    assert main(["-q", "encode", *map(str, IMAGES), "--codec", "mutual", "--quality", "4", "--out-dir", str(bits)]) == 0
+    files = sorted(bits.glob("*.mfc"))
+    assert main(["-q", "decode", *map(str, files), "--detections", str(tmp_path / "local.json")]) == 0
+    local = json.loads((tmp_path / "local.json").read_text())
+    client = Client(server)
+    served = []
+    for f in files:
+        answer = client.detect(f.read_bytes())
+        assert answer["codec"] == "mutual" and answer["param"] == 4.0
+        served += [{"image_id": int(f.stem), **d, "file_name": f.name} for d in answer["detections"]]
+    assert served == local
+    # the edge side: front half and encoder here, decoding there
+    assert main(["-q", "send", *map(str, IMAGES), "--server", server, "--codec", "mutual", "--quality", "4",
+                 "--out", str(tmp_path / "sent.json")]) == 0  # fmt: skip
+    sent = json.loads((tmp_path / "sent.json").read_text())
+    strip = [{k: v for k, v in d.items() if k != "file_name"} for d in local]
+    assert [{k: v for k, v in d.items() if k != "file_name"} for d in sent] == strip
+    feats = client.features(files[0].read_bytes())
+    assert set(feats) == {"p3", "p4", "p5"} and feats["p5"].shape[0] == 1
+
+
+def test_bad_requests_get_4xx_with_a_reason_and_never_5xx(server, tmp_path):
+    assert (
+        main(["-q", "encode", str(IMAGES[0]), "--codec", "mutual", "--quality", "2", "--out-dir", str(tmp_path)]) == 0
+    )
+    good = next(tmp_path.glob("*.mfc")).read_bytes()
+    header, streams = bitstream.unpack(good)
+    foreign = bitstream.pack(bitstream.Header(99, header.task_id, 1.0, 0, 64, 64), [b"x"])
+    other_model = bitstream.pack(bitstream.Header(16, header.task_id, 1.0, 12345, 64, 64), streams)
+    jpeg = tmp_path / "j"
+    assert main(["-q", "encode", str(IMAGES[0]), "--codec", "jpeg", "--quality", "20", "--out-dir", str(jpeg)]) == 0
+    cases = {
+        "empty": (b"", "/v1/detect", "", 400),
+        "garbage": (b"not a container at all", "/v1/detect", "", 400),
+        "truncated": (good[: len(good) // 2], "/v1/detect", "", 400),
+        "bit flip": (good[:-3] + bytes([good[-3] ^ 0x40]) + good[-2:], "/v1/detect", "", 400),
+        "unknown codec": (foreign, "/v1/detect", "", 400),
+        "another model": (other_model, "/v1/detect", "", 400),
+        "oversized": (b"\0" * (MAX_BODY + 1), "/v1/detect", "", 413),
+        "image codec features": (next(jpeg.glob("*.mfc")).read_bytes(), "/v1/features", "", 400),
+        "bad min_score": (good, "/v1/detect", "?min_score=2", 422),
+    }
+    for name, (body, route, query, want) in cases.items():
+        status, answer = _post(server + route, body, query)
+        assert status == want, (name, status, answer)
+        reason = answer.get("error") or answer.get("detail")
+        assert reason, name
+        if isinstance(reason, str):
+            assert "\n" not in reason, name
+    status, answer = _post(server + "/v1/detect", good)
+    assert status == 200 and answer["detections"]
+
+
+def test_codecs_health_and_metrics(server):
+    client = Client(server)
+    assert client.health()["status"] == "ok"
+    listed = {c["name"]: c for c in client.codecs()["codecs"]}
+    assert {"mutual", "separate", "hevc-feature", "jpeg"} <= set(listed)
+    assert listed["mutual"]["checkpoint"] == "mutual_yolov5n-coco"
+    with urllib.request.urlopen(server + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'mutualfc_requests_total{route="/healthz",status="200"}' in text
+    assert "mutualfc_request_seconds_bucket" in text
