@@ -83,3 +83,33 @@ def test_eval_jobs_spread_images_over_processes_with_identical_results(tmp_path)
         assert f.read_bytes() == (tmp_path / "b2" / "mutual-4" / f.name).read_bytes()
     assert main(["eval", "--codec", "none", "--images", str(EXAMPLE / "images"), "--annotations",
                  str(EXAMPLE / "instances.json"), "--out", str(tmp_path / "x.jsonl"), "--jobs", "0"]) == 2  # fmt: skip
+
+
+def test_eval_on_ray_gives_the_same_record(tmp_path):
+    """--ray local: the same images coded by Ray actors; the same bits and mAP as one local process."""
+    pytest.importorskip("ray")
+    from mutualfc.cli.main import main
+    from tests.conftest import need_shared_weights
+
+    need_shared_weights()
+    recs = []
+    for extra in ([], ["--jobs", "2", "--ray", "local"]):
+        out = tmp_path / f"r{len(extra)}.jsonl"
+        args = [
+            "-q",
+            "eval",
+            "--codec",
+            "hevc-feature",
+            "--param",
+            "30",
+            "--images",
+            str(EXAMPLE / "images"),
+            "--annotations",
+            str(EXAMPLE / "instances.json"),
+            "--out",
+            str(out),
+            *extra,
+        ]
+        assert main(args) == 0
+        recs.append(read_jsonl(out)[0])
+    assert {k: recs[0][k] for k in ("bits", "map", "map50")} == {k: recs[1][k] for k in ("bits", "map", "map50")}

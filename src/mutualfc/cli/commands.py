@@ -43,7 +43,9 @@ def cmd_eval(args) -> int:
             print(f"skip {label} {p} (already in {args.out})")
             continue
         bdir = Path(args.bitstreams) / f"{label}-{p:g}" if (args.bitstreams and p is not None) else None
-        rec = evaluate_point(task, codec, p, ds, bdir, progress(args), label=args.label, jobs=args.jobs, spec=spec)
+        rec = evaluate_point(
+            task, codec, p, ds, bdir, progress(args), label=args.label, jobs=args.jobs, spec=spec, ray_address=args.ray
+        )
         append_jsonl(args.out, rec)
         bpp = "-" if rec["bpp"] is None else f"{rec['bpp']:.5f}"
         print(f"{rec['codec']} param={p} bpp={bpp} mAP={rec['map']:.4f} mAP50={rec['map50']:.4f}", flush=True)
@@ -128,9 +130,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-existing", action="store_true", help="skip rate points already in --out (resume a sweep)")
     p.add_argument("--label", help="name written as 'codec' in the results (default: the codec name)")
     p.add_argument("--plot", help="also draw all curves in --out to this PNG")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="code the images in this many local processes (same results as 1, only faster; each process "
-                   "loads the task network and the codec; default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="code the images in this many processes, local or (with --ray) Ray actors: the same results "
+        "as 1, only faster; each process loads the task network and the codec (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the --jobs processes on a Ray cluster: 'auto' (the cluster this machine belongs to), "
+        "'ray://HOST:10001', or 'local' (a Ray instance started here); needs pip install 'mutualfc[ray]' "
+        "and paths every node can read",
+    )
     add_codec_options(p)
     add_device(p)
     p.set_defaults(func=cmd_eval)

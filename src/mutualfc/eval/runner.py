@@ -9,6 +9,7 @@ import multiprocessing
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 import mutualfc
 from mutualfc.codecs import Codec, create_codec
+from mutualfc.errors import MutualFCError
 from mutualfc.eval.coco import CocoDataset
 from mutualfc.images import load_image
 from mutualfc.io import atomic_write_bytes
@@ -96,6 +98,26 @@ def _work(args: tuple) -> dict:
     return _WORKER(*args)
 
 
+def _pool_map(work: list[tuple], jobs: int, spec: CodecSpec, ray_address: str | None) -> Iterator[dict]:
+    """``_work`` over ``work`` in ``jobs`` worker processes (local, or Ray actors), results in ``work``'s order."""
+    init = (spec, torch.get_num_threads())
+    if ray_address is None:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, ctx, initializer=_start_worker, initargs=init) as pool:
+            yield from pool.map(_work, work)
+        return
+    try:
+        from ray.util.multiprocessing import Pool
+    except ImportError:
+        raise MutualFCError("--ray needs Ray: pip install 'mutualfc[ray]'") from None
+    address = None if ray_address == "local" else ray_address
+    pool = Pool(processes=jobs, initializer=_start_worker, initargs=init, ray_address=address)
+    try:
+        yield from pool.imap(_work, work)
+    finally:
+        pool.terminate()
+
+
 def evaluate_point(
     task,
     codec: Codec | None,
@@ -106,13 +128,16 @@ def evaluate_point(
     label: str | None = None,
     jobs: int = 1,
     spec: CodecSpec | None = None,
+    ray_address: str | None = None,
 ) -> dict:
     """One JSON-lines record for ``codec`` at ``param`` (``codec=None``: uncompressed); ``label`` replaces the codec
     name in the record (e.g. to tell apart two checkpoints of one codec). ``jobs`` > 1 spreads the images over that
     many local processes, each building the task and the codec from ``spec``; the record is the same as with one
-    (results are gathered in the dataset's order), only the timings differ."""
+    (results are gathered in the dataset's order), only the timings differ. ``ray_address`` ("auto", "local" or
+    "ray://host:10001") runs those ``jobs`` processes as Ray actors of that cluster instead (``pip install
+    mutualfc[ray]``; image and bitstream paths must be visible to every node)."""
     desc = "none" if codec is None else f"{label or codec.name}@{param:g}"
-    parallel = jobs > 1 and codec is not None
+    parallel = (jobs > 1 or ray_address is not None) and codec is not None
     if parallel and spec is None:
         raise ValueError("jobs > 1 needs a CodecSpec to build the codec in each process")
     with tempfile.TemporaryDirectory(prefix="mutualfc-bits-") as tmp:
