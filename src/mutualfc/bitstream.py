@@ -79,6 +79,19 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
     return bytes(body) + struct.pack("<I", zlib.crc32(body))
 
 
+def payload_offset(data: bytes) -> int:
+    """Where the payloads begin (after the fixed header and the stream-length fields), read leniently from possibly
+    damaged data: ``len(data)`` when the header is cut short. For tools that need to tell header from payload."""
+    if len(data) < _FIXED.size:
+        return len(data)
+    pos = _FIXED.size
+    for _ in range(data[_FIXED.size - 1]):
+        while pos < len(data) and data[pos] & 0x80:
+            pos += 1
+        pos += 1
+    return min(pos, len(data))
+
+
 def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     """Validate and split a container; raise ``BitstreamError`` with a one-line reason on any damage."""
     if len(data) < 3 or data[:3] != MAGIC:
