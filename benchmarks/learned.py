@@ -23,7 +23,14 @@ from mutualfc.io import atomic_write_text, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["mutual=mutual", "separate=separate"]
-REFERENCES = ("hevc-feature", "hevc-image", "separate", "separate (fine-tuned with the skip mask)")
+REFERENCES = (
+    "hevc-feature",
+    "hevc-image",
+    "vvc-feature",
+    "vvc-image",
+    "separate",
+    "separate (fine-tuned with the skip mask)",
+)
 ABLATION_REFERENCES = ("abl-ref", "abl-separate", "abl-scratch")  # used when the results hold ablation runs
 
 
@@ -68,7 +75,7 @@ def report(jsonl: Path, anchors: Path, out: Path) -> None:
     n = learned[0]["n_images"]
     nones = [r for r in records if r["codec"] == "none" and r["n_images"] == n]
     base = nones[-1] if nones else {"map": float("nan"), "n_images": n}
-    keep = {"none", "hevc-feature", "hevc-image", "webp", "jpeg"}
+    keep = {"none", "hevc-feature", "hevc-image", "vvc-feature", "vvc-image", "webp", "jpeg"}
     shown = [r for r in records if (r["codec"] in keep or r in learned) and r["n_images"] == n]
     plot_rd(shown, out / "rd_all.png", title=f"YOLOv5n split at P3/P4/P5, COCO val ({n} images)")
     labels = list(dict.fromkeys(r["codec"] for r in learned))
