@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mutualfc.errors import MutualFCError
 from mutualfc.eval.bdrate import bd_rate, curve_from_records
 from mutualfc.eval.plot import plot_rd
 from mutualfc.io import atomic_write_text, read_jsonl
@@ -69,7 +70,11 @@ def report(jsonl: Path, out: Path) -> None:
             if ref == c:
                 cells.append("—")
                 continue
-            res = bd_rate(curve_from_records(records, "map", c), curve_from_records(records, "map", ref))
+            try:
+                res = bd_rate(curve_from_records(records, "map", c), curve_from_records(records, "map", ref))
+            except MutualFCError as e:  # too few points yet, or curves that do not overlap
+                cells.append(f"n/a ({str(e).splitlines()[0]})")
+                continue
             bd[f"{c} vs {ref}"] = res
             cells.append(f"{res['bd_rate']:+.1f}%")
         bpps, maps = [p["bpp"] for p in pts], [p["map"] for p in pts]
