@@ -67,44 +67,57 @@ def _detect_coco(args) -> int:
     return 0
 
 
-def cmd_encode(args) -> int:
+def check_rate_options(args) -> None:
+    """--quality or --target-bpp, not both (checked before anything is loaded)."""
     if args.target_bpp is not None and args.quality is not None:
         raise MutualFCError("give --quality or --target-bpp, not both")
     if args.target_bpp is not None and args.target_bpp <= 0:
         raise MutualFCError("--target-bpp must be positive")
-    paths = expand(args.inputs, IMAGE_SUFFIXES, "images")
-    targets = outputs(paths, args.out_dir, ".mfc")
+
+
+def load_encoder(args):
+    """-> the task network, the codec and the parameter an encoding command asked for."""
     from mutualfc.codecs import LearnedFeatureCodec, create_codec
-    from mutualfc.images import load_image
-    from mutualfc.io import atomic_write_bytes
 
     task = load_task(args)
     codec = create_codec(args.codec, task, **codec_options(args))
     if args.target_bpp is not None and not isinstance(codec, LearnedFeatureCodec):
         raise MutualFCError(f"--target-bpp needs a learned codec (mutual, separate), not {codec.name}")
     param = args.quality if args.quality is not None else codec.default_params[len(codec.default_params) // 2]
+    return task, codec, param
+
+
+def encode_file(args, codec, param: float, path: Path) -> tuple[bytes, float, int]:
+    """One image file -> (container, the parameter used, original pixels); with --target-bpp, the highest quality
+    within budget, and a warning (or with --strict-budget an error) when even quality 0 is over it."""
+    from mutualfc.images import load_image
+
+    image = load_image(path, args.exif_transpose == "on")
+    pixels = image.shape[0] * image.shape[1]
+    x = codec.prepare(image)
+    if args.target_bpp is None:
+        return codec.encode(x, param), param, pixels
+    q, data = codec.quality_for_bpp(x, args.target_bpp, pixels)
+    bpp = 8 * len(data) / pixels
+    if bpp > args.target_bpp:
+        msg = (f"{path}: even the lowest quality needs {bpp:.4f} bpp, over the --target-bpp {args.target_bpp:g} "
+               f"({bpp / args.target_bpp:.1f}x)")  # fmt: skip
+        if getattr(args, "strict_budget", False):
+            raise MutualFCError(msg)
+        print(f"mutualfc: warning: {msg}", file=sys.stderr)
+    return data, q, pixels
+
+
+def cmd_encode(args) -> int:
+    check_rate_options(args)
+    paths = expand(args.inputs, IMAGE_SUFFIXES, "images")
+    targets = outputs(paths, args.out_dir, ".mfc")
+    from mutualfc.io import atomic_write_bytes
+
+    _, codec, param = load_encoder(args)
     batch, coded = Batch(args.skip_errors), []
-
-    def encode(path: Path) -> tuple[bytes, float, int]:
-        image = load_image(path, args.exif_transpose == "on")
-        pixels = image.shape[0] * image.shape[1]
-        x = codec.prepare(image)
-        if args.target_bpp is None:
-            return codec.encode(x, param), param, pixels
-        q, data = codec.quality_for_bpp(x, args.target_bpp, pixels)
-        bpp = 8 * len(data) / pixels
-        if bpp > args.target_bpp:
-            msg = (
-                f"{path}: even the lowest quality needs {bpp:.4f} bpp, over the --target-bpp {args.target_bpp:g} "
-                f"({bpp / args.target_bpp:.1f}x)"
-            )
-            if args.strict_budget:
-                raise MutualFCError(msg)
-            print(f"mutualfc: warning: {msg}", file=sys.stderr)
-        return data, q, pixels
-
     for path, out in zip(paths, targets, strict=True):  # everything is coded before anything is written
-        result = batch.run(path, lambda p=path: encode(p))
+        result = batch.run(path, lambda p=path: encode_file(args, codec, param, p))
         if result is not None:
             coded.append((path, out, *result))
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)

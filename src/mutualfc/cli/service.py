@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from mutualfc.cli.coding import check_rate_options, encode_file, load_encoder
 from mutualfc.cli.inputs import IMAGE_SUFFIXES, Batch, expand, image_ids
-from mutualfc.cli.options import add_device, add_exif, add_skip_errors, add_task, codec_options, load_task
+from mutualfc.cli.options import add_device, add_exif, add_skip_errors, add_task
 from mutualfc.errors import MutualFCError
 
 
@@ -37,30 +38,18 @@ def cmd_serve(args) -> int:
 
 
 def cmd_send(args) -> int:
-    if args.target_bpp is not None and args.quality is not None:
-        raise MutualFCError("give --quality or --target-bpp, not both")
+    check_rate_options(args)
     paths = expand(args.inputs, IMAGE_SUFFIXES, "images")
-    from mutualfc.codecs import LearnedFeatureCodec, create_codec
-    from mutualfc.images import load_image
     from mutualfc.io import atomic_write_text
     from mutualfc.service.client import Client
 
     client = Client(args.server, timeout=args.timeout)
     client.health()  # fail early, with one line, when the server is not there
-    task = load_task(args)
-    codec = create_codec(args.codec, task, **codec_options(args))
-    if args.target_bpp is not None and not isinstance(codec, LearnedFeatureCodec):
-        raise MutualFCError(f"--target-bpp needs a learned codec (mutual, separate), not {codec.name}")
-    param = args.quality if args.quality is not None else codec.default_params[len(codec.default_params) // 2]
+    _, codec, param = load_encoder(args)
     batch, results = Batch(args.skip_errors), []
 
     def send(path: Path) -> dict:
-        image = load_image(path, args.exif_transpose == "on")
-        x = codec.prepare(image)
-        pixels = image.shape[0] * image.shape[1]
-        data = (
-            codec.encode(x, param) if args.target_bpp is None else codec.quality_for_bpp(x, args.target_bpp, pixels)[1]
-        )
+        data, _, pixels = encode_file(args, codec, param, path)
         answer = client.detect(data, args.min_score)
         return answer | {"file_name": path.name, "bytes": len(data), "bpp": 8 * len(data) / pixels}
 
