@@ -100,7 +100,7 @@ def test_vvc_encoder_found_on_path(tmp_path, monkeypatch):
         enc.encode(np.zeros((24, 16), np.uint8), 16, 16, 32, "420", 8)
 
 
-def _real_vvenc() -> str:
+def real_vvenc() -> str:
     """The VVC encoder of the machines here (``../shared/tools/vvenc``) or one on PATH; skip where there is none."""
     beside = ROOT.parent / "shared" / "tools" / "vvenc" / "vvencapp"
     found = str(beside) if beside.is_file() else shutil.which("vvencapp")
@@ -112,7 +112,7 @@ def _real_vvenc() -> str:
 def test_vvc_feature_anchor_round_trip_with_the_real_encoder(task, example_images):
     """Real vvencapp, 4:0:0 10-bit feature frame: near-lossless at QP 2 (a luma range conversion on the way, as
     0.1.0's 4:2:0 path had, moves every sample and fails this), and fewer bits at a higher QP."""
-    codec = create_codec("vvc-feature", task, vvc_encoder=_real_vvenc(), vvc_preset="faster")
+    codec = create_codec("vvc-feature", task, vvc_encoder=real_vvenc(), vvc_preset="faster")
     fs = task.front(example_images[0])
     low, high = codec.encode(fs, 2), codec.encode(fs, 32)
     assert len(low) > len(high)
@@ -127,7 +127,7 @@ def test_vvc_feature_anchor_round_trip_with_the_real_encoder(task, example_image
 
 
 def test_vvc_image_anchor_round_trip_with_the_real_encoder(example_images):
-    codec = create_codec("vvc-image", vvc_encoder=_real_vvenc(), vvc_preset="faster")
+    codec = create_codec("vvc-image", vvc_encoder=real_vvenc(), vvc_preset="faster")
     image = example_images[3][:101, :151]  # odd sizes
     out = codec.decode(codec.encode(image, 27))
     assert out.shape == image.shape

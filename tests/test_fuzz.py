@@ -8,13 +8,13 @@ from collections import Counter
 import pytest
 
 from mutualfc.testing.fuzz import build_seeds, cases, decode_case
-from tests.test_anchors import _real_vvenc
+from tests.test_anchors import real_vvenc
 
 
 @pytest.fixture(scope="module")
 def corpus(task, example_images):
     try:
-        vvenc = _real_vvenc()
+        vvenc = real_vvenc()
     except pytest.skip.Exception:
         vvenc = None
     images = [example_images[0][:150, :200], example_images[3][:97, :131]]  # small: many cases per second
