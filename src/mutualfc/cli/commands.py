@@ -14,21 +14,22 @@ from mutualfc.cli.options import (
     add_task,
     codec_options,
     load_task,
-    parse_params,  # fmt: skip
+    parse_params,
     progress,
 )
 from mutualfc.errors import MutualFCError
 
 
 def cmd_eval(args) -> int:
-    from mutualfc.codecs import create_codec
-    from mutualfc.eval.coco import CocoDataset
-    from mutualfc.eval.runner import CodecSpec, evaluate_point
+    from mutualfc.eval.coco import CocoDataset  # light: the dataset is checked before torch is imported
     from mutualfc.io import append_jsonl, read_jsonl
 
-    ds = CocoDataset(args.images, args.annotations).subset(args.limit)
     if args.jobs < 1:
         raise MutualFCError(f"--jobs must be at least 1, got {args.jobs}")
+    ds = CocoDataset(args.images, args.annotations).subset(args.limit)
+    from mutualfc.codecs import create_codec
+    from mutualfc.eval.runner import CodecSpec, evaluate_point
+
     task = load_task(args)
     options = codec_options(args)
     codec = None if args.codec == "none" else create_codec(args.codec, task, **options)
