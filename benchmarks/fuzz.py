@@ -18,6 +18,7 @@ import queue
 import resource
 import shutil
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -35,11 +36,15 @@ def worker(start: int, n: int, seed: int, progress, out: mp.Queue, vvenc: str | 
     task = create_task("yolov5n-coco")
     images = [load_image(p)[:256, :256] for p in sorted((ROOT / "examples/coco-mini/images").glob("*.jpg"))]
     seeds, decoders = build_seeds(task, images, vvenc)
-    for case in cases(seeds, n - start, start=start, seed=seed):
-        progress.value = case.index
-        outcome, detail = decode_case(decoders, case.data)
-        out.put((case.index, case.seed, outcome, detail, case.data if outcome != "decoded" and outcome != "refused"
-                 else b""))  # fmt: skip
+    try:
+        for case in cases(seeds, n - start, start=start, seed=seed):
+            progress.value = case.index
+            outcome, detail = decode_case(decoders, case.data)
+            keep = case.data if outcome not in ("decoded", "refused") else b""
+            out.put((case.index, case.seed, outcome, detail, keep))
+    except Exception:  # noqa: BLE001 - a bug of the harness itself, not a decoder's: stop and say so
+        out.put(("harness error", traceback.format_exc()))
+        return
     out.put(("done", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 
 
@@ -62,19 +67,21 @@ def main() -> int:
         progress, q = ctx.Value("q", start), ctx.Queue()
         proc = ctx.Process(target=worker, args=(start, args.cases, args.seed, progress, q, vvenc), daemon=True)
         proc.start()
-        last, last_change, started = start, time.time(), False
+        last, last_change, started, received = start, time.time(), False, start - 1
         while True:
             try:
                 msg = q.get(timeout=1.0)
             except queue.Empty:
                 msg = None
+            if msg is not None and msg[0] == "harness error":
+                raise SystemExit(f"fuzz harness failed (not a decoder): {msg[1]}")
             if msg is not None and msg[0] == "done":
                 peak_kib = max(peak_kib, msg[1])
                 start = args.cases
                 break
             if msg is not None:
                 index, seed, outcome, detail, data = msg
-                started = True
+                started, received = True, index
                 counts[outcome] += 1
                 by_seed[(seed.split("#")[0], outcome)] += 1
                 if data:
@@ -93,7 +100,9 @@ def main() -> int:
                 start = int(progress.value) + 1
                 break
             if not proc.is_alive() and q.empty():
-                counts["crash"] += 1  # the worker died (a signal, an abort in native code)
+                if received >= progress.value:  # died between cases: not a decoder's doing
+                    raise SystemExit(f"fuzz worker died after case {received} (exit code {proc.exitcode})")
+                counts["crash"] += 1  # the worker died while decoding (a signal, an abort in native code)
                 examples.append({"index": int(progress.value), "outcome": "crash", "detail": "worker process died"})
                 start = int(progress.value) + 1
                 break

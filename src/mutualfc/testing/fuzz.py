@@ -33,10 +33,10 @@ def with_crc(data: bytes) -> bytes:
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
     """One random mutation of a container; about 85% of them get a valid CRC back."""
+    if len(data) < 32:  # what earlier mutations left of a container: grow it again
+        return data + rng.randbytes(rng.randint(1, 64))
     b = bytearray(data)
-    start = bitstream.payload_offset(
-        data
-    )  # payload mutations are the interesting ones: most cases stay behind the header
+    start = bitstream.payload_offset(data)  # payload mutations are the interesting ones: most stay after the header
     kind = rng.randrange(10)
     lo = start if (kind < 7 and start < len(b) - 5) else 0
     if kind in (0, 1, 2):  # bit flips
