@@ -12,6 +12,7 @@ from compressai.models.base import get_scale_table
 from mutualfc.codecs.learned import residual_pays
 from mutualfc.entropy import SymbolReader, SymbolWriter, code_gaussian
 from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network
+from mutualfc.nn.exact import ACT_BITS
 from mutualfc.nn.sparse import context_at, conv_at, stack_at
 from mutualfc.tasks import create_task
 from mutualfc.zoo import pack_state, unpack_state
@@ -62,8 +63,13 @@ def test_decoded_levels_equal_encoder_reconstruction_and_training_path(arch):
     for k in lv:
         assert dec[k].shape == lv[k].shape
         assert torch.equal(dec[k], meta["levels"][k])
-    err = max(float((dec[k] - ref[k].detach()).abs().mean() / lv[k].abs().mean()) for k in lv)
-    assert err < 1e-3, err  # the training path (eval mode) models the coded path
+    # the training path (eval mode, float) models the coded path (fixed point): in the codec's feature space, where
+    # distortion is measured, they differ by a few percent of the coding error (means on a 1/256 grid move a few
+    # symbols by one step)
+    coded, trained, original = (net.normalized({k: v.detach() for k, v in d.items()}) for d in (dec, ref, lv))
+    for k in lv:
+        gap = float((coded[k] - trained[k]).pow(2).mean() / (original[k] - trained[k]).pow(2).mean())
+        assert gap < 0.06, (k, gap)
 
 
 def test_decoding_is_bit_identical_across_runs_and_thread_counts():
@@ -159,9 +165,11 @@ def test_linear_design_learns_only_entropy_models_and_gains():
     with torch.no_grad():
         x = lin.bfc.pack.pack({k: lv[k] for k in lin.cfg.base})
         y = lin.bfc.lin_a(x) * gain
-        base = lin.bfc.lin_s(lin.bfc.latent_codec.code(SymbolWriter(), y, torch.ones_like(y[:, :1])) / gain)
-        assert torch.allclose(lin.bfc.pack.pack({k: meta["levels"][k] for k in lin.cfg.base}), base, atol=1e-4)
-        assert torch.allclose(meta["levels"]["p3"], lin.mfc(base)["p3"], atol=1e-4)
+        y_hat = lin.bfc.latent_codec.code(SymbolWriter(), y, torch.ones_like(y[:, :1]))  # fixed point
+        base = lin.bfc.lin_s((y_hat * 2.0**-ACT_BITS).float() / gain)
+        # the decoder computes the same in fixed point (14 fractional bits): equal to within that rounding
+        assert torch.allclose(lin.bfc.pack.pack({k: meta["levels"][k] for k in lin.cfg.base}), base, atol=1e-2)
+        assert torch.allclose(meta["levels"]["p3"], lin.mfc(base)["p3"], atol=1e-2)
 
 
 def test_residual_stream_is_a_rate_distortion_decision():

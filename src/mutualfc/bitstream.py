@@ -12,8 +12,9 @@ from mutualfc.errors import BitstreamError
 
 MAGIC = b"MFC"
 # 2: learned codecs' payloads start with the skip mask; 3: one rANS stream per latent; 4: learned codecs' entropy
-# parameters computed at the coded cells only (other float summation order) and floor-scale latents not coded
-VERSION = 4
+# parameters computed at the coded cells only (other float summation order) and floor-scale latents not coded;
+# 5: learned codecs decode in exact integer arithmetic (fixed-point entropy models, synthesis and prediction)
+VERSION = 5
 _FIXED = struct.Struct("<3sBBBeIHHB")  # magic, version, codec id, task id, param (f16), model tag, w, h, n streams
 MAX_STREAMS = 64
 MAX_SIDE = 16384

@@ -7,6 +7,8 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import GaussianConditionalLatentCodec
 
 from mutualfc.entropy.rans import SymbolCoder
+from mutualfc.nn import exact
+from mutualfc.nn.caching import cached
 
 
 def medians(eb: EntropyBottleneck) -> torch.Tensor:
@@ -15,8 +17,18 @@ def medians(eb: EntropyBottleneck) -> torch.Tensor:
 
 
 def scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor:
-    """CompressAI's ``build_indexes`` (index of the smallest table scale >= the scale) by binary search."""
+    """CompressAI's ``build_indexes`` (index of the smallest table scale >= the scale) by binary search. Fixed-point
+    scales (float64 integers, ``ACT_BITS``) are compared with integer thresholds: exact on every machine."""
+    if scales.dtype == torch.float64:
+        return torch.searchsorted(scale_thresholds(gc), scales.contiguous())
     return torch.searchsorted(gc.scale_table[:-1].contiguous(), scales.contiguous())
+
+
+def scale_thresholds(gc: GaussianConditional) -> torch.Tensor:
+    """floor(table scale * 2**ACT_BITS) of every table scale but the last: a fixed-point scale s has index
+    #{thresholds < s}, which is CompressAI's index of s / 2**ACT_BITS (the table is the stored one, not recomputed)."""
+    table = gc.scale_table[:-1]
+    return cached(gc, "thresholds", (table,), lambda: torch.floor(table.double() * 2**exact.ACT_BITS).contiguous())
 
 
 def split_params(codec: GaussianConditionalLatentCodec, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,9 +47,12 @@ def code_gaussian(
 
     Values whose scale is at the table's floor (index 0: about 1e-5 bits each) are left out when all of them round
     to their mean, which one flag says: then both sides take the means. Otherwise everything is coded, so decoding
-    is exact either way."""
+    is exact either way. Fixed-point ``params`` (float64 integers) give fixed-point decoded values."""
     gc = codec.gaussian_conditional
     scales, means = split_params(codec, params)
+    fixed = params.dtype == torch.float64
+    if fixed:
+        means = means * 2.0**-exact.ACT_BITS  # real units, exactly (the symbols are coded around them)
     indexes, out = scale_indexes(gc, scales).reshape(-1), means.reshape(-1).clone()
     floor = indexes == 0
     every = True
@@ -45,9 +60,10 @@ def code_gaussian(
         off = None if y is None else bool(torch.round(y.reshape(-1) - out).ne(0).logical_and_(floor).any())
         every = coder.flag(off)
     if every:
-        return coder.code(gc, None if y is None else y.reshape(-1), indexes, out).view_as(means)
+        out = coder.code(gc, None if y is None else y.reshape(-1), indexes, out)
+        return exact.to_fixed(out).view_as(means) if fixed else out.view_as(means)
     coded = indexes.nonzero().squeeze(1)
     if coded.numel():
         values = None if y is None else y.reshape(-1).index_select(0, coded)
         out.index_copy_(0, coded, coder.code(gc, values, indexes.index_select(0, coded), out.index_select(0, coded)))
-    return out.view_as(means)
+    return exact.to_fixed(out).view_as(means) if fixed else out.view_as(means)

@@ -8,7 +8,8 @@ from compressai.latent_codecs import HyperLatentCodec
 from compressai.ops import quantize_ste
 
 from mutualfc.entropy import SymbolCoder, medians
-from mutualfc.nn.sparse import affine, cell_map, conv_at, positions, scatter
+from mutualfc.nn import exact
+from mutualfc.nn.sparse import activate, affine, cell_map, conv_at, positions, scatter
 
 
 class MaskedHyperLatentCodec(HyperLatentCodec):
@@ -39,22 +40,26 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
 
     def code(self, coder: SymbolCoder, y: torch.Tensor | None, mask: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         """Codes (``SymbolWriter``, latent columns ``y`` (C, K) at ``kept`` given) or decodes (``SymbolReader``)
-        the hyper-latent at the coded positions; -> the hyperprior's parameters at ``kept``, (C_params, K)."""
+        the hyper-latent at the coded positions; -> the hyperprior's parameters at ``kept``, (C_params, K), as
+        fixed-point integers: every network here runs in exact integer arithmetic (``mutualfc.nn.exact``)."""
         eb = self.entropy_bottleneck
         size = tuple(mask.shape[-2:])
         c, (h, w) = eb.channels, (size[0] // 2, size[1] // 2)
         idx = self._coded_positions(mask)
-        centre = medians(eb).detach().view(c, 1)
+        centre = exact.to_fixed(medians(eb).detach().view(c, 1))  # the grid's centres, on the fixed-point grid
         z_hat = centre.expand(c, h * w).clone()
         if idx.numel():
             k = idx.numel()
             values = None
-            if y is not None:  # h_a at the coded positions: skipped cells' latents are 0
+            if y is not None:  # h_a at the coded positions (encoder only): skipped cells' latents are 0
                 first, act, down = self.h_a
-                a = scatter(act(affine(first, y)), kept, size, act(first.bias))
-                values = conv_at(down, a, idx).reshape(-1)
+                cols = exact.to_fixed(y)
+                fill = activate(act, affine(first, cols.new_zeros(cols.shape[0], 1)))[:, 0]
+                a = scatter(activate(act, affine(first, cols)), kept, size, fill)
+                values = conv_at(down, a, idx).reshape(-1) * 2.0**-exact.ACT_BITS
             channel = torch.arange(c).view(c, 1).expand(c, k).reshape(-1)
-            z_hat[:, idx] = coder.code(eb, values, channel, centre.expand(c, k).reshape(-1)).view(c, k)
+            means = (centre * 2.0**-exact.ACT_BITS).expand(c, k).reshape(-1)
+            z_hat[:, idx] = exact.to_fixed(coder.code(eb, values, channel, means)).view(c, k)
         return self._synthesis_at(z_hat.view(1, c, h, w), size, kept)
 
     def _synthesis_at(self, z_hat: torch.Tensor, size: tuple[int, int], kept: torch.Tensor) -> torch.Tensor:
@@ -64,4 +69,4 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
         r = last.kernel_size[0] // 2
         parents = positions(F.max_pool2d(F.max_pool2d(cell_map(kept, size), 2 * r + 1, 1, r), 2))
         u = scatter(conv_at(up, z_hat, parents), parents, tuple(z_hat.shape[-2:]))
-        return conv_at(last, act(shuffle(u)), kept)
+        return conv_at(last, activate(act, shuffle(u)), kept)

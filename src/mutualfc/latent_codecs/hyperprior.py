@@ -44,7 +44,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
 
     def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
         """Real coding of the latent ``y`` (1, C, H, W) at the cells ``mask`` keeps -> {"strings": [one rANS
-        stream], "y_hat": the decoded latent, exactly what ``decompress`` returns}."""
+        stream], "y_hat": the decoded latent (fixed-point integers), exactly what ``decompress`` returns}."""
         writer = SymbolWriter()
         y_hat = self.code(writer, y, mask)
         return {"strings": [writer.finish()], "y_hat": y_hat}
@@ -56,13 +56,14 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
     def code(self, coder: SymbolCoder, y: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         """Real coding into one rANS stream: the hyper-latent, then per channel group the checkerboard anchors and
         non-anchors, only at kept cells. The encoder (``SymbolWriter``, ``y`` given) and the decoder
-        (``SymbolReader``, ``y`` None) run this same code, so their entropy parameters match by construction; they
-        equal what ``forward`` computes (two-pass checkerboard, channel-group context) up to float rounding, each
-        network evaluated at the coded cells only. -> y_hat."""
+        (``SymbolReader``, ``y`` None) run this same code in exact integer arithmetic (``mutualfc.nn.exact``), so
+        their entropy parameters match on every machine; they equal what ``forward`` computes (two-pass
+        checkerboard, channel-group context) up to the fixed-point rounding, each network evaluated at the coded
+        cells only. -> y_hat as fixed-point integers (``ACT_BITS`` fractional bits)."""
         h, w = mask.shape[-2:]
         kept = positions(mask)
         cg = self.latent_codec["y"]
-        y_hat = mask.new_zeros(1, sum(cg.groups), h, w)
+        y_hat = mask.new_zeros(1, sum(cg.groups), h, w, dtype=torch.float64)  # fixed-point integers
         if not kept.numel():
             return y_hat
         y = None if y is None else columns(y, kept)  # (C, K): only the coded cells are read

@@ -1,7 +1,7 @@
 """The learned codecs' networks (CompressAI ``CompressionModel``s composed of latent codecs): BFCNet, MFCNet, the
 residual coder, and the mutual and separate networks built from a ``MutualConfig``."""
 
-from mutualfc.models.base import FeatureCompressionModel, decode_mask, encode_mask, is_entropy_table
+from mutualfc.models.base import ENTROPY_TABLES, FeatureCompressionModel, decode_mask, encode_mask, is_entropy_table
 from mutualfc.models.bfc import BFCNet
 from mutualfc.models.config import LEGACY_RELEASE, MutualConfig
 from mutualfc.models.gain import GainUnit
@@ -22,6 +22,6 @@ def is_linear_transform(name: str) -> bool:
     return any(part in {"lin_a", "lin_s", "lin"} for part in name.split("."))
 
 
-__all__ = ["LEGACY_RELEASE", "BFCNet", "FeatureCompressionModel", "GainUnit", "MFCNet", "MutualConfig",
-           "MutualFeatureNet", "ResidualCoder", "SeparateFeatureNet", "build_network", "decode_mask", "encode_mask",
-           "is_entropy_table", "is_linear_transform"]  # fmt: skip
+__all__ = ["ENTROPY_TABLES", "LEGACY_RELEASE", "BFCNet", "FeatureCompressionModel", "GainUnit", "MFCNet",
+           "MutualConfig", "MutualFeatureNet", "ResidualCoder", "SeparateFeatureNet", "build_network", "decode_mask",
+           "encode_mask", "is_entropy_table", "is_linear_transform"]  # fmt: skip

@@ -9,12 +9,15 @@ from torch import nn
 
 from mutualfc.latent_codecs import masked_hyperprior_codec
 from mutualfc.models.config import MutualConfig
-from mutualfc.models.gain import GainUnit
+from mutualfc.models.gain import INV_GAIN_BITS, GainUnit
+from mutualfc.nn import exact
 from mutualfc.nn.caching import cached
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import ResBlock, conv
 from mutualfc.nn.packing import LevelPacker
 from mutualfc.nn.sparse import columns, positions, scatter
+
+SYNTHESIS_BITS = 14  # fractional bits of the decoder's synthesis and prediction (features to about 6e-5)
 
 
 class BFCNet(nn.Module):
@@ -57,33 +60,37 @@ class BFCNet(nn.Module):
         context = self.g_s(y_hat) if shared and self.g_s is not None else None
         return context, self.lin_s(y_hat)
 
-    def synthesis_blocks(self, y_hat: torch.Tensor, kept: torch.Tensor, mfc: nn.Module | None = None) -> torch.Tensor:
-        """Real decoding: the decoded base levels' blocks in feature units (``LevelPacker`` stacking), then with
-        ``mfc`` (an ``MFCNet``) the predicted levels' blocks, as columns (rows, 1 + K): column 0 is every skipped
-        cell's (latent 0), the others the cells ``kept``. The metric and the prediction are folded into one matrix."""
+    def dequantize(self, y_hat: torch.Tensor, quality: float, bits: int) -> torch.Tensor:
+        """Decoded latent columns (fixed point, ``ACT_BITS``) times the inverse gains -> fixed point with ``bits``
+        fractional bits, exactly."""
+        return exact.rescale(y_hat, self.gain.inverse_fixed(quality), exact.ACT_BITS + INV_GAIN_BITS - bits)
 
-        def fold():
-            w, b = self.lin_s.weight.view(self.lin_s.out_channels, -1).double(), self.lin_s.bias.double()
-            a, off = self.pack.packed_affine(to_features=True)
-            ws, bs = [a @ w], [a @ b + off]
-            if mfc is not None:
-                wm, bm = mfc.lin.weight.view(mfc.lin.out_channels, -1).double(), mfc.lin.bias.double()
-                a, off = mfc.pack.packed_affine(to_features=True)
-                ws.append(a @ wm @ w)
-                bs.append(a @ (wm @ b + bm) + off)
-            return torch.cat(ws).float(), torch.cat(bs).float()
-
-        key = (self.lin_s.weight, self.lin_s.bias, *self.pack.buffers())
-        if mfc is not None:
-            key += (mfc.lin.weight, mfc.lin.bias, *mfc.pack.buffers())
-        w, b = cached(self, "synthesis" if mfc is None else "synthesis+mfc", key, fold)
+    def packed_cells(self, y_hat: torch.Tensor, kept: torch.Tensor, quality: float) -> torch.Tensor:
+        """Real decoding: the decoded base in the codec's packed feature space, as fixed-point columns
+        (``SYNTHESIS_BITS``), (packed channels, 1 + K): column 0 is every skipped cell's (latent 0), the others the
+        cells ``kept``. Exact integer arithmetic: the same on every machine."""
         y = columns(y_hat, kept)
-        return F.linear(torch.cat([y.new_zeros(y.shape[0], 1), y], 1).T, w, b).T
+        y = self.dequantize(torch.cat([y.new_zeros(y.shape[0], 1), y], 1), quality, SYNTHESIS_BITS)
+        return exact.wide_linear(exact.wide_params(self.lin_s, SYNTHESIS_BITS), y)
 
-    def decoded_levels(self, y_hat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Real decoding of the base levels alone (separate-scale codec), cell by cell."""
+    def context(self, y_hat: torch.Tensor, quality: float) -> torch.Tensor:
+        """The residual stream's context: the trunk on the dequantized latent map, exactly (fixed point)."""
+        c, h, w = y_hat.shape[1:]
+        x = self.dequantize(y_hat.reshape(c, -1), quality, exact.ACT_BITS).view(1, c, h, w)
+        first, *blocks = self.g_s
+        x = exact.conv2d(first, x)
+        for block in blocks:
+            conv_a, act, conv_b = block.body
+            x = (x + exact.conv2d(conv_b, exact.activation(act, exact.conv2d(conv_a, x)))).clamp_(
+                -exact.ACT_LIMIT, exact.ACT_LIMIT
+            )
+        return x
+
+    def decoded_levels(self, y_hat: torch.Tensor, mask: torch.Tensor, quality: float) -> dict[str, torch.Tensor]:
+        """Real decoding of the base levels alone (separate-scale codec), cell by cell, exactly."""
         kept = positions(mask)
-        return self.pack.paint(self.pack.split_blocks(self.synthesis_blocks(y_hat, kept)), kept, mask.shape[-2:])
+        blocks = self.pack.fixed_to_blocks(self.packed_cells(y_hat, kept, quality), SYNTHESIS_BITS)
+        return self.pack.paint(self.pack.split_blocks(blocks), kept, mask.shape[-2:])
 
     def init_from_data(
         self, levels: dict[str, torch.Tensor], samples: int, sensitivity: dict[str, torch.Tensor]

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
+
+from mutualfc.nn.caching import cached
+
+INV_GAIN_BITS = 16  # fractional bits of the decoder's inverse gains
 
 
 class GainUnit(nn.Module):
@@ -30,3 +35,26 @@ class GainUnit(nn.Module):
         v = self.gain.abs().clamp_min(1e-4)
         gain = torch.exp((1 - t) * v[lo].log() + t * v[hi].log()) if t else v[lo]
         return gain, 1 / gain
+
+    def inverse_fixed(self, quality: float) -> torch.Tensor:
+        """The inverse gains at ``quality`` as integers with ``INV_GAIN_BITS`` fractional bits (float64), computed
+        the same way on every machine: g_lo * (g_hi / g_lo) ** t with t a dyadic fraction (the container's float16
+        quality), the power as a product of repeated square roots; IEEE square roots, products and quotients are
+        correctly rounded, unlike exp and log."""
+        q = min(max(float(quality), 0.0), self.gain.shape[0] - 1.0)
+
+        def build() -> torch.Tensor:
+            g = self.gain.detach().abs().clamp_min(2.0**-4).double().view(self.gain.shape[0], -1).numpy()
+            lo, hi = math.floor(q), math.ceil(q)
+            frac = round((q - lo) * 2**24)  # exact: a float16 quality has at most 24 fractional bits
+            gain = g[lo].copy()
+            if frac:
+                root, ratio = g[hi] / g[lo], np.ones_like(gain)
+                for bit in range(1, 25):  # ratio ** t = prod over the set bits b of t of ratio ** 2**-b
+                    root = np.sqrt(root)
+                    if frac >> (24 - bit) & 1:
+                        ratio = ratio * root
+                gain = gain * ratio
+            return torch.from_numpy(np.round(2.0**INV_GAIN_BITS / gain))
+
+        return cached(self, f"inverse{q!r}", (self.gain,), build)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mutualfc.models.config import MutualConfig
+from mutualfc.nn import exact
 from mutualfc.nn.closed_form import least_squares, sample_rows, set_linear
 from mutualfc.nn.layers import conv
 from mutualfc.nn.packing import LevelPacker
@@ -23,6 +24,10 @@ class MFCNet(nn.Module):
     def forward(self, base_packed: torch.Tensor) -> dict[str, torch.Tensor]:
         """-> predicted levels (feature units)."""
         return self.pack.unpack(self.lin(base_packed))
+
+    def predict_cells(self, base: torch.Tensor, bits: int) -> torch.Tensor:
+        """Real decoding: the prediction of the packed decoded base (fixed-point columns, ``bits``), exactly."""
+        return exact.wide_linear(exact.wide_params(self.lin, bits), base)
 
     def init_from_data(
         self, levels: dict[str, torch.Tensor], base_rec: torch.Tensor, samples: int, sensitivity: dict

@@ -7,10 +7,11 @@ import torch
 
 from mutualfc.entropy import reproducible_threads
 from mutualfc.models.base import FeatureCompressionModel, decode_mask, encode_mask
-from mutualfc.models.bfc import BFCNet
+from mutualfc.models.bfc import SYNTHESIS_BITS, BFCNet
 from mutualfc.models.config import MutualConfig
 from mutualfc.models.mfc import MFCNet
 from mutualfc.models.residual import ResidualCoder
+from mutualfc.nn import exact
 from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
 from mutualfc.nn.sparse import affine, positions
 
@@ -82,19 +83,22 @@ class MutualFeatureNet(FeatureCompressionModel):
         return {"likelihoods": likelihoods, "levels": crop_levels(rec, self.cfg.levels, size),
                 "prediction": crop_levels(pred, self.cfg.levels, size)}  # fmt: skip
 
-    # -- real bits -------------------------------------------------------------------------------------
-    def _predicted_blocks(self, y_hat: torch.Tensor, kept: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every level's blocks (C, f, f, 1 + K) decoded from the base latent: column 0 stands for all skipped
-        cells (they decode to the same blocks), the others for the cells ``kept``."""
-        base, target = self.bfc.synthesis_blocks(y_hat, kept, self.mfc).split(
-            [self.bfc.pack.channels, self.mfc.pack.channels]
-        )
-        return self.bfc.pack.split_blocks(base) | self.mfc.pack.split_blocks(target)
+    # -- real bits (exact integer arithmetic from the decoded symbols on: every machine decodes alike) ---------
+    def _packed_cells(self, y_hat: torch.Tensor, kept: torch.Tensor, quality: float) -> tuple[torch.Tensor, ...]:
+        """The decoded base and the predicted levels in the packed codec space, fixed-point columns (1 + K):
+        column 0 stands for all skipped cells (they decode to the same blocks), the others for the cells ``kept``."""
+        base = self.bfc.packed_cells(y_hat, kept, quality)
+        return base, self.mfc.predict_cells(base, SYNTHESIS_BITS)
 
-    def _residual_columns(self, coded: torch.Tensor) -> torch.Tensor:
-        """Decoded residual latent columns (C, K) -> the correction of the finest level's prediction in the codec's
-        feature space, with column 0 (skipped cells: no residual) first."""
-        return affine(self.res.lin_s, torch.cat([coded.new_zeros(coded.shape[0], 1), coded], 1))
+    def _blocks(self, base: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Packed fixed-point columns -> every level's blocks (C, f, f, 1 + K) in feature units."""
+        return self.bfc.pack.split_blocks(self.bfc.pack.fixed_to_blocks(base, SYNTHESIS_BITS)) | \
+            self.mfc.pack.split_blocks(self.mfc.pack.fixed_to_blocks(target, SYNTHESIS_BITS))  # fmt: skip
+
+    def _with_residual(self, target: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+        """The prediction with the residual stream's correction added to the finest level's packed channels."""
+        n = self.res.pack.channels
+        return torch.cat([target[:n] + correction, target[n:]]).clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT)
 
     @torch.inference_mode()
     @reproducible_threads()
@@ -115,24 +119,24 @@ class MutualFeatureNet(FeatureCompressionModel):
         x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
         mask = self.coded_mask(keep, size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
-        gain, inv = self.bfc.gain(quality)
+        gain, _ = self.bfc.gain(quality)
         lc = self.bfc.latent_codec.compress(self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept) * gain, mask)
         strings = [encode_mask(keep), lc["strings"][0]]
         use = residual and self.res is not None
         if not (use or reconstruct):
             return strings, {"size": size, "levels": None, "prediction": None}
-        y_hat = lc["y_hat"] * inv
-        feats = self._predicted_blocks(y_hat, kept)
-        pred = rec = LevelPacker.paint(feats, kept, padded)
+        y_hat = lc["y_hat"]
+        base, target = self._packed_cells(y_hat, kept, quality)
+        pred = rec = LevelPacker.paint(self._blocks(base, target), kept, padded)
         if use:
-            rg, rinv = (g.view(-1, 1) for g in self.res.gain(quality))
             p, k = self.res.pack, self.finest
-            pred_r = p.features_to_cells({k: feats[k]})
+            pred_r = (target[: p.channels] * 2.0**-SYNTHESIS_BITS).float()  # the finest level, packed codec space
             d = p.features_to_cells(p.gather_cells({k: x[k]}, kept, padded[1])) - pred_r[:, 1:]
-            string, r_hat = self.res.compress(affine(self.res.lin_a, d) * rg, self.bfc.g_s(y_hat), kept)
+            rg = self.res.gain(quality)[0].view(-1, 1)
+            string, r_hat = self.res.compress(affine(self.res.lin_a, d) * rg, self.bfc.context(y_hat, quality), kept)
             strings.append(string)
-            rec = LevelPacker.paint(feats | p.cells_to_features(pred_r + self._residual_columns(r_hat * rinv)),
-                                    kept, padded)  # fmt: skip
+            corrected = self._with_residual(target, self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS))
+            rec = LevelPacker.paint(self._blocks(base, corrected), kept, padded)
         names = self.cfg.levels
         return strings, {"size": size, "levels": crop_levels(rec, names, size),
                          "prediction": crop_levels(pred, names, size)}  # fmt: skip
@@ -146,11 +150,9 @@ class MutualFeatureNet(FeatureCompressionModel):
         mask = self.coded_mask(decode_mask(strings[0], size), size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
         strings = self.guarded(strings, size)
-        y_hat = self.bfc.latent_codec.decompress([strings[1]], mask)["y_hat"] * self.bfc.gain(quality)[1]
-        feats = self._predicted_blocks(y_hat, kept)
+        y_hat = self.bfc.latent_codec.decompress([strings[1]], mask)["y_hat"]
+        base, target = self._packed_cells(y_hat, kept, quality)
         if len(strings) > n:
-            p, k = self.res.pack, self.finest
-            pred_r = p.features_to_cells({k: feats[k]})
-            r_hat = self.res.decompress(strings[n], self.bfc.g_s(y_hat), kept) * self.res.gain(quality)[1].view(-1, 1)
-            feats = feats | p.cells_to_features(pred_r + self._residual_columns(r_hat))
-        return crop_levels(LevelPacker.paint(feats, kept, padded), self.cfg.levels, size)
+            r_hat = self.res.decompress(strings[n], self.bfc.context(y_hat, quality), kept)
+            target = self._with_residual(target, self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS))
+        return crop_levels(LevelPacker.paint(self._blocks(base, target), kept, padded), self.cfg.levels, size)

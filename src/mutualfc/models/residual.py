@@ -9,7 +9,8 @@ from torch import nn
 from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian
 from mutualfc.latent_codecs import MaskedParams
 from mutualfc.models.config import MutualConfig
-from mutualfc.models.gain import GainUnit
+from mutualfc.models.gain import INV_GAIN_BITS, GainUnit
+from mutualfc.nn import exact
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import conv
 from mutualfc.nn.packing import LevelPacker
@@ -49,6 +50,13 @@ class ResidualCoder(nn.Module):
 
     def decompress(self, string: bytes, context: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         return self.code(SymbolReader(string), None, context, kept)
+
+    def correction_cells(self, r_hat: torch.Tensor, quality: float, bits: int) -> torch.Tensor:
+        """Decoded residual latent columns (fixed point, ``ACT_BITS``) -> the correction of the finest level in the
+        packed codec space (fixed point, ``bits``), column 0 (skipped cells: no residual) first; exactly."""
+        r = torch.cat([r_hat.new_zeros(r_hat.shape[0], 1), r_hat], 1)
+        r = exact.rescale(r, self.gain.inverse_fixed(quality), exact.ACT_BITS + INV_GAIN_BITS - bits)
+        return exact.wide_linear(exact.wide_params(self.lin_s, bits), r)
 
     def init_from_data(self, d: torch.Tensor, samples: int) -> None:
         set_pca(self.lin_a, self.lin_s, sample_rows(d, samples, seed=2))

@@ -63,11 +63,10 @@ class SeparateFeatureNet(FeatureCompressionModel):
         kept = positions(mask)
         strings, rec = [encode_mask(keep)], {}
         for k, bfc in self.codecs.items():
-            gain, inv = bfc.gain(quality)
-            lc = bfc.latent_codec.compress(bfc.analysis({k: x[k]}, kept) * gain, mask)
+            lc = bfc.latent_codec.compress(bfc.analysis({k: x[k]}, kept) * bfc.gain(quality)[0], mask)
             strings.append(lc["strings"][0])
             if reconstruct:
-                rec.update(bfc.decoded_levels(lc["y_hat"] * inv, mask))
+                rec.update(bfc.decoded_levels(lc["y_hat"], mask, quality))
         rec = crop_levels(rec, self.cfg.levels, size) if reconstruct else None
         return strings, {"size": size, "levels": rec, "prediction": rec}
 
@@ -79,6 +78,6 @@ class SeparateFeatureNet(FeatureCompressionModel):
         mask = self.coded_mask(decode_mask(strings[0], size), size)
         rec = {}
         for string, bfc in zip(self.guarded(strings, size)[1:], self.codecs.values(), strict=True):
-            y_hat = bfc.latent_codec.decompress([string], mask)["y_hat"] * bfc.gain(quality)[1]
-            rec.update(bfc.decoded_levels(y_hat, mask))
+            y_hat = bfc.latent_codec.decompress([string], mask)["y_hat"]
+            rec.update(bfc.decoded_levels(y_hat, mask, quality))
         return crop_levels(rec, self.cfg.levels, size)

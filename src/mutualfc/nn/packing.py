@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mutualfc.nn import exact
+from mutualfc.nn.caching import cached
 from mutualfc.nn.sparse import block_indexes
 
 
@@ -82,6 +84,21 @@ class LevelPacker(nn.Module):
             x = getattr(self, f"unproj_{k}").view(c, c) @ part.reshape(c, -1)
             out[k] = (x + getattr(self, f"mean_{k}").view(c, 1)).view(c, f, f, -1)
         return out
+
+    def fixed_to_blocks(self, u: torch.Tensor, bits: int) -> torch.Tensor:
+        """Exact form of ``cells_to_features`` for the decoder: packed codec-space columns as fixed-point integers
+        (``bits`` fractional bits) -> the levels' blocks in feature units, stacked as ``split_blocks`` reads them
+        (float32, converted from the exact fixed-point result)."""
+        rows = []
+        for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
+            c = self.ch[k] // self.factor[k] ** 2
+            unproj = getattr(self, f"unproj_{k}")
+            weights = cached(self, f"unproj_wide{k}{bits}", (unproj,), lambda u=unproj, c=c: exact.wide_weights(
+                u.view(c, c), None, bits))  # fmt: skip
+            mean = exact.to_fixed(getattr(self, f"mean_{k}").view(c, 1), bits)
+            x = exact.wide_linear(weights, part.reshape(c, -1)) + mean
+            rows.append((x * 2.0**-bits).float().reshape(part.shape))
+        return torch.cat(rows, 0)
 
     def packed_affine(self, to_features: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-pixel metric of every level as one affine map on per-cell blocks (float64), so that it can be

@@ -3,6 +3,10 @@
 Real coding touches a small share of a feature map (the cells the skip mask keeps); every convolution of the
 entropy model and every linear transform is evaluated at the positions a later step reads, as matrix products over
 gathered patches, so the cost follows the number of coded cells.
+
+float64 inputs are fixed-point integers (``mutualfc.nn.exact``): then every layer runs in exact integer arithmetic
+(what real coding does, so that every machine computes the same entropy parameters); float32 inputs run the float
+network (used to check the engine against whole-map convolutions).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mutualfc.nn import exact
 from mutualfc.nn.caching import cached, memoized
 
 
@@ -48,9 +53,22 @@ def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
     return ((rows.view(1, 1, -1) + i.view(-1, 1, 1)) * (width * f) + cols.view(1, 1, -1) + i.view(1, -1, 1)).view(-1)
 
 
+def _linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
+    """(N, C_in k k) patches -> (C_out, N): the convolution's weights applied, exactly for fixed-point inputs."""
+    if rows.dtype == torch.float64:
+        w, b, inv = exact.int_params(conv)
+        return exact.requantize(F.linear(rows, w.reshape(w.shape[0], -1), b).T, inv)
+    return F.linear(rows, exact.effective_weight(conv).reshape(conv.out_channels, -1), conv.bias).T
+
+
+def activate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An element-wise module (exactly, for fixed-point inputs)."""
+    return exact.activation(module, x) if x.dtype == torch.float64 else module(x)
+
+
 def affine(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution applied to columns: (C_in, N) -> (C_out, N)."""
-    return F.linear(x.T, conv.weight.view(conv.out_channels, -1), conv.bias).T  # faster than addmm in this layout
+    return _linear(conv, x.T)  # F.linear is faster than addmm in this layout
 
 
 def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
@@ -61,12 +79,14 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
     if conv.groups != c or conv.weight.shape[1] != 1:
         raise ValueError("context convolution must have one input channel per group")
 
+    fixed = x.dtype == torch.float64
+
     def taps_and_weights():
-        weight = conv.weight * conv.mask if hasattr(conv, "mask") else conv.weight
+        weight = exact.int_params(conv)[0] if fixed else exact.effective_weight(conv)
         taps = weight.flatten(1).abs().sum(0).nonzero().squeeze(1)  # kernel offsets any output uses
         return taps, weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
 
-    taps, wt = cached(conv, "taps", (conv.weight, getattr(conv, "mask", conv.weight)), taps_and_weights)
+    taps, wt = cached(conv, f"taps{int(fixed)}", (conv.weight, getattr(conv, "mask", conv.weight)), taps_and_weights)
 
     def gather_at():  # (K * taps) in the padded map
         r, col = idx // w, idx % w
@@ -75,7 +95,11 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
     flat = memoized(memo, ("context", k, pad, w, *taps.tolist()), idx, gather_at)
     xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
     patches = xp.index_select(1, flat).view(c, -1, taps.numel())  # (C, K, taps)
-    return torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel()) + conv.bias.view(-1, 1)
+    acc = torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel())
+    if fixed:
+        _, b, inv = exact.int_params(conv)
+        return exact.requantize(acc + b.view(-1, 1), inv)
+    return acc + conv.bias.view(-1, 1)
 
 
 def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
@@ -97,13 +121,13 @@ def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | No
     flat = memoized(memo, ("conv", k, s, pad, w), idx, gather_at)
     xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
     patches = xp.index_select(1, flat).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
-    return F.linear(patches.T, conv.weight.reshape(conv.out_channels, -1), conv.bias).T
+    return _linear(conv, patches.T)
 
 
 def apply_columns(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """A stack of 1x1 convolutions and element-wise activations applied to columns (C, K)."""
     for m in layers:
-        x = affine(m, x) if isinstance(m, nn.Conv2d) else m(x)
+        x = affine(m, x) if isinstance(m, nn.Conv2d) else activate(m, x)
     return x
 
 
@@ -129,7 +153,7 @@ def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: di
     out, prev = None, None  # columns at need[prev]
     for i, m in enumerate(layers):
         if not isinstance(m, nn.Conv2d):
-            out = m(out)
+            out = activate(m, out)
         elif prev is not None and m.kernel_size == (1, 1):
             out, prev = affine(m, out), i  # a 1x1 convolution reads the columns it is given (need[prev] = need[i])
         else:

@@ -42,7 +42,7 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "mutual",
             "yolov5n-coco",
             "mutual_yolov5n-coco.pt",
-            "4bafd67ac35691b93fe3ef51516773af8b05963c6fa843228622454410654761",
+            "1e29db720b1430376245adf09fffaa23128365fe5514065be25537e837db9eba",
             "BFCNet {P4,P5} + MFCNet P3 (+ optional 512-component P3 residual); task metric, linear transforms, "
             "skip-mask training",
             {
@@ -57,7 +57,7 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "separate",
             "yolov5n-coco",
             "separate_yolov5n-coco.pt",
-            "e37d5b6ea9e864d8a4dd17c02eb8473cb230ad737b5b7ef21a99db5cace5d9f7",
+            "2c6f11ddd1ac6400b6607d612c7acd7d2d3571b9d1b013e0751deda04ffb3556",
             "one codec per level; task metric, linear transforms (trained without skipping in the loop)",
             {"bd_rate_vs_hevc_feature": -81.15},
         ),

@@ -4,8 +4,9 @@ entropy-bottleneck tables the encoder used)."""
 from __future__ import annotations
 
 import torch
+from compressai.entropy_models import GaussianConditional
 
-from mutualfc.models import FeatureCompressionModel, is_entropy_table, is_linear_transform
+from mutualfc.models import ENTROPY_TABLES, FeatureCompressionModel, is_entropy_table, is_linear_transform
 
 _INT8 = "::int8"
 _SCALE = "::scale"
@@ -75,23 +76,38 @@ def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+GAUSSIAN_TABLES = "gaussian_tables."  # one copy of the Gaussian conditionals' tables, shared by all of them
+
+
+def gaussian_tables(net: FeatureCompressionModel) -> dict[str, torch.Tensor]:
+    """The Gaussian conditionals' tables (every one of them has the same: they depend only on the scale table)."""
+    gc = next(m for m in net.modules() if isinstance(m, GaussianConditional))
+    return {GAUSSIAN_TABLES + name: getattr(gc, name).clone() for name in ENTROPY_TABLES}
+
+
 def export_state(net: FeatureCompressionModel) -> dict[str, torch.Tensor]:
-    """Packed weights plus the entropy-bottleneck tables built from exactly the unpacked weights. The Gaussian
-    conditionals' tables depend only on the fixed scale table and are rebuilt by ``update()`` at load."""
+    """Packed weights plus every entropy table built from exactly the unpacked weights: the bottlenecks' tables and
+    one copy of the Gaussian conditionals' (shared by all of them). Tables are part of the format: a decoder uses the
+    stored ones rather than computing them again in floating point, which another machine might round otherwise."""
     packed = pack_state({k: v for k, v in net.state_dict().items() if not is_entropy_table(k)})
     net.load_state_dict(unpack_state(packed), strict=False)
     net.update(force=True)
     tables = {k: v for k, v in net.state_dict().items() if is_entropy_table(k) and ".entropy_bottleneck." in k}
-    return packed | tables
+    return packed | tables | gaussian_tables(net)
 
 
 def load_packed(net: FeatureCompressionModel, packed: dict[str, torch.Tensor]) -> None:
-    """Load a zoo checkpoint: unpack the weights, keep the stored entropy-bottleneck tables, build the Gaussian
-    conditionals' tables (``update()`` builds only the tables that are missing). RuntimeError if it does not fit."""
-    state = unpack_state(packed)
+    """Load a zoo checkpoint: unpack the weights, use the stored entropy tables (the shared Gaussian ones go to every
+    Gaussian conditional; checkpoints without them get them from ``update()``). RuntimeError if it does not fit."""
+    shared = {k[len(GAUSSIAN_TABLES) :]: v for k, v in packed.items() if k.startswith(GAUSSIAN_TABLES)}
+    state = unpack_state({k: v for k, v in packed.items() if not k.startswith(GAUSSIAN_TABLES)})
     missing = [k for k in net.state_dict() if k not in state and not is_entropy_table(k)]
     unexpected = [k for k in state if k not in net.state_dict()]
     if missing or unexpected:
         raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if shared:
+        for name, m in net.named_modules():
+            if isinstance(m, GaussianConditional):
+                state |= {f"{name}.{t}": v for t, v in shared.items()}
     net.load_state_dict(state, strict=False)
     net.update()

@@ -1,0 +1,164 @@
+"""Exact arithmetic for everything a decoder computes: fixed-point integers, so that every machine decodes alike.
+
+Values are integers held in float64 tensors (``x_int = x * 2**bits``). A layer's weights are rounded to integers of at
+most ``WEIGHT_BITS`` bits with one power-of-two exponent per output channel, its bias to the accumulator's scale; a
+matrix product of such integers is exact in float64 whatever the summation order, blocking or instruction set, as long
+as every partial sum stays below 2**53, which the clamps below guarantee (``|activation| <= 2**ACT_BOUND_BITS``,
+``|weight| < 2**WEIGHT_BITS``, at most ``2**FAN_IN_BITS`` terms). The accumulator is brought back to the activation
+scale by a power-of-two division and ``floor(x + 1/2)``, both exact. GELU is a table of integers (hash-checked: a
+platform whose ``erf`` would give another table refuses to decode rather than decode differently).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mutualfc.errors import BitstreamError
+from mutualfc.nn.caching import cached
+
+ACT_BITS = 8  # fractional bits of the entropy model's activations, entropy parameters and decoded latents
+WEIGHT_BITS = 12  # |integer weight| < 2**12
+FAN_IN_BITS = 12  # at most 4096 terms per output
+ACT_BOUND_BITS = 53 - WEIGHT_BITS - FAN_IN_BITS - 1  # 28: every sum of products stays below 2**53
+ACT_LIMIT = float(2**ACT_BOUND_BITS - 1)
+
+_GELU_RANGE = 8  # GELU(x) = x above, 0 below -8 (to within 1e-14)
+_GELU_SHA256 = "f864efdb302712f4e06ca9f314d44ea5d9e050847ddbb96618402999d947f8bb"
+_GELU_TABLE: torch.Tensor | None = None
+
+
+def gelu_table() -> torch.Tensor:
+    """round(GELU(k / 256) * 256) for k in [-8 * 256, 8 * 256), as float64 integers (built once, hash-checked)."""
+    global _GELU_TABLE
+    if _GELU_TABLE is None:
+        s = 2**ACT_BITS
+        ks = range(-_GELU_RANGE * s, _GELU_RANGE * s)
+        vals = np.asarray([round(0.5 * (k / s) * (1 + math.erf(k / s / math.sqrt(2))) * s) for k in ks], np.int64)
+        if hashlib.sha256(vals.tobytes()).hexdigest() != _GELU_SHA256:
+            raise BitstreamError("this platform's erf gives another GELU table than the one the format specifies")
+        _GELU_TABLE = torch.from_numpy(vals.astype(np.float64))
+    return _GELU_TABLE
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU of fixed-point integers (``ACT_BITS``), exactly."""
+    s = 2**ACT_BITS
+    lo = -_GELU_RANGE * s
+    inside = (x >= lo) & (x < _GELU_RANGE * s)
+    idx = (x.clamp(lo, _GELU_RANGE * s - 1) - lo).long()
+    return torch.where(inside, gelu_table()[idx], torch.where(x > 0, x, torch.zeros_like(x)))
+
+
+def activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An element-wise module of an entropy-model stack, on fixed-point integers."""
+    if isinstance(module, nn.GELU):
+        return gelu(x)
+    if isinstance(module, nn.Identity):
+        return x
+    raise ValueError(f"no exact form of {type(module).__name__}")
+
+
+def effective_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The weight a (possibly masked) convolution applies."""
+    return conv.weight * conv.mask if hasattr(conv, "mask") else conv.weight
+
+
+def int_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> integer weight (float64, the weight's shape), integer bias at the accumulator's scale, and the per-output
+    scale 2**-e that brings the accumulator back to activations with ``bits`` fractional bits. Deterministic:
+    scaling by powers of two and rounding are exact operations on the stored float32 values."""
+    key = (conv.weight, *((conv.bias,) if conv.bias is not None else ()), *((conv.mask,) if hasattr(conv, "mask")
+           else ()))  # fmt: skip
+    return cached(conv, f"int_params{bits}", key, lambda: int_weights(effective_weight(conv), conv.bias, bits))
+
+
+def int_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, ...]:
+    """``int_params`` for a weight (out, ...) and a bias (out,) of any layer."""
+    w = weight.detach().double()
+    fan_in = w[0].numel()
+    if fan_in > 2**FAN_IN_BITS:
+        raise ValueError(f"fan-in {fan_in} over the exact limit of {2**FAN_IN_BITS}")
+    bias = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    _, w_exp = torch.frexp(w.flatten(1).abs().amax(1).clamp_min(2.0**-60))  # peak |w| < 2**w_exp
+    _, b_exp = torch.frexp(bias.abs().clamp_min(1.0))  # |b| < 2**b_exp
+    # |w * 2**e| < 2**(WEIGHT_BITS - 1) and |b * 2**(e + bits)| < 2**50: every sum stays below 2**53
+    e = torch.minimum(WEIGHT_BITS - 1 - w_exp, 50 - bits - b_exp)
+    scale = torch.pow(2.0, e.double())
+    w_int = torch.round(w * scale.view(-1, *([1] * (w.dim() - 1))))
+    b_int = torch.round(bias * scale * 2**bits)
+    return w_int, b_int, 1.0 / scale
+
+
+def requantize(acc: torch.Tensor, inv_scale: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Accumulator (integers at activation x weight scale) -> activation scale: floor(acc * 2**-e + 1/2), clamped."""
+    shape = [1] * acc.dim()
+    shape[dim] = -1
+    return torch.floor(acc * inv_scale.view(shape) + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+def to_fixed(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
+    """Real values -> fixed-point integers (round half to even; exact for values already on the grid)."""
+    return torch.round(x.double() * 2**bits).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+WIDE_SPLIT = 12  # wide weights: two float64 products of 12-bit halves, combined in int64
+
+
+def wide_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, ...]:
+    """Like ``int_weights`` with 23-bit weights, for the linear synthesis and prediction, whose least-squares and
+    whitening matrices need more precision than an entropy model: -> (high half, low half, bias as int64, shifts)."""
+    w = weight.detach().double().reshape(weight.shape[0], -1)
+    if w.shape[1] > 2**FAN_IN_BITS:
+        raise ValueError(f"fan-in {w.shape[1]} over the exact limit of {2**FAN_IN_BITS}")
+    bias = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    _, w_exp = torch.frexp(w.abs().amax(1).clamp_min(2.0**-60))
+    _, b_exp = torch.frexp(bias.abs().clamp_min(1.0))
+    e = torch.minimum(2 * WIDE_SPLIT - 1 - w_exp, 60 - bits - b_exp).clamp(min=0)  # |w int| < 2**23
+    w_int = torch.round(w * torch.pow(2.0, e.double()).view(-1, 1))
+    hi = torch.floor(w_int * 2.0**-WIDE_SPLIT)
+    b_int = torch.round(bias * torch.pow(2.0, (e + bits).double())).long()
+    return hi, w_int - hi * 2**WIDE_SPLIT, b_int, e.long()
+
+
+def wide_params(conv: nn.Conv2d, bits: int) -> tuple[torch.Tensor, ...]:
+    """``wide_weights`` of a 1x1 convolution, cached until its weights change."""
+    return cached(conv, f"wide{bits}", (conv.weight, conv.bias), lambda: wide_weights(conv.weight, conv.bias, bits))
+
+
+def wide_linear(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """``wide_weights`` applied to fixed-point columns (in, N) -> (out, N): each half's product is exact in float64,
+    their combination and the rounding shift exact in int64."""
+    hi, lo, b, e = weights
+    acc = F.linear(x.T, hi).T.long() * 2**WIDE_SPLIT + F.linear(x.T, lo).T.long() + b.view(-1, 1)
+    half = torch.where(e > 0, torch.ones_like(e) << (e - 1).clamp(min=0), torch.zeros_like(e)).view(-1, 1)
+    return torch.bitwise_right_shift(acc + half, e.view(-1, 1)).double().clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+def linear(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """``int_weights`` (out, in) applied to fixed-point columns (in, N) -> (out, N), exactly."""
+    w, b, inv = weights
+    return requantize(F.linear(x.T, w.reshape(w.shape[0], -1), b).T, inv)
+
+
+def rescale(x: torch.Tensor, multiplier: torch.Tensor, shift: int) -> torch.Tensor:
+    """floor(x * multiplier / 2**shift + 1/2) for fixed-point integers ``x`` (C, N) and integer multipliers (C,)."""
+    return torch.floor(x * multiplier.view(-1, 1) * 2.0**-shift + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A whole-map convolution of fixed-point integers (1, C, H, W), as unfold + matrix product (exact)."""
+    w, b, inv = int_params(conv)
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    h_out = (x.shape[-2] + 2 * p[0] - k[0]) // s[0] + 1
+    w_out = (x.shape[-1] + 2 * p[1] - k[1]) // s[1] + 1
+    if conv.groups != 1:
+        raise ValueError("whole-map exact convolutions are ungrouped")
+    cols = F.unfold(x, k, padding=p, stride=s)[0]  # (C k k, H W)
+    acc = F.linear(cols.T, w.reshape(w.shape[0], -1), b).T
+    return requantize(acc, inv).view(1, -1, h_out, w_out)

@@ -1,0 +1,142 @@
+"""Conformance streams: small containers covering every codec and coding path, with the SHA-256 of what decoding
+them must give. The decoded features (and images) are normative: every machine, kernel set and thread count must
+reproduce them bit for bit. Detections come from the task network's floating-point back half, so they are recorded
+as a summary (boxes at score >= 0.25, rounded) for a looser check.
+
+    python -m mutualfc.testing.conformance --write tests/conformance   # make the streams (on a change of format)
+    python -m mutualfc.testing.conformance --check tests/conformance   # decode them here and compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mutualfc.codecs import create_codec
+from mutualfc.images import load_image
+from mutualfc.io import atomic_write_bytes, atomic_write_text
+from mutualfc.pipeline import Decoder
+from mutualfc.tasks import create_task
+from mutualfc.tasks.base import FeatureSet
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples" / "coco-mini" / "images"
+MANIFEST = "manifest.json"
+
+# name, codec, parameter, codec options, image index, crop (rows, cols) or None
+CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
+    ("mutual-q0", "mutual", 0, {}, 0, (192, 256)),
+    ("mutual-q1", "mutual", 1, {}, 1, (192, 256)),
+    ("mutual-q2.5-fractional", "mutual", 2.5, {}, 2, (192, 256)),
+    ("mutual-q3.1-fractional", "mutual", 3.1, {}, 3, (160, 224)),
+    ("mutual-q4", "mutual", 4, {}, 4, (256, 192)),
+    ("mutual-q5.75-fractional", "mutual", 5.75, {}, 0, (256, 256)),
+    ("mutual-q6", "mutual", 6, {}, 1, (256, 320)),
+    ("mutual-q7", "mutual", 7, {}, 2, (224, 288)),
+    ("mutual-q7.5-fidelity", "mutual", 7.5, {}, 3, (224, 224)),
+    ("mutual-q8-fidelity", "mutual", 8, {}, 4, (256, 256)),
+    ("mutual-q4-residual-on", "mutual", 4, {"residual": "on"}, 0, (192, 256)),
+    ("mutual-q6-residual-auto", "mutual", 6, {"residual": "auto"}, 1, (192, 256)),
+    ("mutual-q3-nothing-skipped", "mutual", 3, {"skip_below": 0}, 2, (128, 160)),
+    ("mutual-q3-everything-skipped", "mutual", 3, {"skip_below": 0.999}, 3, (128, 160)),
+    ("mutual-q4-odd-size", "mutual", 4, {}, 4, (97, 131)),
+    ("mutual-q4-portrait", "mutual", 4, {}, 0, (300, 120)),
+    ("mutual-q4-landscape", "mutual", 4, {}, 1, (120, 300)),
+    ("mutual-q5-full-image", "mutual", 5, {}, 2, None),
+    ("separate-q0", "separate", 0, {}, 3, (192, 256)),
+    ("separate-q4", "separate", 4, {}, 4, (192, 256)),
+    ("separate-q7", "separate", 7, {}, 0, (160, 224)),
+    ("separate-q4-odd-size", "separate", 4, {}, 1, (97, 131)),
+    ("separate-q2-nothing-skipped", "separate", 2, {"skip_below": 0}, 2, (128, 160)),
+    ("hevc-feature-qp30", "hevc-feature", 30, {}, 3, (192, 256)),
+    ("hevc-image-qp37", "hevc-image", 37, {}, 4, (97, 131)),
+    ("jpeg-q50", "jpeg", 50, {}, 0, (97, 131)),
+    ("webp-q50", "webp", 50, {}, 1, (97, 131)),
+)
+
+
+def digest(decoded) -> str:
+    """SHA-256 of the decoded levels (float32 bytes, level after level) or of the decoded image (uint8 RGB)."""
+    h = hashlib.sha256()
+    if isinstance(decoded, FeatureSet):
+        for name, t in decoded.levels.items():
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(t.numpy(), dtype="<f4").tobytes())
+    else:
+        h.update(np.ascontiguousarray(decoded, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def summary(detections) -> list[list]:
+    """The boxes at score >= 0.25: category id, score (4 decimals), box (1 decimal)."""
+    keep = detections.scores >= 0.25
+    return [[int(c), round(float(s), 4), [round(float(v), 1) for v in b]]
+            for b, s, c in zip(detections.boxes[keep], detections.scores[keep], detections.category_ids[keep],
+                               strict=True)]  # fmt: skip
+
+
+def write(folder: Path) -> dict:
+    """Encode every case to ``folder`` and record what decoding must give."""
+    task = create_task("yolov5n-coco")
+    images = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    decoder, manifest = Decoder(task), {}
+    for name, codec_name, param, options, index, crop in CASES:
+        image = images[index] if crop is None else images[index][: crop[0], : crop[1]]
+        codec = create_codec(codec_name, task, **options)
+        data = codec.encode(codec.prepare(image), param)
+        atomic_write_bytes(folder / f"{name}.mfc", data)
+        out = decoder.decode(data)
+        manifest[name] = {"file": f"{name}.mfc", "codec": codec_name, "param": param, "options": options,
+                          "bytes": len(data), "sha256_container": hashlib.sha256(data).hexdigest(),
+                          "sha256_decoded": digest(out.features if out.features is not None else out.image),
+                          "detections": summary(out.detections)}  # fmt: skip
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def check(folder: Path, detections: bool = True) -> list[str]:
+    """Decode every stream of ``folder``; -> one line per difference from its manifest (empty: conformant)."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    task = create_task("yolov5n-coco")
+    decoder, problems = Decoder(task), []
+    for name, want in manifest.items():
+        out = decoder.decode((folder / want["file"]).read_bytes())
+        got = digest(out.features if out.features is not None else out.image)
+        if got != want["sha256_decoded"]:
+            problems.append(f"{name}: decoded SHA-256 {got[:16]}... differs from {want['sha256_decoded'][:16]}...")
+        if detections and not _close(summary(out.detections), want["detections"]):
+            problems.append(f"{name}: detections differ from the recorded ones")
+    return problems
+
+
+def _close(a: list, b: list) -> bool:
+    """Same boxes to the floating-point back half's rounding (scores within 1e-3, boxes within 0.5 pixel)."""
+    if len(a) != len(b):
+        return False
+    return all(ca == cb and abs(sa - sb) <= 1e-3 and max(abs(x - y) for x, y in zip(ba, bb, strict=True)) <= 0.5
+               for (ca, sa, ba), (cb, sb, bb) in zip(a, b, strict=True))  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write", metavar="FOLDER", help="encode the conformance streams into FOLDER")
+    group.add_argument("--check", metavar="FOLDER", help="decode FOLDER's streams and compare with its manifest")
+    ap.add_argument("--features-only", action="store_true", help="with --check: only the normative decoded values")
+    args = ap.parse_args()
+    if args.write:
+        Path(args.write).mkdir(parents=True, exist_ok=True)
+        print(f"{len(write(Path(args.write)))} streams written to {args.write}")
+        return 0
+    problems = check(Path(args.check), detections=not args.features_only)
+    print("\n".join(problems) if problems else f"conformant: every stream of {args.check} decodes as recorded")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
