@@ -47,7 +47,7 @@ class BFCNet(nn.Module):
         x = torch.cat([blocks[k].reshape(self.pack.ch[k], kept.numel()) for k in self.pack.names])
 
         def fold():  # the metric folded into the analysis: latent = W A x + (W a + b)
-            a, off = self.pack.packed_affine(to_features=False)
+            a, off = self.pack.packed_affine()
             wt, b = self.lin_a.weight.view(self.lin_a.out_channels, -1).double(), self.lin_a.bias.double()
             return (wt @ a).float(), (wt @ off + b).float()
 

@@ -74,19 +74,8 @@ class LevelPacker(nn.Module):
             parts.append((getattr(self, f"proj_{k}").view(c, c) @ x).reshape(c * f * f, -1))
         return torch.cat(parts, 0)
 
-    def cells_to_features(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Inverse of ``features_to_cells``: (packed channels, N) -> each level's (C, f, f, N) blocks in feature
-        units."""
-        out = {}
-        for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
-            f = self.factor[k]
-            c = self.ch[k] // (f * f)
-            x = getattr(self, f"unproj_{k}").view(c, c) @ part.reshape(c, -1)
-            out[k] = (x + getattr(self, f"mean_{k}").view(c, 1)).view(c, f, f, -1)
-        return out
-
     def fixed_to_blocks(self, u: torch.Tensor, bits: int) -> torch.Tensor:
-        """Exact form of ``cells_to_features`` for the decoder: packed codec-space columns as fixed-point integers
+        """The decoder's inverse of ``features_to_cells``: packed codec-space columns as fixed-point integers
         (``bits`` fractional bits) -> the levels' blocks in feature units, stacked as ``split_blocks`` reads them
         (float32, converted from the exact fixed-point result)."""
         rows = []
@@ -100,18 +89,18 @@ class LevelPacker(nn.Module):
             rows.append((x * 2.0**-bits).float().reshape(part.shape))
         return torch.cat(rows, 0)
 
-    def packed_affine(self, to_features: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-pixel metric of every level as one affine map on per-cell blocks (float64), so that it can be
-        folded into the linear transforms: ``to_features``: codec space (packed) -> blocks in feature units
-        ``A u + a``; else the inverse direction. Blocks are stacked level after level, each (C, f, f) flattened."""
+    def packed_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The metric of every level as one affine map from per-cell blocks in feature units to the packed codec
+        space, ``A x + a`` (float64), so that the encoder can fold it into its analysis transform. Blocks are
+        stacked level after level, each (C, f, f) flattened."""
         mats, means = [], []
         for k in self.names:
             c, f2 = self.ch[k] // self.factor[k] ** 2, self.factor[k] ** 2
-            m = getattr(self, f"unproj_{k}" if to_features else f"proj_{k}").view(c, c).double()
+            m = getattr(self, f"proj_{k}").view(c, c).double()
             mats.append(torch.kron(m, torch.eye(f2, dtype=torch.float64)))
             means.append(getattr(self, f"mean_{k}").double().view(c).repeat_interleave(f2))
         a, mean = torch.block_diag(*mats), torch.cat(means)
-        return (a, mean) if to_features else (a, -(a @ mean))
+        return a, -(a @ mean)
 
     def split_blocks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(stacked blocks, N) -> each level's (C, f, f, N) blocks."""
