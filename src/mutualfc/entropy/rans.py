@@ -21,9 +21,10 @@ Tables = tuple[list[list[int]], list[int], list[int]]
 
 @contextlib.contextmanager
 def reproducible_threads() -> Iterator[None]:
-    """Entropy parameters must match to the last bit between encoder and decoder, and decoded features should not
-    depend on the machine's thread count: intra-op parallelism changes float summation order, so coding always
-    runs single-threaded whatever the caller set."""
+    """For the encoder's float steps (analysis transforms, residual decisions): intra-op parallelism changes float
+    summation order, so they run single-threaded, and what is coded does not depend on the caller's thread count.
+    Everything that decides the entropy coder or the decoded values is exact integer arithmetic (``mutualfc.nn.exact``)
+    and runs on any number of threads."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

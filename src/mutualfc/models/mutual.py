@@ -101,7 +101,6 @@ class MutualFeatureNet(FeatureCompressionModel):
         return torch.cat([target[:n] + correction, target[n:]]).clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT)
 
     @torch.inference_mode()
-    @reproducible_threads()
     def compress(
         self,
         levels: dict[str, torch.Tensor],
@@ -120,7 +119,9 @@ class MutualFeatureNet(FeatureCompressionModel):
         mask = self.coded_mask(keep, size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
         gain, _ = self.bfc.gain(quality)
-        lc = self.bfc.latent_codec.compress(self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept) * gain, mask)
+        with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
+            y = self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept) * gain
+        lc = self.bfc.latent_codec.compress(y, mask)  # exact arithmetic from here on: any thread count
         strings = [encode_mask(keep), lc["strings"][0]]
         use = residual and self.res is not None
         if not (use or reconstruct):
@@ -131,9 +132,10 @@ class MutualFeatureNet(FeatureCompressionModel):
         if use:
             p, k = self.res.pack, self.finest
             pred_r = (target[: p.channels] * 2.0**-SYNTHESIS_BITS).float()  # the finest level, packed codec space
-            d = p.features_to_cells(p.gather_cells({k: x[k]}, kept, padded[1])) - pred_r[:, 1:]
-            rg = self.res.gain(quality)[0].view(-1, 1)
-            string, r_hat = self.res.compress(affine(self.res.lin_a, d) * rg, self.bfc.context(y_hat, quality), kept)
+            with reproducible_threads():
+                d = p.features_to_cells(p.gather_cells({k: x[k]}, kept, padded[1])) - pred_r[:, 1:]
+                r = affine(self.res.lin_a, d) * self.res.gain(quality)[0].view(-1, 1)
+            string, r_hat = self.res.compress(r, self.bfc.context(y_hat, quality), kept)
             strings.append(string)
             corrected = self._with_residual(target, self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS))
             rec = LevelPacker.paint(self._blocks(base, corrected), kept, padded)
@@ -142,7 +144,6 @@ class MutualFeatureNet(FeatureCompressionModel):
                          "prediction": crop_levels(pred, names, size)}  # fmt: skip
 
     @torch.inference_mode()
-    @reproducible_threads()
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
         n = self.stream_count()
         if len(strings) not in (n, n + 1) or (len(strings) == n + 1 and self.res is None):

@@ -47,7 +47,6 @@ class SeparateFeatureNet(FeatureCompressionModel):
         return {"likelihoods": lik, "levels": out, "prediction": out}
 
     @torch.inference_mode()
-    @reproducible_threads()
     def compress(
         self,
         levels: dict[str, torch.Tensor],
@@ -63,7 +62,9 @@ class SeparateFeatureNet(FeatureCompressionModel):
         kept = positions(mask)
         strings, rec = [encode_mask(keep)], {}
         for k, bfc in self.codecs.items():
-            lc = bfc.latent_codec.compress(bfc.analysis({k: x[k]}, kept) * bfc.gain(quality)[0], mask)
+            with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
+                y = bfc.analysis({k: x[k]}, kept) * bfc.gain(quality)[0]
+            lc = bfc.latent_codec.compress(y, mask)  # exact arithmetic from here on: any thread count
             strings.append(lc["strings"][0])
             if reconstruct:
                 rec.update(bfc.decoded_levels(lc["y_hat"], mask, quality))
@@ -71,7 +72,6 @@ class SeparateFeatureNet(FeatureCompressionModel):
         return strings, {"size": size, "levels": rec, "prediction": rec}
 
     @torch.inference_mode()
-    @reproducible_threads()
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
         if len(strings) != self.stream_count():
             raise ValueError(f"expected {self.stream_count()} streams, got {len(strings)}")

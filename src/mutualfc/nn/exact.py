@@ -47,12 +47,12 @@ def gelu_table() -> torch.Tensor:
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU of fixed-point integers (``ACT_BITS``), exactly."""
+    """GELU of fixed-point integers (``ACT_BITS``), exactly: the table inside [-8, 8), whose first entry is 0 (as
+    GELU is below -8), and ``x`` itself from 8 up."""
     s = 2**ACT_BITS
-    lo = -_GELU_RANGE * s
-    inside = (x >= lo) & (x < _GELU_RANGE * s)
-    idx = (x.clamp(lo, _GELU_RANGE * s - 1) - lo).long()
-    return torch.where(inside, gelu_table()[idx], torch.where(x > 0, x, torch.zeros_like(x)))
+    lo, hi = -_GELU_RANGE * s, _GELU_RANGE * s
+    idx = x.clamp(lo, hi - 1).sub_(lo).long()
+    return torch.where(x >= hi, x, gelu_table().index_select(0, idx.reshape(-1)).view(x.shape))
 
 
 def activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -96,10 +96,11 @@ def int_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> t
 
 
 def requantize(acc: torch.Tensor, inv_scale: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Accumulator (integers at activation x weight scale) -> activation scale: floor(acc * 2**-e + 1/2), clamped."""
+    """Accumulator (integers at activation x weight scale) -> activation scale: floor(acc * 2**-e + 1/2), clamped.
+    Works in place: ``acc`` is consumed."""
     shape = [1] * acc.dim()
     shape[dim] = -1
-    return torch.floor(acc * inv_scale.view(shape) + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+    return acc.mul_(inv_scale.view(shape)).add_(0.5).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
 def to_fixed(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
@@ -112,7 +113,8 @@ WIDE_SPLIT = 12  # wide weights: two float64 products of 12-bit halves, combined
 
 def wide_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, ...]:
     """Like ``int_weights`` with 23-bit weights, for the linear synthesis and prediction, whose least-squares and
-    whitening matrices need more precision than an entropy model: -> (high half, low half, bias as int64, shifts)."""
+    whitening matrices need more precision than an entropy model: -> (high half, low half, bias as int64, shifts,
+    whole weights, largest row sum of |weights|)."""
     w = weight.detach().double().reshape(weight.shape[0], -1)
     if w.shape[1] > 2**FAN_IN_BITS:
         raise ValueError(f"fan-in {w.shape[1]} over the exact limit of {2**FAN_IN_BITS}")
@@ -123,7 +125,9 @@ def wide_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> 
     w_int = torch.round(w * torch.pow(2.0, e.double()).view(-1, 1))
     hi = torch.floor(w_int * 2.0**-WIDE_SPLIT)
     b_int = torch.round(bias * torch.pow(2.0, (e + bits).double())).long()
-    return hi, w_int - hi * 2**WIDE_SPLIT, b_int, e.long()
+    # the whole weights and their largest row sum of magnitudes (exact: < 2**35) serve the one-product path
+    row_bound = float(w_int.abs().sum(1).amax()) if w_int.numel() else 0.0
+    return hi, w_int - hi * 2**WIDE_SPLIT, b_int, e.long(), w_int, row_bound
 
 
 def wide_params(conv: nn.Conv2d, bits: int) -> tuple[torch.Tensor, ...]:
@@ -132,10 +136,15 @@ def wide_params(conv: nn.Conv2d, bits: int) -> tuple[torch.Tensor, ...]:
 
 
 def wide_linear(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
-    """``wide_weights`` applied to fixed-point columns (in, N) -> (out, N): each half's product is exact in float64,
-    their combination and the rounding shift exact in int64."""
-    hi, lo, b, e = weights
-    acc = F.linear(x.T, hi).T.long() * 2**WIDE_SPLIT + F.linear(x.T, lo).T.long() + b.view(-1, 1)
+    """``wide_weights`` applied to fixed-point columns (in, N) -> (out, N), exactly. When ``max|x|`` times the
+    largest row sum of ``|w|`` is below 2**53, no partial sum of one float64 product can leave the exact range and one
+    product suffices; otherwise each 12-bit half's product is exact and they are combined in int64. Both give the same
+    integers, so the choice cannot make two machines disagree."""
+    hi, lo, b, e, full, row_bound = weights
+    if x.numel() and float(x.abs().amax()) * row_bound < 2.0**53:
+        acc = F.linear(x.T, full).T.long() + b.view(-1, 1)
+    else:
+        acc = F.linear(x.T, hi).T.long() * 2**WIDE_SPLIT + F.linear(x.T, lo).T.long() + b.view(-1, 1)
     half = torch.where(e > 0, torch.ones_like(e) << (e - 1).clamp(min=0), torch.zeros_like(e)).view(-1, 1)
     return torch.bitwise_right_shift(acc + half, e.view(-1, 1)).double().clamp_(-ACT_LIMIT, ACT_LIMIT)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mutualfc.codecs import create_codec
+from mutualfc.errors import MutualFCError
 from mutualfc.images import load_image
 from mutualfc.io import atomic_write_bytes, atomic_write_text
 from mutualfc.pipeline import Decoder
@@ -129,11 +130,15 @@ def main() -> int:
     group.add_argument("--check", metavar="FOLDER", help="decode FOLDER's streams and compare with its manifest")
     ap.add_argument("--features-only", action="store_true", help="with --check: only the normative decoded values")
     args = ap.parse_args()
-    if args.write:
-        Path(args.write).mkdir(parents=True, exist_ok=True)
-        print(f"{len(write(Path(args.write)))} streams written to {args.write}")
-        return 0
-    problems = check(Path(args.check), detections=not args.features_only)
+    try:
+        if args.write:
+            Path(args.write).mkdir(parents=True, exist_ok=True)
+            print(f"{len(write(Path(args.write)))} streams written to {args.write}")
+            return 0
+        problems = check(Path(args.check), detections=not args.features_only)
+    except MutualFCError as e:  # missing weights, an unreadable manifest: one line, not a traceback
+        print(f"mutualfc.testing.conformance: error: {e}", file=sys.stderr)
+        return 2
     print("\n".join(problems) if problems else f"conformant: every stream of {args.check} decodes as recorded")
     return 1 if problems else 0
 
