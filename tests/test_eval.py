@@ -113,3 +113,22 @@ def test_eval_on_ray_gives_the_same_record(tmp_path):
         assert main(args) == 0
         recs.append(read_jsonl(out)[0])
     assert {k: recs[0][k] for k in ("bits", "map", "map50")} == {k: recs[1][k] for k in ("bits", "map", "map50")}
+
+
+def test_pseudo_labels_give_the_uncompressed_detector_full_marks_and_a_coarse_codec_less(task, tmp_path):
+    """Pseudo ground truth (for tuning on unlabelled training images) is the detector's own uncompressed output:
+    uncompressed scores mAP 1, a coarse codec scores lower; folds partition the folder."""
+    from mutualfc.errors import DatasetError
+    from mutualfc.eval.pseudo import image_files, parse_fold, pseudo_instances
+
+    folds = [image_files(EXAMPLE / "images", (k, 2)) for k in range(2)]
+    assert sorted(folds[0] + folds[1]) == image_files(EXAMPLE / "images") and not set(folds[0]) & set(folds[1])
+    with pytest.raises(DatasetError, match="0 <= K < N"):
+        parse_fold("2/2")
+    gt = pseudo_instances(task, image_files(EXAMPLE / "images"), 0.25, progress=False)
+    assert gt["annotations"] and {a["category_id"] for a in gt["annotations"]} <= set(task.category_names)
+    (tmp_path / "pseudo.json").write_text(json.dumps(gt))
+    ds = CocoDataset(EXAMPLE / "images", tmp_path / "pseudo.json")
+    assert evaluate_point(task, None, None, ds, progress=False)["map"] == pytest.approx(1.0)
+    coarse = evaluate_point(task, create_codec("jpeg", task), 5, ds, bitstream_dir=tmp_path, progress=False)
+    assert coarse["map"] < 0.9

@@ -105,6 +105,22 @@ def cmd_anchor_stats(args) -> int:
     return 0
 
 
+def cmd_pseudo_labels(args) -> int:
+    """The uncompressed detector's boxes on unlabelled images as a COCO instances file (see eval.pseudo)."""
+    from mutualfc.eval.pseudo import image_files, parse_fold
+
+    files = image_files(args.images, parse_fold(args.fold) if args.fold else None)  # checked before torch loads
+    if not 0 <= args.min_score < 1:
+        raise MutualFCError(f"--min-score must be in [0, 1), got {args.min_score}")
+    from mutualfc.eval.pseudo import pseudo_instances
+    from mutualfc.io import atomic_write_text
+
+    gt = pseudo_instances(load_task(args), files, args.min_score, progress(args))
+    atomic_write_text(args.out, json.dumps(gt) + "\n")
+    print(f"{len(gt['annotations'])} boxes on {len(gt['images'])} images -> {args.out}")
+    return 0
+
+
 def cmd_codecs(args) -> int:
     """Every codec with its kind, parameter range and what it is."""
     from mutualfc.codecs import CODECS
@@ -148,6 +164,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_codec_options(p)
     add_device(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "pseudo-labels",
+        help="COCO instances from the uncompressed detector's boxes on unlabelled images: tune codec settings "
+        "on training images (mAP against them measures what coding changes), not on the evaluation set",
+    )
+    add_task(p)
+    p.add_argument("--images", required=True, help="folder of (unlabelled) images")
+    p.add_argument("--out", required=True, help="COCO instances JSON to write (then: eval --annotations OUT)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=0.25,
+        help="keep detections scoring at least this as pseudo ground truth (default: %(default)s)",
+    )
+    p.add_argument("--fold", metavar="K/N", help="only every N-th image from the K-th, in name order (e.g. 0/4)")
+    add_device(p)
+    p.set_defaults(func=cmd_pseudo_labels)
 
     p = sub.add_parser("codecs", help="list every codec: id, what it codes, its parameter range, what it is")
     p.set_defaults(func=cmd_codecs)

@@ -1,5 +1,5 @@
 """Entropy coding: rANS streams (CompressAI's coder) written and read by one calling sequence, Gaussian coding of
-latent columns, and the single-threaded context that keeps coding reproducible."""
+latent columns, and the single-threaded context that keeps the encoder's float steps reproducible."""
 
 from mutualfc.entropy.gaussian import code_gaussian, medians, scale_indexes, split_params
 from mutualfc.entropy.rans import (

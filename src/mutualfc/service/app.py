@@ -2,8 +2,8 @@
 
 Stateless: every request carries a whole container, so any number of replicas (``--workers``, or processes on many
 machines behind a load balancer, or a Ray Serve deployment of ``create_app()``) answer alike. Within one process,
-decoding runs one request at a time: coding is single-threaded by design (the entropy parameters must not depend on
-the thread count), so processes, not threads, are the unit of parallelism.
+decoding runs one request at a time (PyTorch's intra-op threads share each decode, which is exact whatever their
+number), so processes, not request threads, are the unit of parallelism.
 """
 
 from __future__ import annotations
