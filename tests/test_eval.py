@@ -119,10 +119,12 @@ def test_pseudo_labels_give_the_uncompressed_detector_full_marks_and_a_coarse_co
     """Pseudo ground truth (for tuning on unlabelled training images) is the detector's own uncompressed output:
     uncompressed scores mAP 1, a coarse codec scores lower; folds partition the folder."""
     from mutualfc.errors import DatasetError
-    from mutualfc.eval.pseudo import image_files, parse_fold, pseudo_instances
+    from mutualfc.eval.pseudo import pseudo_instances
+    from mutualfc.images import image_files, parse_fold
 
     folds = [image_files(EXAMPLE / "images", (k, 2)) for k in range(2)]
     assert sorted(folds[0] + folds[1]) == image_files(EXAMPLE / "images") and not set(folds[0]) & set(folds[1])
+    assert image_files(EXAMPLE / "images", (0, 2), leave_out=True) == folds[1]
     with pytest.raises(DatasetError, match="0 <= K < N"):
         parse_fold("2/2")
     gt = pseudo_instances(task, image_files(EXAMPLE / "images"), 0.25, progress=False)

@@ -55,3 +55,29 @@ def load_image(path: str | Path, exif_transpose: bool = False) -> np.ndarray:
         raise DatasetError(f"{path}: {e}; set MUTUALFC_MAX_IMAGE_PIXELS to raise the limit") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"cannot decode image {path}: {e}") from None
+
+
+def image_files(folder: str | Path, fold: tuple[int, int] | None = None, leave_out: bool = False) -> list[Path]:
+    """The images of ``folder`` in name order; with ``fold`` (k, n) only every n-th one from the k-th (a split that
+    does not depend on the file system's order), or with ``leave_out`` all the others."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"image folder not found: {root}")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if fold is not None:
+        k, n = fold
+        files = [p for i, p in enumerate(files) if (i % n == k) != leave_out]
+    if not files:
+        raise DatasetError(f"no images in {root}" + (f" for fold {fold[0]}/{fold[1]}" if fold else ""))
+    return files
+
+
+def parse_fold(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise DatasetError(f"a fold is K/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= k < n:
+        raise DatasetError(f"a fold K/N needs 0 <= K < N, got {text!r}")
+    return k, n

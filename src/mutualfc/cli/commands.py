@@ -107,7 +107,7 @@ def cmd_anchor_stats(args) -> int:
 
 def cmd_pseudo_labels(args) -> int:
     """The uncompressed detector's boxes on unlabelled images as a COCO instances file (see eval.pseudo)."""
-    from mutualfc.eval.pseudo import image_files, parse_fold
+    from mutualfc.images import image_files, parse_fold
 
     files = image_files(args.images, parse_fold(args.fold) if args.fold else None)  # checked before torch loads
     if not 0 <= args.min_score < 1:

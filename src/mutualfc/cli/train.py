@@ -10,11 +10,13 @@ from mutualfc.cli.options import add_task, progress
 
 
 def cmd_train_cache(args) -> int:
+    from mutualfc.images import parse_fold
     from mutualfc.tasks import create_task
     from mutualfc.train.cache import build_feature_cache
 
+    leave_out = parse_fold(args.leave_out) if args.leave_out else None
     task = create_task(args.task, weights=args.weights)
-    n = build_feature_cache(task, args.images, args.cache, progress(args))
+    n = build_feature_cache(task, args.images, args.cache, progress(args), leave_out)
     print(f"{n} images cached in {args.cache}")
     return 0
 
@@ -57,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task(q)
     q.add_argument("--images", required=True, help="folder of training images")
     q.add_argument("--cache", required=True, help="feature cache folder (resumable)")
+    q.add_argument("--leave-out", metavar="K/N", help="leave every N-th image from the K-th out of the cache: the "
+                   "fold kept for tuning ('mutualfc pseudo-labels --fold K/N')")  # fmt: skip
     q.set_defaults(func=cmd_train_cache)
     q = tsub.add_parser(
         "run",

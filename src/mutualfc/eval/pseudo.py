@@ -11,34 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mutualfc.errors import DatasetError
-from mutualfc.images import IMAGE_SUFFIXES, load_image
-
-
-def image_files(folder: str | Path, fold: tuple[int, int] | None = None) -> list[Path]:
-    """The images of ``folder`` in name order; with ``fold`` (k, n) only every n-th one from the k-th (a split that
-    does not depend on the file system's order)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise DatasetError(f"image folder not found: {root}")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if fold is not None:
-        k, n = fold
-        files = files[k::n]
-    if not files:
-        raise DatasetError(f"no images in {root}" + (f" for fold {fold[0]}/{fold[1]}" if fold else ""))
-    return files
-
-
-def parse_fold(text: str) -> tuple[int, int]:
-    """'K/N' -> (K, N) with 0 <= K < N."""
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise DatasetError(f"--fold must be K/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= k < n:
-        raise DatasetError(f"--fold K/N needs 0 <= K < N, got {text!r}")
-    return k, n
+from mutualfc.images import load_image
 
 
 def pseudo_instances(task, files: list[Path], min_score: float, progress: bool = True) -> dict:

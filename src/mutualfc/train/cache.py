@@ -16,25 +16,32 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from mutualfc.errors import MutualFCError
-from mutualfc.images import IMAGE_SUFFIXES, load_image
+from mutualfc.images import image_files, load_image
 from mutualfc.io import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "manifest.json"
 
 
-def build_feature_cache(task, images: str | Path, cache: str | Path, progress: bool = True) -> int:
-    """Cache ``task.front`` of every image in ``images`` under ``cache``; returns the number of cached images."""
+def build_feature_cache(
+    task, images: str | Path, cache: str | Path, progress: bool = True, leave_out: tuple[int, int] | None = None
+) -> int:
+    """Cache ``task.front`` of every image in ``images`` under ``cache`` except the fold ``leave_out`` (k, n) (kept
+    for tuning, ``mutualfc.images.image_files``); returns the number of cached images."""
     images, cache = Path(images), Path(cache)
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images.is_dir() else []
+    files = image_files(images, leave_out, leave_out=True) if images.is_dir() else []
     if not files:
         raise MutualFCError(f"no training images in {images}")
     cache.mkdir(parents=True, exist_ok=True)
     manifest_path = cache / MANIFEST
-    manifest = {"task": task.name, "levels": list(task.level_names), "dtype": "float16", "source": str(images)}
+    manifest = {"task": task.name, "levels": list(task.level_names), "dtype": "float16", "source": str(images),
+                "left_out": "/".join(map(str, leave_out)) if leave_out else None}  # fmt: skip
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("task") != task.name:
             raise MutualFCError(f"{cache} holds features of {old.get('task')}, not {task.name}")
+        if old.get("left_out") != manifest["left_out"]:
+            raise MutualFCError(f"{cache} was built leaving out fold {old.get('left_out')}, not "
+                                f"{manifest['left_out']}: use another cache folder")  # fmt: skip
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     todo = [p for p in files if not (cache / f"{p.stem}.pt").is_file()]
     for p in tqdm(todo, desc="feature cache", unit="img", disable=not progress):
