@@ -1,10 +1,15 @@
 """Background skipping: how the encoder's objectness threshold (``--skip-below``) trades rate for accuracy.
 
-For each threshold, ``mutualfc eval --codec mutual --skip-below T`` on the first N val images at a few qualities
-(results appended to results/skip.jsonl, resumable), then the BD-rate of every threshold against 0 (no skipping)
-and the share of stride-32 cells each threshold skips. Writes results/skip.md.
+For each threshold, ``mutualfc eval --codec mutual --skip-below T`` at the given qualities (results appended to
+results/<tag>.jsonl, resumable), then the BD-rate of every threshold against a reference threshold, the share of
+stride-32 cells each threshold skips, every (quality, threshold) point, and which of them lie on the Pareto front of
+all of them (no other point has both fewer bits and more mAP): the operating points worth having. Writes
+results/<tag>.md.
 
-    python benchmarks/skip.py --data ../shared/data/coco-val212 --limit 40
+Tune on training images against pseudo ground truth, not on the evaluation set (docs/learned-codecs.md):
+
+    mutualfc pseudo-labels --images ../shared/data/coco-train --fold 0/8 --out cache/tune-pseudo.json
+    python benchmarks/skip.py --images ../shared/data/coco-train --annotations cache/tune-pseudo.json --tag skip-tune
 """
 
 from __future__ import annotations
@@ -23,44 +28,75 @@ from mutualfc.io import atomic_write_text, read_jsonl
 from mutualfc.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
+VAL = ROOT.parent / "shared/data/coco-val212"
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """The points no other point beats in both bits and mAP, by rising rate."""
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (p["bpp"], -p["map"])):
+        if p["map"] > best:
+            front.append(p)
+            best = p["map"]
+    return front
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder")
-    ap.add_argument("--limit", type=int, default=40, help="first N val images (default: %(default)s)")
-    ap.add_argument("--thresholds", default="0,0.005,0.01,0.02,0.05,0.1", help="objectness thresholds")
-    ap.add_argument("--param", default="1,3,5,7", help="qualities (default: %(default)s)")
+    ap.add_argument("--images", default=str(VAL / "images"), help="image folder (default: coco-val212)")
+    ap.add_argument("--annotations", default=str(VAL / "instances.json"), help="COCO instances (or pseudo) JSON")
+    ap.add_argument("--limit", type=int, help="first N images (default: all the annotations list)")
+    ap.add_argument(
+        "--thresholds", default="0.02,0.05,0.1,0.2,0.3", help="objectness thresholds (default: %(default)s)"
+    )
+    ap.add_argument("--param", default="0,1,2,3,4,5,6,7", help="qualities (default: %(default)s)")
+    ap.add_argument("--reference", type=float, default=0.05, help="BD-rate reference threshold (default: %(default)s)")
+    ap.add_argument("--jobs", type=int, default=2, help="eval processes (default: %(default)s)")
+    ap.add_argument("--tag", default="skip", help="results/<tag>.jsonl and .md (default: %(default)s)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
-    data, out = Path(args.data), Path(args.out_dir)
-    jsonl = out / "skip.jsonl"
-    thresholds = [float(t) for t in args.thresholds.split(",")]
+    out = Path(args.out_dir)
+    jsonl = out / f"{args.tag}.jsonl"
+    thresholds = sorted({float(t) for t in args.thresholds.split(",")} | {args.reference})
+    limit = ["--limit", str(args.limit)] if args.limit else []
     for t in thresholds:
         cmd = [sys.executable, "-m", "mutualfc.cli.main", "-q", "eval", "--codec", "mutual", "--skip-below", f"{t:g}",
-               "--label", f"skip {t:g}", "--param", args.param, "--limit", str(args.limit), "--images",
-               str(data / "images"), "--annotations", str(data / "instances.json"), "--out", str(jsonl),
-               "--skip-existing"]  # fmt: skip
+               "--label", f"skip {t:g}", "--param", args.param, *limit, "--images", args.images, "--annotations",
+               args.annotations, "--out", str(jsonl), "--skip-existing", "--jobs", str(args.jobs)]  # fmt: skip
         print("$", " ".join(cmd), flush=True)
         if subprocess.call(cmd) != 0:
             return 1
     task = create_task("yolov5n-coco")
-    ds = CocoDataset(data / "images", data / "instances.json").subset(args.limit)
+    ds = CocoDataset(args.images, args.annotations).subset(args.limit)
     with torch.no_grad():
         obj = torch.cat([task.objectness_map(task.front(load_image(r.path)).levels).flatten() for r in ds.records])
-    records = read_jsonl(jsonl)
-    ref = curve_from_records(records, "map", "skip 0")
-    lines = [f"First {args.limit} val images, qualities {args.param}; BD-rate (mAP@[.5:.95] vs bpp, pchip) against no "
-             "skipping.", "", "| threshold | cells skipped | BD-rate vs 0 | mAP at the highest quality |",
-             "|---|---|---|---|"]  # fmt: skip
+    params = {float(q) for q in args.param.split(",")}
+    records = [r for r in read_jsonl(jsonl) if r["param"] in params and r["n_images"] == len(ds)]
+    ref_label = f"skip {args.reference:g}"
+    ref = curve_from_records(records, "map", ref_label)
+    lines = [f"{len(ds)} images of {args.images} against {args.annotations}; qualities {args.param}; BD-rate "
+             f"(mAP@[.5:.95] vs bpp, pchip on monotone envelopes) against threshold {args.reference:g}.", "",
+             "| threshold | cells skipped | BD-rate | mAP at the highest quality |", "|---|---|---|---|"]  # fmt: skip
     for t in thresholds:
         label = f"skip {t:g}"
         pts = sorted((r for r in records if r["codec"] == label), key=lambda r: r["param"])
-        bd = "—" if t == 0 else f"{bd_rate(curve_from_records(records, 'map', label), ref)['bd_rate']:+.1f}%"
-        top = pts[-1]
+        bd = (
+            "—" if label == ref_label else f"{bd_rate(curve_from_records(records, 'map', label), ref)['bd_rate']:+.1f}%"
+        )
         lines.append(f"| {t:g} | {100 * float((obj < t).float().mean()):.0f}% | {bd} | "
-                     f"{top['map']:.4f} at {top['bpp']:.3f} bpp |")  # fmt: skip
-    atomic_write_text(out / "skip.md", "\n".join(lines) + "\n")
+                     f"{pts[-1]['map']:.4f} at {pts[-1]['bpp']:.4f} bpp |")  # fmt: skip
+    front = {(r["codec"], r["param"]) for r in pareto(records)}
+    lines += ["", "Every point (bpp / mAP; **bold**: on the Pareto front of all points):", "",
+              "| quality | " + " | ".join(f"skip {t:g}" for t in thresholds) + " |",
+              "|---|" + "---|" * len(thresholds)]  # fmt: skip
+    for q in sorted(params):
+        cells = []
+        for t in thresholds:
+            r = next((r for r in records if r["codec"] == f"skip {t:g}" and r["param"] == q), None)
+            cell = "—" if r is None else f"{r['bpp']:.4f} / {r['map']:.4f}"
+            cells.append(f"**{cell}**" if r is not None and (r["codec"], q) in front else cell)
+        lines.append(f"| {q:g} | " + " | ".join(cells) + " |")
+    atomic_write_text(out / f"{args.tag}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
