@@ -1,7 +1,7 @@
 """Speed benchmark: encode / decode milliseconds per image for each codec alone, and with the detector's front/back.
 
-Learned codecs code single-threaded by design (bit-exact entropy parameters whatever the machine's thread count);
-the detector uses ``--threads``. Every step is timed ``--repeat`` times per image and the fastest run counts (the
+``--threads`` applies to the detector and to the learned codecs' exact steps (their float analysis runs on one
+thread, so that what is coded does not depend on the thread count). Every step is timed ``--repeat`` times per image and the fastest run counts (the
 ``timeit`` convention: the other runs measure the machine's other load, not the code). Prints a table and writes
 results/speed.json and results/speed.md.
 
