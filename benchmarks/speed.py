@@ -1,9 +1,9 @@
 """Speed benchmark: encode / decode milliseconds per image for each codec alone, and with the detector's front/back.
 
 ``--threads`` applies to the detector and to the learned codecs' exact steps (their float analysis runs on one
-thread, so that what is coded does not depend on the thread count). Every step is timed ``--repeat`` times per image and the fastest run counts (the
-``timeit`` convention: the other runs measure the machine's other load, not the code). Prints a table and writes
-results/speed.json and results/speed.md.
+thread, so that what is coded does not depend on the thread count). Every step is timed ``--repeat`` times per image
+and the fastest run counts (the ``timeit`` convention: the other runs measure the machine's other load, not the
+code). Prints a table and writes results/speed.json and results/speed.md.
 
     python benchmarks/speed.py --data ../shared/data/coco-val212 --images 20
 """
