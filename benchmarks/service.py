@@ -174,6 +174,7 @@ def main() -> int:
     ap.add_argument("--clients", default="1,8,32", help="concurrency levels (default: %(default)s)")
     ap.add_argument("--malformed", type=int, default=10000, help="malformed requests (default: %(default)s)")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per server worker (default: %(default)s)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
 
@@ -184,7 +185,7 @@ def main() -> int:
     limit = 1 << 20
     port = free_port()
     cmd = [sys.executable, "-m", "mutualfc.cli.main", "serve", "--port", str(port), "--workers", str(args.workers),
-           "--max-body-bytes", str(limit)]  # fmt: skip
+           "--threads", str(args.threads), "--max-body-bytes", str(limit)]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     try:
         for _ in range(240):
@@ -211,7 +212,7 @@ def main() -> int:
         server.wait(timeout=30)
     out = Path(args.out_dir)
     meta = {"images": len(bodies), "quality": args.quality, "mean_container_bytes": round(np.mean([len(b) for b in
-            bodies]), 1), "workers": args.workers, "cpu_count": os.cpu_count()}  # fmt: skip
+            bodies]), 1), "workers": args.workers, "threads": args.threads, "cpu_count": os.cpu_count()}  # fmt: skip
     atomic_write_text(out / "service.json", json.dumps({"setup": meta, "load": rows, "malformed": bad}, indent=1))
     lines = ["| clients | requests/s | p50 ms | p99 ms | requests | errors |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['requests']} | "

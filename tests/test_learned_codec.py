@@ -181,17 +181,28 @@ def test_background_skipping_follows_the_detector_objectness(task, ckpt, feature
         create_codec("mutual", task, checkpoint=str(ckpt), skip_below=1.5)
 
 
+def test_skip_schedule_interpolates_geometrically_between_its_knots():
+    from mutualfc.codecs.learned import scheduled_skip_below
+
+    schedule = ((1.0, 0.4), (3.0, 0.1), (5.0, 0.1))
+    assert scheduled_skip_below(0.0, schedule) == 0.4 and scheduled_skip_below(9.0, schedule) == 0.1
+    assert scheduled_skip_below(2.0, schedule) == pytest.approx(0.2)  # the geometric mean of 0.4 and 0.1
+    assert scheduled_skip_below(4.0, schedule) == pytest.approx(0.1)
+    taus = [scheduled_skip_below(q / 4) for q in range(33)]  # the shipped schedule never rises with quality
+    assert all(a >= b for a, b in zip(taus[:-1], taus[1:], strict=True)) and all(0 < t < 1 for t in taus)
+
+
 def test_qualities_above_the_top_raise_fidelity(task, ckpt, features):
     """From the model's top quality to top + 1 the codec sends the residual stream and lowers the skip threshold
     to FIDELITY_SKIP_BELOW; the container's quality is all the decoder needs. Explicit settings win."""
-    from mutualfc.codecs.learned import DEFAULT_SKIP_BELOW, FIDELITY_SKIP_BELOW
+    from mutualfc.codecs.learned import FIDELITY_SKIP_BELOW, scheduled_skip_below
 
     codec = create_codec("mutual", task, checkpoint=str(ckpt))
     top = codec.top
     assert codec.default_params[-1] == top + 1
-    assert codec.operating_point(top) == (top, "off", DEFAULT_SKIP_BELOW)
+    assert codec.operating_point(top) == (top, "off", scheduled_skip_below(top))
     q, residual, tau = codec.operating_point(top + 0.5)
-    assert (q, residual) == (top, "on") and FIDELITY_SKIP_BELOW < tau < DEFAULT_SKIP_BELOW
+    assert (q, residual) == (top, "on") and FIDELITY_SKIP_BELOW < tau < scheduled_skip_below(top)
     assert codec.operating_point(top + 1)[2] == pytest.approx(FIDELITY_SKIP_BELOW)
     info = codec.describe(top + 1)  # what eval records with the point
     assert info["residual"] == "on" and info["skip_below"] == pytest.approx(FIDELITY_SKIP_BELOW)

@@ -33,7 +33,8 @@ def server():
     need_shared_weights()
     port = _free_port()
     env = os.environ | {"MUTUALFC_WEIGHTS_DIR": str(SHARED_WEIGHTS)}
-    cmd = [sys.executable, "-m", "mutualfc.cli.main", "serve", "--port", str(port), "--max-body-bytes", str(MAX_BODY)]
+    cmd = [sys.executable, "-m", "mutualfc.cli.main", "serve", "--port", str(port), "--max-body-bytes", str(MAX_BODY),
+           "--threads", "2"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     client = Client(url, timeout=5)
@@ -119,7 +120,8 @@ def test_bad_requests_get_4xx_with_a_reason_and_never_5xx(server, tmp_path):
 
 def test_codecs_health_and_metrics(server):
     client = Client(server)
-    assert client.health()["status"] == "ok"
+    health = client.health()
+    assert health["status"] == "ok" and health["threads"] == 2  # --threads reaches the worker
     listed = {c["name"]: c for c in client.codecs()["codecs"]}
     assert {"mutual", "separate", "hevc-feature", "jpeg"} <= set(listed)
     assert listed["mutual"]["checkpoint"] == "mutual_yolov5n-coco"

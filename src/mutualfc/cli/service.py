@@ -22,8 +22,17 @@ def cmd_serve(args) -> int:
     if args.workers < 1:
         raise MutualFCError(f"--workers must be at least 1, got {args.workers}")
     options = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    if args.threads < 1:
+        raise MutualFCError(f"--threads must be at least 1, got {args.threads}")
     settings = ServiceSettings(
-        args.task, args.weights, args.device, options, args.max_body_bytes, args.decode_timeout, args.max_pixels
+        args.task,
+        args.weights,
+        args.device,
+        options,
+        args.max_body_bytes,
+        args.decode_timeout,
+        args.max_pixels,
+        args.threads,
     )
     os.environ.update(settings.to_env())  # every worker builds its app from these
     uvicorn.run(
@@ -86,6 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         help="worker processes; each decodes one request at a time (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker process (default: %(default)s; scale with --workers, up to the cores: "
+        "decoding is exact whatever the number)",
     )
     p.add_argument("--checkpoint", help="decode mutual/separate streams of this checkpoint instead of the zoo's")
     p.add_argument(

@@ -28,11 +28,12 @@ RESIDUAL_MODES = ("auto", "on", "off")
 DEFAULT_RESIDUAL = "off"
 # Objectness below which the encoder skips a stride-32 cell: the cell's mask bit is 0, it costs nothing else and
 # decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
-# no accuracy (the threshold study is in the README).
-DEFAULT_SKIP_BELOW = 0.05
+# no accuracy. The threshold follows the quality: (quality, threshold) knots, geometric between them and constant
+# beyond, chosen on a held-out fold of coco-train against pseudo-labels (docs/learned-codecs.md, results/skip-tune*).
+SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((0.0, 0.05), (7.0, 0.05))
 # Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the P3 residual stream is sent
-# and the skip threshold falls geometrically from DEFAULT_SKIP_BELOW to this at top + 1. Explicit --residual /
-# --skip-below win.
+# and the skip threshold falls geometrically from the schedule's value at the top to this at top + 1. Explicit
+# --residual / --skip-below win.
 FIDELITY_SKIP_BELOW = 0.01
 
 
@@ -48,6 +49,20 @@ def residual_pays(net: FeatureCompressionModel, levels: dict[str, torch.Tensor],
     ref = net.normalized({k: levels[k]})[k]
     err = [(net.normalized({k: coded[m][k]})[k] - ref).pow(2).sum() for m in ("prediction", "levels")]
     return bits < rd_lambda * float(err[0] - err[1])  # both per pixel in training's loss: pixels cancel
+
+
+def scheduled_skip_below(quality: float, schedule: tuple[tuple[float, float], ...] = SKIP_SCHEDULE) -> float:
+    """The default skip threshold at ``quality``: geometric interpolation between the schedule's knots (sorted by
+    quality), the end knots' values beyond them."""
+    (q0, t0), *rest = schedule
+    if quality <= q0:
+        return t0
+    for q1, t1 in rest:
+        if quality <= q1:
+            a = (quality - q0) / (q1 - q0)
+            return t0 if t0 == t1 else t0 ** (1 - a) * t1**a
+        q0, t0 = q1, t1
+    return t0
 
 
 class LearnedFeatureCodec(FeatureCodec):
@@ -74,15 +89,15 @@ class LearnedFeatureCodec(FeatureCodec):
             raise MutualFCError(f"the {self.name} codec needs a task network")
         self.model = load_model(self.name, task.name, checkpoint)
         self.net = self.model.net
-        self._explicit = {"residual": residual is not None, "skip_below": skip_below is not None}
+        self._explicit_residual = residual is not None
         residual = {True: "on", False: "off", None: DEFAULT_RESIDUAL}.get(residual, residual)
         if residual not in RESIDUAL_MODES:
             raise MutualFCError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, got {residual!r}")
         self.residual = residual
-        self.skip_below = DEFAULT_SKIP_BELOW if skip_below is None else float(skip_below)
-        if not 0 <= self.skip_below < 1:
+        self.skip_below = None if skip_below is None else float(skip_below)  # None: SKIP_SCHEDULE
+        if self.skip_below is not None and not 0 <= self.skip_below < 1:
             raise MutualFCError(f"skip threshold must be in [0, 1), got {self.skip_below:g}")
-        if (self.skip_below or not self._explicit["skip_below"]) and not isinstance(task, TaskMetric):
+        if self.skip_below != 0 and not isinstance(task, TaskMetric):
             raise MutualFCError(f"{task.name} gives no objectness map; use a skip threshold of 0")
         self.top = self.net.cfg.qualities - 1  # the model's highest quality; top + 1 is the fidelity point
         self.default_params = tuple(float(x) for x in range(self.top + 2))
@@ -93,9 +108,12 @@ class LearnedFeatureCodec(FeatureCodec):
         return self.model.tag
 
     def describe(self, param: float | None = None) -> dict:
-        _, residual, tau = self.operating_point(param) if param is not None else (None, self.residual, self.skip_below)
+        if param is None:
+            residual, tau = self.residual, "schedule" if self.skip_below is None else self.skip_below
+        else:
+            _, residual, tau = self.operating_point(param)
         return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": residual,
-                                     "skip_below": round(tau, 6)}  # fmt: skip
+                                     "skip_below": tau if isinstance(tau, str) else round(tau, 6)}  # fmt: skip
 
     def _check_quality(self, q: float) -> float:
         if not 0 <= q <= self.top + 1:
@@ -104,15 +122,17 @@ class LearnedFeatureCodec(FeatureCodec):
 
     def operating_point(self, quality: float) -> tuple[float, str, float]:
         """-> (model quality, residual mode, skip threshold) that ``quality`` stands for: up to the model's top
-        quality the codec's settings; above it (fidelity) the top quality's gains with the residual stream on and
-        the skip threshold moving geometrically to FIDELITY_SKIP_BELOW, unless set explicitly."""
+        quality the codec's settings (the threshold from SKIP_SCHEDULE unless set explicitly); above it (fidelity)
+        the top quality's gains with the residual stream on and the threshold moving geometrically from the
+        schedule's value at the top to FIDELITY_SKIP_BELOW, unless set explicitly."""
         if quality <= self.top:
-            return quality, self.residual, self.skip_below
+            tau = scheduled_skip_below(quality) if self.skip_below is None else self.skip_below
+            return quality, self.residual, tau
         t = quality - self.top
-        residual = self.residual if self._explicit["residual"] else "on"
+        residual = self.residual if self._explicit_residual else "on"
         tau = self.skip_below
-        if not self._explicit["skip_below"]:
-            tau = tau ** (1 - t) * FIDELITY_SKIP_BELOW**t
+        if tau is None:
+            tau = scheduled_skip_below(self.top) ** (1 - t) * FIDELITY_SKIP_BELOW**t
         return float(self.top), residual, tau
 
     def rd_lambda(self, quality: float) -> float | None:

@@ -3,7 +3,9 @@
 Stateless: every request carries a whole container, so any number of replicas (``--workers``, or processes on many
 machines behind a load balancer, or a Ray Serve deployment of ``create_app()``) answer alike. Within one process,
 decoding runs one request at a time (PyTorch's intra-op threads share each decode, which is exact whatever their
-number), so processes, not request threads, are the unit of parallelism.
+number), so processes, not request threads, are the unit of parallelism; each worker's intra-op threads default to
+one (``ServiceSettings.threads``): idle OpenMP threads spin, and spinning workers would take the cores their
+neighbours and the clients need.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -35,6 +38,7 @@ class _Server:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
+        torch.set_num_threads(max(1, settings.threads))
         self.task = create_task(settings.task, weights=settings.weights).to(settings.device)
         self.decoder = Decoder(self.task, **settings.codec_options)
         for name, cls in CODECS.items():  # load every codec now, not on a client's time
@@ -158,7 +162,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "version": __version__, "task": server.task.name}
+        return {"status": "ok", "version": __version__, "task": server.task.name, "threads": torch.get_num_threads()}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -18,6 +18,7 @@ class ServiceSettings:
     max_body_bytes: int = 8 << 20  # a container larger than this is refused (413) before it is read
     decode_timeout_s: float = 30.0  # a request whose decoding takes longer is answered 422
     max_pixels: int = 4096 * 4096  # containers announcing a larger image are refused (413) before decoding
+    threads: int = 1  # torch intra-op threads per worker: processes are the unit of parallelism
 
     def to_env(self) -> dict[str, str]:
         return {ENV: json.dumps(asdict(self))}
