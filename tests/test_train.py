@@ -85,11 +85,11 @@ def test_training_applies_the_encoders_skip_mask(cache, tmp_path):
     (same seed, crops and quality) then costs fewer bits."""
     cfg = TrainConfig(cache=str(cache), model=SMALL, steps=1, batch=2, crop=4)
     bpp = {}
-    for tau in (0.0, 0.05):
+    for tau in (0.0, 0.05, "schedule"):  # "schedule": the codecs' default threshold at the step's quality
         run = tmp_path / f"t{tau}"
         train(TrainConfig.from_dict({**cfg.__dict__, "skip_below": tau}), run, progress=False)
         bpp[tau] = float(next(csv.DictReader(open(run / "log.csv")))["bpp"])
-    assert 0 <= bpp[0.05] < bpp[0.0]
+    assert 0 <= bpp[0.05] < bpp[0.0] and 0 <= bpp["schedule"] < bpp[0.0]
 
 
 def test_train_only_changes_nothing_outside_its_prefixes(cache, tmp_path):

@@ -52,6 +52,19 @@ def cmd_train_export(args) -> int:
     return 0
 
 
+def _skip_threshold(text: str) -> float | str:
+    """``--skip-below``: a number in [0, 1) or 'schedule'."""
+    if text == "schedule":
+        return text
+    try:
+        tau = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'schedule', got {text!r}") from None
+    if not 0 <= tau < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'schedule', got {text!r}")
+    return tau
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train learned codecs: cache features, run (resumable, DDP), export")
     tsub = p.add_subparsers(dest="train_command", required=True, metavar="ACTION")
@@ -89,9 +102,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--task-weight", type=float, default=1.0,
                    help="weight of the task-aware term (the weighted change of the detection head's outputs, in the "
                    "task metric's units), 0 = off (default: %(default)s)")  # fmt: skip
-    q.add_argument("--skip-below", type=float, default=0.05, metavar="OBJECTNESS",
+    q.add_argument("--skip-below", type=_skip_threshold, default="schedule", metavar="OBJECTNESS",
                    help="train with the encoder's background skipping: crop cells where the detector's objectness "
-                   "is below this are not coded (match the --skip-below you encode with), 0 = code every cell "
+                   "is below this are not coded (match the --skip-below you encode with), 0 = code every cell, "
+                   "'schedule' = the codecs' default threshold at each step's quality "
                    "(default: %(default)s)")  # fmt: skip
     q.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     q.add_argument("--snapshot-every", type=int, default=0, help="keep stepN.pt every N steps (default: never)")

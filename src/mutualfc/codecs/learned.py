@@ -30,7 +30,7 @@ DEFAULT_RESIDUAL = "off"
 # decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
 # no accuracy. The threshold follows the quality: (quality, threshold) knots, geometric between them and constant
 # beyond, chosen on a held-out fold of coco-train against pseudo-labels (docs/learned-codecs.md, results/skip-tune*).
-SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((0.0, 0.05), (7.0, 0.05))
+SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((2.0, 0.3), (5.0, 0.1))
 # Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the P3 residual stream is sent
 # and the skip threshold falls geometrically from the schedule's value at the top to this at top + 1. Explicit
 # --residual / --skip-below win.

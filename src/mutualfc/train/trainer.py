@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from mutualfc.codecs.learned import scheduled_skip_below
 from mutualfc.errors import MutualFCError
 from mutualfc.io import atomic_write_bytes
 from mutualfc.models import FeatureCompressionModel, MutualConfig, build_network, is_linear_transform
@@ -61,8 +62,9 @@ class TrainConfig:
     # then stay as they were); empty = everything
     train_only: tuple[str, ...] = ()
     # train with the encoder's background skipping in the loop: crop cells whose objectness (task network on the
-    # original features) is below this are skipped, as `encode --skip-below` does; 0 = every cell coded
-    skip_below: float = 0.0
+    # original features) is below this are skipped, as `encode --skip-below` does; 0 = every cell coded; "schedule" =
+    # the codecs' default threshold at each step's quality (``mutualfc.codecs.learned.SKIP_SCHEDULE``)
+    skip_below: float | str = 0.0
     seed: int = 0
     workers: int = 0
     log_every: int = 20
@@ -283,15 +285,17 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
     return last
 
 
-def _step(model, net, crit, opt, aux_opt, task, ref: dict, q: int, lam: float, lr: float, skip_below: float) -> dict:
+def _step(model, net, crit, opt, aux_opt, task, ref: dict, q: int, lam: float, lr: float, skip_below: float | str
+          ) -> dict:  # fmt: skip
     """One optimisation step at quality ``q`` (the encoder's skip mask applied to the crops), plus the auxiliary
     step on the entropy bottlenecks' quantiles."""
     for g in opt.param_groups:
         g["lr"] = lr
     keep = None
-    if skip_below > 0:
+    tau = scheduled_skip_below(q) if skip_below == "schedule" else float(skip_below)
+    if tau > 0:
         with torch.no_grad():
-            keep = task.objectness_map(ref) >= skip_below
+            keep = task.objectness_map(ref) >= tau
     terms = crit(model(ref, q, keep), ref, lam)
     opt.zero_grad(set_to_none=True)
     terms["loss"].backward()
