@@ -29,7 +29,7 @@ REFERENCES = (
     "vvc-feature",
     "vvc-image",
     "separate",
-    "separate (fine-tuned with the skip mask)",
+    "mutual (skip 0.05)",  # the default skip threshold before the schedule (results/previous/learned-skip005.jsonl)
 )
 ABLATION_REFERENCES = ("abl-ref", "abl-separate", "abl-scratch")  # used when the results hold ablation runs
 

@@ -52,6 +52,9 @@ def main() -> int:
     ap.add_argument("--param", default="0,1,2,3,4,5,6,7", help="qualities (default: %(default)s)")
     ap.add_argument("--reference", type=float, default=0.05, help="BD-rate reference threshold (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=2, help="eval processes (default: %(default)s)")
+    ap.add_argument(
+        "--schedule", action="store_true", help="also the codecs' default (the threshold schedule), label 'schedule'"
+    )
     ap.add_argument("--tag", default="skip", help="results/<tag>.jsonl and .md (default: %(default)s)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
@@ -59,10 +62,13 @@ def main() -> int:
     jsonl = out / f"{args.tag}.jsonl"
     thresholds = sorted({float(t) for t in args.thresholds.split(",")} | {args.reference})
     limit = ["--limit", str(args.limit)] if args.limit else []
-    for t in thresholds:
+    for t in thresholds + ([-1.0] if args.schedule else []):
         cmd = [sys.executable, "-m", "mutualfc.cli.main", "-q", "eval", "--codec", "mutual", "--skip-below", f"{t:g}",
                "--label", f"skip {t:g}", "--param", args.param, *limit, "--images", args.images, "--annotations",
                args.annotations, "--out", str(jsonl), "--skip-existing", "--jobs", str(args.jobs)]  # fmt: skip
+        if t < 0:  # the schedule: no --skip-below
+            cmd = [c for c in cmd if c not in ("--skip-below", f"{t:g}")]
+            cmd[cmd.index("--label") + 1] = "schedule"
         print("$", " ".join(cmd), flush=True)
         if subprocess.call(cmd) != 0:
             return 1
@@ -77,24 +83,25 @@ def main() -> int:
     lines = [f"{len(ds)} images of {args.images} against {args.annotations}; qualities {args.param}; BD-rate "
              f"(mAP@[.5:.95] vs bpp, pchip on monotone envelopes) against threshold {args.reference:g}.", "",
              "| threshold | cells skipped | BD-rate | mAP at the highest quality |", "|---|---|---|---|"]  # fmt: skip
-    for t in thresholds:
-        label = f"skip {t:g}"
+    labels = [f"skip {t:g}" for t in thresholds] + (["schedule"] if args.schedule else [])
+    for t, label in zip(thresholds + [None], labels, strict=False):
         pts = sorted((r for r in records if r["codec"] == label), key=lambda r: r["param"])
         bd = (
             "—" if label == ref_label else f"{bd_rate(curve_from_records(records, 'map', label), ref)['bd_rate']:+.1f}%"
         )
-        lines.append(f"| {t:g} | {100 * float((obj < t).float().mean()):.0f}% | {bd} | "
+        skipped = "by quality" if t is None else f"{100 * float((obj < t).float().mean()):.0f}%"
+        lines.append(f"| {label.removeprefix('skip ')} | {skipped} | {bd} | "
                      f"{pts[-1]['map']:.4f} at {pts[-1]['bpp']:.4f} bpp |")  # fmt: skip
-    front = {(r["codec"], r["param"]) for r in pareto(records)}
+    front = {(r["bpp"], r["map"]) for r in pareto(records)}  # by value: the schedule repeats threshold points
     lines += ["", "Every point (bpp / mAP; **bold**: on the Pareto front of all points):", "",
-              "| quality | " + " | ".join(f"skip {t:g}" for t in thresholds) + " |",
-              "|---|" + "---|" * len(thresholds)]  # fmt: skip
+              "| quality | " + " | ".join(labels) + " |",
+              "|---|" + "---|" * len(labels)]  # fmt: skip
     for q in sorted(params):
         cells = []
-        for t in thresholds:
-            r = next((r for r in records if r["codec"] == f"skip {t:g}" and r["param"] == q), None)
+        for label in labels:
+            r = next((r for r in records if r["codec"] == label and r["param"] == q), None)
             cell = "—" if r is None else f"{r['bpp']:.4f} / {r['map']:.4f}"
-            cells.append(f"**{cell}**" if r is not None and (r["codec"], q) in front else cell)
+            cells.append(f"**{cell}**" if r is not None and (r["bpp"], r["map"]) in front else cell)
         lines.append(f"| {q:g} | " + " | ".join(cells) + " |")
     atomic_write_text(out / f"{args.tag}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
