@@ -48,11 +48,12 @@ def gelu_table() -> torch.Tensor:
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU of fixed-point integers (``ACT_BITS``), exactly: the table inside [-8, 8), whose first entry is 0 (as
-    GELU is below -8), and ``x`` itself from 8 up."""
+    GELU is below -8), and ``x`` itself from 8 up. The table's last entry is 8 * 256 - 1, so that the table at the
+    clamped index plus ``max(x - (8 * 256 - 1), 0)`` is both."""
     s = 2**ACT_BITS
     lo, hi = -_GELU_RANGE * s, _GELU_RANGE * s
     idx = x.clamp(lo, hi - 1).sub_(lo).long()
-    return torch.where(x >= hi, x, gelu_table().index_select(0, idx.reshape(-1)).view(x.shape))
+    return torch.take(gelu_table(), idx).add_((x - (hi - 1)).clamp_(min=0))
 
 
 def activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

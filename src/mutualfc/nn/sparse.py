@@ -53,6 +53,20 @@ def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
     return ((rows.view(1, 1, -1) + i.view(-1, 1, 1)) * (width * f) + cols.view(1, 1, -1) + i.view(1, -1, 1)).view(-1)
 
 
+def _inside(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raster indices of map cells (rows, cols), clamped into an h x w map, and a mask of those outside it (None when
+    none is): what a zero-padded convolution reads, without padding the map."""
+    outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
+    flat = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
+    return flat, outside if bool(outside.any()) else None
+
+
+def _gather(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -> torch.Tensor:
+    """(C, N) columns at ``flat``, +0 where ``outside`` (the padding), as ``F.pad`` gives."""
+    out = x.index_select(1, flat)
+    return out if outside is None else out.masked_fill_(outside, 0.0)
+
+
 def _linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
     """(N, C_in k k) patches -> (C_out, N): the convolution's weights applied, exactly for fixed-point inputs."""
     if rows.dtype == torch.float64:
@@ -88,13 +102,13 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
 
     taps, wt = cached(conv, f"taps{int(fixed)}", (conv.weight, getattr(conv, "mask", conv.weight)), taps_and_weights)
 
-    def gather_at():  # (K * taps) in the padded map
+    def gather_at():  # (K * taps) in the map, and which of them are inside it
         r, col = idx // w, idx % w
-        return ((r.view(-1, 1) + taps // k) * (w + 2 * pad) + (col.view(-1, 1) + taps % k)).reshape(-1)
+        return _inside((r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1),
+                       h, w)  # fmt: skip
 
-    flat = memoized(memo, ("context", k, pad, w, *taps.tolist()), idx, gather_at)
-    xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
-    patches = xp.index_select(1, flat).view(c, -1, taps.numel())  # (C, K, taps)
+    flat, outside = memoized(memo, ("context", k, pad, h, w, *taps.tolist()), idx, gather_at)
+    patches = _gather(x.reshape(c, -1), flat, outside).view(c, -1, taps.numel())  # (C, K, taps)
     acc = torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel())
     if fixed:
         _, b, inv = exact.int_params(conv)
@@ -112,15 +126,14 @@ def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | No
     if k == 1 and s == 1 and pad == 0:
         return affine(conv, columns(x, idx))
 
-    def gather_at():  # (k * k * K) in the padded map
+    def gather_at():  # (k * k * K) in the map, and which of them are inside it
         w_out = (w + 2 * pad - k) // s + 1
         taps = torch.arange(k * k).view(-1, 1)
         r, col = idx // w_out * s, idx % w_out * s
-        return ((taps // k + r) * (w + 2 * pad) + (taps % k + col)).reshape(-1)
+        return _inside((taps // k + r - pad).reshape(-1), (taps % k + col - pad).reshape(-1), h, w)
 
-    flat = memoized(memo, ("conv", k, s, pad, w), idx, gather_at)
-    xp = F.pad(x, (pad, pad, pad, pad)).reshape(c, -1)
-    patches = xp.index_select(1, flat).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
+    flat, outside = memoized(memo, ("conv", k, s, pad, h, w), idx, gather_at)
+    patches = _gather(x.reshape(c, -1), flat, outside).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
     return _linear(conv, patches.T)
 
 
