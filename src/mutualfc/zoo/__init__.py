@@ -60,8 +60,13 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "separate_yolov5n-coco.pt",
             "2c6f11ddd1ac6400b6607d612c7acd7d2d3571b9d1b013e0751deda04ffb3556",
             "one codec per level; task metric, linear transforms (trained without skipping in the loop)",
-            {"bd_rate_vs_hevc_feature": -91.1, "bd_rate_vs_hevc_image": -60.5, "bd_rate_vs_vvc_image": -51.9,
-             "bpp_range": (0.0386, 0.806), "map_range": (0.0814, 0.3036)},  # fmt: skip
+            {
+                "bd_rate_vs_hevc_feature": -91.1,
+                "bd_rate_vs_hevc_image": -60.5,
+                "bd_rate_vs_vvc_image": -51.9,
+                "bpp_range": (0.0386, 0.806),
+                "map_range": (0.0814, 0.3036),
+            },  # fmt: skip
         ),
     )
 }
