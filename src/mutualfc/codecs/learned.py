@@ -29,7 +29,7 @@ DEFAULT_RESIDUAL = "off"
 # Objectness below which the encoder skips a stride-32 cell: the cell's mask bit is 0, it costs nothing else and
 # decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
 # no accuracy. The threshold follows the quality: (quality, threshold) knots, geometric between them and constant
-# beyond, chosen on a held-out fold of coco-train against pseudo-labels (docs/learned-codecs.md, results/skip-tune*).
+# beyond, chosen on a fold of coco-train against pseudo-labels (docs/results.md, results/skip-tune10.md).
 SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((2.0, 0.3), (5.0, 0.1))
 # Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the P3 residual stream is sent
 # and the skip threshold falls geometrically from the schedule's value at the top to this at top + 1. Explicit
