@@ -53,7 +53,7 @@ def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
     return ((rows.view(1, 1, -1) + i.view(-1, 1, 1)) * (width * f) + cols.view(1, 1, -1) + i.view(1, -1, 1)).view(-1)
 
 
-def _inside(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _map_positions(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Raster indices of map cells (rows, cols), clamped into an h x w map, and a mask of those outside it (None when
     none is): what a zero-padded convolution reads, without padding the map."""
     outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
@@ -102,10 +102,10 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
 
     taps, wt = cached(conv, f"taps{int(fixed)}", (conv.weight, getattr(conv, "mask", conv.weight)), taps_and_weights)
 
-    def gather_at():  # (K * taps) in the map, and which of them are inside it
+    def gather_at():  # (K * taps) in the map, and which of them fall outside it
         r, col = idx // w, idx % w
-        return _inside((r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1),
-                       h, w)  # fmt: skip
+        rows, cols = (r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1)
+        return _map_positions(rows, cols, h, w)
 
     flat, outside = memoized(memo, ("context", k, pad, h, w, *taps.tolist()), idx, gather_at)
     patches = _gather(x.reshape(c, -1), flat, outside).view(c, -1, taps.numel())  # (C, K, taps)
@@ -126,11 +126,11 @@ def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | No
     if k == 1 and s == 1 and pad == 0:
         return affine(conv, columns(x, idx))
 
-    def gather_at():  # (k * k * K) in the map, and which of them are inside it
+    def gather_at():  # (k * k * K) in the map, and which of them fall outside it
         w_out = (w + 2 * pad - k) // s + 1
         taps = torch.arange(k * k).view(-1, 1)
         r, col = idx // w_out * s, idx % w_out * s
-        return _inside((taps // k + r - pad).reshape(-1), (taps % k + col - pad).reshape(-1), h, w)
+        return _map_positions((taps // k + r - pad).reshape(-1), (taps % k + col - pad).reshape(-1), h, w)
 
     flat, outside = memoized(memo, ("conv", k, s, pad, h, w), idx, gather_at)
     patches = _gather(x.reshape(c, -1), flat, outside).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
