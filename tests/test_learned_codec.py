@@ -60,7 +60,8 @@ def test_auto_residual_follows_the_trained_lambda(task, features, tmp_path, lam)
     """``residual="auto"`` weighs the residual's bits against the error it removes with the checkpoint's lambda: a
     lambda near zero never sends it, a huge one always does; either way the decoder follows the file."""
     ck = _write_checkpoint(tmp_path / "lam.pt", train_cfg={"lambda_min": lam, "lambda_max": lam})
-    assert create_codec("mutual", task, checkpoint=str(ck)).residual == "off"  # the default
+    default = create_codec("mutual", task, checkpoint=str(ck))  # the default: off at low qualities
+    assert default.residual is None and default.operating_point(1.5)[1] == "off"
     codec = create_codec("mutual", task, checkpoint=str(ck), residual="auto")
     assert codec.rd_lambda(1.5) == pytest.approx(lam)
     streams, rec = codec.reconstruct(features, 1.5)
@@ -192,15 +193,19 @@ def test_skip_schedule_interpolates_geometrically_between_its_knots():
     assert all(a >= b for a, b in zip(taus[:-1], taus[1:], strict=True)) and all(0 < t < 1 for t in taus)
 
 
-def test_qualities_above_the_top_raise_fidelity(task, ckpt, features):
+def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatch):
     """From the model's top quality to top + 1 the codec sends the residual stream and lowers the skip threshold
     to FIDELITY_SKIP_BELOW; the container's quality is all the decoder needs. Explicit settings win."""
+    from mutualfc.codecs import learned
     from mutualfc.codecs.learned import FIDELITY_SKIP_BELOW, scheduled_skip_below
 
     codec = create_codec("mutual", task, checkpoint=str(ckpt))
     top = codec.top
     assert codec.default_params[-1] == top + 1
-    assert codec.operating_point(top) == (top, "off", scheduled_skip_below(top))
+    monkeypatch.setattr(learned, "RESIDUAL_FROM", top - 0.5)  # the tiny model has fewer qualities than the zoo's
+    assert codec.operating_point(top) == (top, "on", scheduled_skip_below(top))  # on from RESIDUAL_FROM
+    assert codec.operating_point(top - 1)[1] == "off"
+    assert create_codec("separate", task).operating_point(top)[1] == "off"  # no residual stream to send
     q, residual, tau = codec.operating_point(top + 0.5)
     assert (q, residual) == (top, "on") and FIDELITY_SKIP_BELOW < tau < scheduled_skip_below(top)
     assert codec.operating_point(top + 1)[2] == pytest.approx(FIDELITY_SKIP_BELOW)

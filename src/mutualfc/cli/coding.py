@@ -215,7 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--quality",
         type=float,
         help="quality / QP (default: middle of the codec's sweep); learned codecs: 0..7 are the model's "
-        "rate points (fractions interpolate), 7..8 raise fidelity: the P3 residual stream is sent and "
+        "rate points (fractions interpolate; the P3 residual stream is sent from 6), 7..8 raise fidelity: "
         "the skip threshold falls to 0.01 at 8 (unless --residual / --skip-below are given)",
     )
     p.add_argument(

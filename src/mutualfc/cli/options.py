@@ -40,10 +40,11 @@ def add_codec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--residual",
         choices=["auto", "on", "off"],
-        help="mutual codec: the P3 residual stream; 'off' (default up to quality 7: P3 is predicted from the decoded "
-        "base alone, the best trade-off measured; above 7 the default is 'on'), 'auto' sends it for an image only when "
-        "its bits buy more accuracy than the rate-distortion trade-off the model was trained for, 'on' always (the "
-        "highest accuracy); given explicitly, it holds at every quality",
+        help="mutual codec: the P3 residual stream; default: 'off' below quality 6 (P3 is predicted from the decoded "
+        "base alone: at low rates the base's bits buy more accuracy) and 'on' from 6 (measured trade-off, "
+        "codecs.learned.RESIDUAL_FROM); 'auto' sends it for an image only when its bits buy more accuracy than the "
+        "rate-distortion trade-off the model was trained for, 'on' always, 'off' never; given explicitly, it holds "
+        "at every quality",
     )
     p.add_argument(
         "--skip-below",

@@ -23,17 +23,18 @@ from mutualfc.tasks.base import FeatureSet, TaskMetric
 from mutualfc.zoo import load_model
 
 RESIDUAL_MODES = ("auto", "on", "off")
-# P3 predicted from the decoded base alone: the residual stream raises only the highest reachable accuracy, so it is
-# off up to the model's top quality (the ablation in the README measures why).
-DEFAULT_RESIDUAL = "off"
+# Quality from which the P3 residual stream is sent by default (below it P3 is predicted from the decoded base
+# alone). At low rates the base's bits buy more accuracy than the residual's; from here on the residual is the
+# cheaper accuracy. Chosen on a fold of coco-train against pseudo-labels (docs/results.md). Explicit --residual wins.
+RESIDUAL_FROM = 6.0
 # Objectness below which the encoder skips a stride-32 cell: the cell's mask bit is 0, it costs nothing else and
 # decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
 # no accuracy. The threshold follows the quality: (quality, threshold) knots, geometric between them and constant
 # beyond, chosen on a fold of coco-train against pseudo-labels (docs/results.md, results/skip-tune10.md).
 SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((2.0, 0.3), (5.0, 0.1))
 # Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the P3 residual stream is sent
-# and the skip threshold falls geometrically from the schedule's value at the top to this at top + 1. Explicit
-# --residual / --skip-below win.
+# (as from RESIDUAL_FROM) and the skip threshold falls geometrically from the schedule's value at the top to this at
+# top + 1. Explicit --residual / --skip-below win.
 FIDELITY_SKIP_BELOW = 0.01
 
 
@@ -89,11 +90,10 @@ class LearnedFeatureCodec(FeatureCodec):
             raise MutualFCError(f"the {self.name} codec needs a task network")
         self.model = load_model(self.name, task.name, checkpoint)
         self.net = self.model.net
-        self._explicit_residual = residual is not None
-        residual = {True: "on", False: "off", None: DEFAULT_RESIDUAL}.get(residual, residual)
-        if residual not in RESIDUAL_MODES:
+        residual = {True: "on", False: "off"}.get(residual, residual)
+        if residual is not None and residual not in RESIDUAL_MODES:
             raise MutualFCError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, got {residual!r}")
-        self.residual = residual
+        self.residual = residual  # None: on from RESIDUAL_FROM (when the model has a residual stream)
         self.skip_below = None if skip_below is None else float(skip_below)  # None: SKIP_SCHEDULE
         if self.skip_below is not None and not 0 <= self.skip_below < 1:
             raise MutualFCError(f"skip threshold must be in [0, 1), got {self.skip_below:g}")
@@ -109,7 +109,8 @@ class LearnedFeatureCodec(FeatureCodec):
 
     def describe(self, param: float | None = None) -> dict:
         if param is None:
-            residual, tau = self.residual, "schedule" if self.skip_below is None else self.skip_below
+            residual = "schedule" if self.residual is None else self.residual
+            tau = "schedule" if self.skip_below is None else self.skip_below
         else:
             _, residual, tau = self.operating_point(param)
         return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": residual,
@@ -122,14 +123,18 @@ class LearnedFeatureCodec(FeatureCodec):
 
     def operating_point(self, quality: float) -> tuple[float, str, float]:
         """-> (model quality, residual mode, skip threshold) that ``quality`` stands for: up to the model's top
-        quality the codec's settings (the threshold from SKIP_SCHEDULE unless set explicitly); above it (fidelity)
-        the top quality's gains with the residual stream on and the threshold moving geometrically from the
-        schedule's value at the top to FIDELITY_SKIP_BELOW, unless set explicitly."""
+        quality the codec's settings (the threshold from SKIP_SCHEDULE, the residual stream from RESIDUAL_FROM,
+        unless set explicitly); above it (fidelity) the top quality's gains with the residual stream on and the
+        threshold moving geometrically from the schedule's value at the top to FIDELITY_SKIP_BELOW, unless set
+        explicitly."""
+        residual = self.residual
+        if residual is None:
+            residual = "on" if quality >= RESIDUAL_FROM and getattr(self.net, "res", None) is not None else "off"
         if quality <= self.top:
             tau = scheduled_skip_below(quality) if self.skip_below is None else self.skip_below
-            return quality, self.residual, tau
+            return quality, residual, tau
         t = quality - self.top
-        residual = self.residual if self._explicit_residual else "on"
+        residual = "on" if self.residual is None else self.residual
         tau = self.skip_below
         if tau is None:
             tau = scheduled_skip_below(self.top) ** (1 - t) * FIDELITY_SKIP_BELOW**t
