@@ -29,7 +29,7 @@ REFERENCES = (
     "vvc-feature",
     "vvc-image",
     "separate",
-    "mutual (skip 0.05)",  # the default skip threshold before the schedule (results/previous/learned-skip005.jsonl)
+    "mutual (previous zoo)",  # the zoo model before the 2,006-image retraining and the residual from quality 6
 )
 ABLATION_REFERENCES = ("abl-ref", "abl-separate", "abl-scratch")  # used when the results hold ablation runs
 

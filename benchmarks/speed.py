@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument(
         "--repeat", type=int, default=3, help="runs per image and step; the fastest counts (default: %(default)s)"
     )
+    ap.add_argument("--checkpoint", help="mutual codec: this checkpoint instead of the zoo's (mutualfc train export)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +58,9 @@ def main() -> int:
     for spec in args.codecs.split(","):
         name, _, p = spec.partition("=")
         param = float(p) if p else POINTS.get(name, 0)
-        codec = create_codec(name, task)
+        codec = create_codec(
+            name, task, **({"checkpoint": args.checkpoint} if args.checkpoint and name == "mutual" else {})
+        )
         enc = dec = front = back = 0.0
         nbytes = pixels = 0
         for i, im in enumerate(images + images[:1]):  # the first image warms up and is not counted
