@@ -129,12 +129,12 @@ class LearnedFeatureCodec(FeatureCodec):
         explicitly."""
         residual = self.residual
         if residual is None:
-            residual = "on" if quality >= RESIDUAL_FROM and getattr(self.net, "res", None) is not None else "off"
+            wanted = quality >= RESIDUAL_FROM or quality > self.top
+            residual = "on" if wanted and getattr(self.net, "res", None) is not None else "off"
         if quality <= self.top:
             tau = scheduled_skip_below(quality) if self.skip_below is None else self.skip_below
             return quality, residual, tau
         t = quality - self.top
-        residual = "on" if self.residual is None else self.residual
         tau = self.skip_below
         if tau is None:
             tau = scheduled_skip_below(self.top) ** (1 - t) * FIDELITY_SKIP_BELOW**t
