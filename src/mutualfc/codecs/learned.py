@@ -130,7 +130,7 @@ class LearnedFeatureCodec(FeatureCodec):
         residual = self.residual
         if residual is None:
             wanted = quality >= RESIDUAL_FROM or quality > self.top
-            residual = "on" if wanted and getattr(self.net, "res", None) is not None else "off"
+            residual = "on" if wanted and self.net.has_residual else "off"
         if quality <= self.top:
             tau = scheduled_skip_below(quality) if self.skip_below is None else self.skip_below
             return quality, residual, tau

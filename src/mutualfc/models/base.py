@@ -83,6 +83,11 @@ class FeatureCompressionModel(CompressionModel):
         # crafted escape prefixes can ask for about 15 times its own length: padded for that too
         return [strings[0], *(bytes(s) + b"\0" * (pad + 16 * len(s)) for s in strings[1:])]  # mask: not rANS
 
+    @property
+    def has_residual(self) -> bool:
+        """Whether the network can send a residual stream (the mutual network's ``res``; none elsewhere)."""
+        return getattr(self, "res", None) is not None
+
     def stream_count(self, residual: bool = False) -> int:
         """Streams of one coded image: the skip mask, one rANS stream per latent, then the residual stream if sent."""
         return 1 + self.latent_count + int(residual)
