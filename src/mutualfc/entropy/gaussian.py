@@ -27,8 +27,8 @@ def scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor
 def scale_thresholds(gc: GaussianConditional) -> torch.Tensor:
     """floor(table scale * 2**ACT_BITS) of every table scale but the last: a fixed-point scale s has index
     #{thresholds < s}, which is CompressAI's index of s / 2**ACT_BITS (the table is the stored one, not recomputed)."""
-    table = gc.scale_table[:-1]
-    return cached(gc, "thresholds", (table,), lambda: torch.floor(table.double() * 2**exact.ACT_BITS).contiguous())
+    table = gc.scale_table  # the key is the stored tensor (a slice would be a new tensor, a miss, on every call)
+    return cached(gc, "thresholds", (table,), lambda: torch.floor(table[:-1].double() * 2**exact.ACT_BITS).contiguous())
 
 
 def split_params(codec: GaussianConditionalLatentCodec, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from torch import nn
 from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian
 from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
 from mutualfc.nn.layers import conv, upconv
-from mutualfc.nn.sparse import apply_columns, columns, context_at, positions, stack_at
+from mutualfc.nn.sparse import apply_columns, columns, context_at, positions, put_columns, stack_at, take_columns
 
 
 class MaskedParams(nn.Sequential):
@@ -88,9 +88,9 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                     ctx = side.new_zeros(cb.context_prediction.out_channels, sel.numel())
                 else:  # non-anchors: this group's map holds its decoded anchors only
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
-                p = apply_columns(cb.entropy_parameters, torch.cat([ctx, side.index_select(1, sel)]))
-                values = None if y is None else y_[k].index_select(1, sel)
-                y_hat_[k].index_copy_(1, idx, code_gaussian(coder, gcl, values, p))
+                p = apply_columns(cb.entropy_parameters, torch.cat([ctx, take_columns(side, sel)]))
+                values = None if y is None else take_columns(y_[k], sel)
+                put_columns(y_hat_[k], idx, code_gaussian(coder, gcl, values, p))
         return y_hat
 
 

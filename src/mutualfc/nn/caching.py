@@ -16,10 +16,7 @@ def stamps(tensors: Iterable[torch.Tensor]) -> tuple:
     """Identity and in-place version of each tensor: a cache key that changes when any of them is replaced or
     modified. Tensors made under ``torch.inference_mode`` keep no version; they cannot be modified outside it."""
 
-    def version(t: torch.Tensor) -> int:
-        return -1 if t.is_inference() else t._version
-
-    return tuple((id(t), t.data_ptr(), version(t)) for t in tensors)
+    return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
 
 
 def cached(owner: nn.Module, name: str, tensors: tuple[torch.Tensor, ...], build: Callable[[], T]) -> T:

@@ -65,17 +65,24 @@ def activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"no exact form of {type(module).__name__}")
 
 
+def conv_mask(conv: nn.Conv2d) -> torch.Tensor | None:
+    """The mask buffer of a masked convolution (CompressAI's ``MaskedConv2d``), None for a plain one (a buffer
+    look-up: ``hasattr`` on a module goes through a raised ``AttributeError``, slow on this hot path)."""
+    return conv._buffers.get("mask")
+
+
 def effective_weight(conv: nn.Conv2d) -> torch.Tensor:
     """The weight a (possibly masked) convolution applies."""
-    return conv.weight * conv.mask if hasattr(conv, "mask") else conv.weight
+    mask = conv_mask(conv)
+    return conv.weight if mask is None else conv.weight * mask
 
 
 def int_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> integer weight (float64, the weight's shape), integer bias at the accumulator's scale, and the per-output
     scale 2**-e that brings the accumulator back to activations with ``bits`` fractional bits. Deterministic:
     scaling by powers of two and rounding are exact operations on the stored float32 values."""
-    key = (conv.weight, *((conv.bias,) if conv.bias is not None else ()), *((conv.mask,) if hasattr(conv, "mask")
-           else ()))  # fmt: skip
+    params, mask = conv._parameters, conv_mask(conv)
+    key = tuple(t for t in (params["weight"], params.get("bias"), mask) if t is not None)
     return cached(conv, f"int_params{bits}", key, lambda: int_weights(effective_weight(conv), conv.bias, bits))
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from mutualfc.nn import exact
 from mutualfc.nn.caching import cached
-from mutualfc.nn.sparse import block_indexes
+from mutualfc.nn.sparse import block_indexes, put_columns, take_columns
 
 
 class LevelPacker(nn.Module):
@@ -61,7 +61,7 @@ class LevelPacker(nn.Module):
         for k in self.names:
             f, x = self.factor[k], levels[k][0]
             c = x.shape[0]
-            out[k] = x.reshape(c, -1).index_select(1, block_indexes(kept, width, f)).view(c, f, f, kept.numel())
+            out[k] = take_columns(x.reshape(c, -1), block_indexes(kept, width, f)).view(c, f, f, kept.numel())
         return out
 
     def features_to_cells(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -119,7 +119,7 @@ class LevelPacker(nn.Module):
             c, f = v.shape[0], v.shape[1]
             band = v[..., 0].reshape(c, f, 1, f).expand(c, f, w, f).reshape(c, f, w * f)  # one row of cells
             full = band.repeat(1, h, 1).view(c, -1)
-            full.index_copy_(1, block_indexes(kept, w, f), v[..., 1:].reshape(c, -1))
+            put_columns(full, block_indexes(kept, w, f), v[..., 1:].reshape(c, -1))
             out[k] = full.view(1, c, h * f, w * f)
         return out
 

@@ -32,17 +32,28 @@ def cell_map(idx: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return cells
 
 
+def take_columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(C, N) -> (C, K): columns ``idx``. ``gather`` with a broadcast index: several times faster on the CPU than
+    ``index_select`` along dim 1, and the same values."""
+    return torch.gather(x, 1, idx.expand(x.shape[0], -1))
+
+
+def put_columns(x: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``x[:, idx] = values`` in place for (C, N) ``x`` and distinct ``idx`` (``scatter_``: faster than
+    ``index_copy_`` along dim 1)."""
+    return x.scatter_(1, idx.expand(x.shape[0], -1), values)
+
+
 def columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(1, C, H, W) -> (C, K): the values at raster positions ``idx``."""
-    return x.reshape(x.shape[1], -1).index_select(1, idx)
+    return take_columns(x.reshape(x.shape[1], -1), idx)
 
 
 def scatter(cells: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], fill: torch.Tensor | None = None):
     """(C, K) values at raster positions ``idx`` -> (1, C, H, W) map, ``fill`` ((C,); default 0) elsewhere."""
     c, n = cells.shape[0], size[0] * size[1]
     out = cells.new_zeros(c, n) if fill is None else fill.view(c, 1).expand(c, n).clone()
-    out.index_copy_(1, idx, cells)
-    return out.view(1, c, *size)
+    return put_columns(out, idx, cells).view(1, c, *size)
 
 
 def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
@@ -63,7 +74,7 @@ def _map_positions(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> tu
 
 def _gather(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -> torch.Tensor:
     """(C, N) columns at ``flat``, +0 where ``outside`` (the padding), as ``F.pad`` gives."""
-    out = x.index_select(1, flat)
+    out = take_columns(x, flat)
     return out if outside is None else out.masked_fill_(outside, 0.0)
 
 
@@ -100,7 +111,8 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
         taps = weight.flatten(1).abs().sum(0).nonzero().squeeze(1)  # kernel offsets any output uses
         return taps, weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
 
-    taps, wt = cached(conv, f"taps{int(fixed)}", (conv.weight, getattr(conv, "mask", conv.weight)), taps_and_weights)
+    mask = exact.conv_mask(conv)
+    taps, wt = cached(conv, f"taps{int(fixed)}", (conv.weight, conv.weight if mask is None else mask), taps_and_weights)
 
     def gather_at():  # (K * taps) in the map, and which of them fall outside it
         r, col = idx // w, idx % w
