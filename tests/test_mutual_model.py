@@ -309,3 +309,43 @@ def test_wide_linear_is_exact_on_both_of_its_paths():
                zip([o for o in range(48) for _ in range(7)], acc, strict=True)]  # fmt: skip
         ref = torch.tensor(ref, dtype=torch.float64).clamp(-ACT_LIMIT, ACT_LIMIT).view(48, 7)
         assert torch.equal(wide_linear(weights, x), ref)
+
+
+def test_exact_gelu_is_the_rounded_gelu_everywhere():
+    """Inside [-8, 8) the table's round(GELU(k / 256) * 256); 0 below, the input itself above, exactly."""
+    import math
+
+    from mutualfc.nn.exact import ACT_LIMIT, gelu
+
+    x = torch.cat([torch.arange(-3000.0, 3000.0), torch.tensor([-ACT_LIMIT, -2049.0, 2047.0, 2048.0, ACT_LIMIT])])
+    x = x.double()
+    s = 2**ACT_BITS
+    ref = [0 if k < -8 * s else k if k >= 8 * s - 1 else round(0.5 * k * (1 + math.erf(k / s / math.sqrt(2)))) for k
+           in x.long().tolist()]  # fmt: skip
+    assert gelu(x).tolist() == [float(v) for v in ref]
+
+
+def test_integer_layers_round_half_up_exactly():
+    """An entropy-model layer (``int_params`` + ``requantize``) gives floor(acc * 2**-e + 1/2), clamped, for the
+    integer accumulator computed in Python integers, whatever the weights' exponent (e >= 1 and e <= 0)."""
+    from mutualfc.nn.exact import ACT_LIMIT, int_params
+    from mutualfc.nn.sparse import affine
+
+    g = torch.Generator().manual_seed(1)
+    for peak in (0.05, 3000.0):  # small weights: e >= 1; weights above 2**11: e <= 0
+        conv = torch.nn.Conv2d(40, 6, 1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(6, 40, 1, 1, generator=g) * peak)
+            conv.bias.copy_(torch.randn(6, generator=g) * 4)
+        w, b, _ = int_params(conv)
+        _, e = torch.frexp(conv.weight.detach().double().flatten(1).abs().amax(1))
+        x = torch.round(torch.randn(40, 9, generator=g, dtype=torch.float64) * 2000)
+        out = affine(conv, x)
+        for o in range(6):
+            ee = int(11 - e[o]) if peak < 1 else int(torch.minimum(11 - e[o], 50 - ACT_BITS - torch.frexp(
+                conv.bias[o].detach().double().abs().clamp_min(1.0))[1]))  # fmt: skip
+            bias = round(float(conv.bias.detach()[o]) * 2.0 ** (ee + ACT_BITS))
+            for n in range(9):
+                acc = sum(int(w[o, i]) * int(x[i, n]) for i in range(40)) + bias
+                ref = (2 * acc + 2**ee) // 2 ** (ee + 1) if ee >= 1 else acc * 2 ** (-ee)
+                assert out[o, n] == max(-ACT_LIMIT, min(ACT_LIMIT, ref)), (peak, o, n)

@@ -31,6 +31,7 @@ ACT_LIMIT = float(2**ACT_BOUND_BITS - 1)
 _GELU_RANGE = 8  # GELU(x) = x above, 0 below -8 (to within 1e-14)
 _GELU_SHA256 = "f864efdb302712f4e06ca9f314d44ea5d9e050847ddbb96618402999d947f8bb"
 _GELU_TABLE: torch.Tensor | None = None
+_GELU_GAP: torch.Tensor | None = None
 
 
 def gelu_table() -> torch.Tensor:
@@ -47,13 +48,21 @@ def gelu_table() -> torch.Tensor:
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU of fixed-point integers (``ACT_BITS``), exactly: the table inside [-8, 8), whose first entry is 0 (as
-    GELU is below -8), and ``x`` itself from 8 up. The table's last entry is 8 * 256 - 1, so that the table at the
-    clamped index plus ``max(x - (8 * 256 - 1), 0)`` is both."""
+    """GELU of fixed-point integers (``ACT_BITS``), exactly: ``c - gap[c]`` for ``c = max(x, -8 * 256)``, where
+    ``gap[k] = k - table[k]`` inside [-8, 8): the table's first entry is 0 (GELU is 0 below -8, and ``c - gap`` gives
+    it there) and its last is 8 * 256 - 1 (its gap is 0, so that ``x`` itself comes out from 8 up)."""
     s = 2**ACT_BITS
     lo, hi = -_GELU_RANGE * s, _GELU_RANGE * s
-    idx = x.clamp(lo, hi - 1).sub_(lo).long()
-    return torch.take(gelu_table(), idx).add_((x - (hi - 1)).clamp_(min=0))
+    c = x.clamp(min=lo)
+    return c.sub_(torch.take(_gelu_gap(), c.clamp(max=hi - 1).long().sub_(lo)))
+
+
+def _gelu_gap() -> torch.Tensor:
+    global _GELU_GAP
+    if _GELU_GAP is None:
+        s = 2**ACT_BITS
+        _GELU_GAP = torch.arange(-_GELU_RANGE * s, _GELU_RANGE * s, dtype=torch.float64) - gelu_table()
+    return _GELU_GAP
 
 
 def activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -78,16 +87,20 @@ def effective_weight(conv: nn.Conv2d) -> torch.Tensor:
 
 
 def int_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> integer weight (float64, the weight's shape), integer bias at the accumulator's scale, and the per-output
-    scale 2**-e that brings the accumulator back to activations with ``bits`` fractional bits. Deterministic:
-    scaling by powers of two and rounding are exact operations on the stored float32 values."""
+    """-> integer weight (float64, the weight's shape), integer bias at the accumulator's scale plus the rounding
+    offset (see ``int_weights``), and the per-output scale 2**-e that brings the accumulator back to activations
+    with ``bits`` fractional bits. Deterministic: scaling by powers of two and rounding are exact operations on the
+    stored float32 values."""
     params, mask = conv._parameters, conv_mask(conv)
     key = tuple(t for t in (params["weight"], params.get("bias"), mask) if t is not None)
     return cached(conv, f"int_params{bits}", key, lambda: int_weights(effective_weight(conv), conv.bias, bits))
 
 
 def int_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, ...]:
-    """``int_params`` for a weight (out, ...) and a bias (out,) of any layer."""
+    """``int_params`` for a weight (out, ...) and a bias (out,) of any layer. The bias carries ``2**(e - 1)`` (for
+    ``e >= 1``), so that ``requantize`` is a floor: ``floor((acc + 2**(e-1)) * 2**-e) = floor(acc * 2**-e + 1/2)``
+    for every integer accumulator below 2**52 (both exact), and for ``e <= 0`` ``acc * 2**-e`` is already an
+    integer. One operation less per layer, the same integers."""
     w = weight.detach().double()
     fan_in = w[0].numel()
     if fan_in > 2**FAN_IN_BITS:
@@ -99,16 +112,15 @@ def int_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> t
     e = torch.minimum(WEIGHT_BITS - 1 - w_exp, 50 - bits - b_exp)
     scale = torch.pow(2.0, e.double())
     w_int = torch.round(w * scale.view(-1, *([1] * (w.dim() - 1))))
-    b_int = torch.round(bias * scale * 2**bits)
-    return w_int, b_int, 1.0 / scale
+    b_int = torch.round(bias * scale * 2**bits) + torch.where(e >= 1, scale * 0.5, 0.0)  # < 2**50 + 2**41
+    return w_int, b_int, (1.0 / scale).view(-1, 1)
 
 
-def requantize(acc: torch.Tensor, inv_scale: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Accumulator (integers at activation x weight scale) -> activation scale: floor(acc * 2**-e + 1/2), clamped.
-    Works in place: ``acc`` is consumed."""
-    shape = [1] * acc.dim()
-    shape[dim] = -1
-    return acc.mul_(inv_scale.view(shape)).add_(0.5).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+def requantize(acc: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
+    """Accumulator (out, N) of integers at activation x weight scale, ``int_params``' bias (with its rounding offset)
+    included -> activation scale: floor(acc * 2**-e + 1/2), clamped. ``inv_scale``: (out, 1). Works in place:
+    ``acc`` is consumed."""
+    return acc.mul_(inv_scale).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
 def to_fixed(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
