@@ -1,9 +1,11 @@
 """Speed benchmark: encode / decode milliseconds per image for each codec alone, and with the detector's front/back.
 
 ``--threads`` applies to the detector and to the learned codecs' exact steps (their float analysis runs on one
-thread, so that what is coded does not depend on the thread count). Every step is timed ``--repeat`` times per image
-and the fastest run counts (the ``timeit`` convention: the other runs measure the machine's other load, not the
-code). Prints a table and writes results/speed.json and results/speed.md.
+thread, so that what is coded does not depend on the thread count). Every step is timed once per image in each of
+``--repeat`` passes over all the images, and per image and step the fastest pass counts (the ``timeit`` convention:
+the other runs measure the machine's other load, not the code). Passes rather than back-to-back repeats, because a
+shared machine's load comes in bursts of seconds that back-to-back repeats all fall into. Prints a table and writes
+results/speed.json and results/speed.md.
 
     python benchmarks/speed.py --data ../shared/data/coco-val212 --images 20
 """
@@ -28,14 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 POINTS = {"mutual": 4, "separate": 4, "hevc-feature": 22, "hevc-image": 37}
 
 
-def _ms(f, *a, repeat: int = 1):
-    """-> f(*a) and its fastest time in ms over ``repeat`` runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = f(*a)
-        best = min(best, 1000 * (time.perf_counter() - t))
-    return out, best
+def _ms(f, *a):
+    """-> f(*a) and its time in ms."""
+    t = time.perf_counter()
+    out = f(*a)
+    return out, 1000 * (time.perf_counter() - t)
 
 
 def main() -> int:
@@ -45,7 +44,10 @@ def main() -> int:
     ap.add_argument("--codecs", default=",".join(POINTS), help="codec=param pairs or names (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the detector (default: %(default)s)")
     ap.add_argument(
-        "--repeat", type=int, default=3, help="runs per image and step; the fastest counts (default: %(default)s)"
+        "--repeat",
+        type=int,
+        default=3,
+        help="passes over the images; per image and step the fastest counts (default: %(default)s)",
     )
     ap.add_argument("--checkpoint", help="mutual codec: this checkpoint instead of the zoo's (mutualfc train export)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
@@ -61,19 +63,20 @@ def main() -> int:
         codec = create_codec(
             name, task, **({"checkpoint": args.checkpoint} if args.checkpoint and name == "mutual" else {})
         )
-        enc = dec = front = back = 0.0
+        codec.decode(codec.encode(codec.prepare(images[0]), param))  # warm-up (caches, thread pools), not counted
+        best = [[float("inf")] * 4 for _ in images]  # per image: front, encode, decode, back
         nbytes = pixels = 0
-        for i, im in enumerate(images + images[:1]):  # the first image warms up and is not counted
-            r = args.repeat
-            x, t_front = _ms(codec.prepare, im, repeat=r)  # the front half; nothing for an image codec
-            data, t_enc = _ms(codec.encode, x, param, repeat=r)
-            y, t_dec = _ms(codec.decode, data, repeat=r)
-            _, t_back = _ms(codec.detections, y, repeat=r)
-            if i == 0:
-                continue
-            enc, dec, front, back = enc + t_enc, dec + t_dec, front + t_front, back + t_back
-            nbytes += len(data)
-            pixels += im.shape[0] * im.shape[1]
+        for r in range(args.repeat):
+            for i, im in enumerate(images):
+                x, t_front = _ms(codec.prepare, im)  # the front half; nothing for an image codec
+                data, t_enc = _ms(codec.encode, x, param)
+                y, t_dec = _ms(codec.decode, data)
+                _, t_back = _ms(codec.detections, y)
+                best[i] = [min(a, b) for a, b in zip(best[i], (t_front, t_enc, t_dec, t_back), strict=True)]
+                if r == 0:
+                    nbytes += len(data)
+                    pixels += im.shape[0] * im.shape[1]
+        front, enc, dec, back = (sum(b[j] for b in best) for j in range(4))
         n = len(images)
         row = {"codec": name, "param": param, "images": n, "bpp": round(8 * nbytes / pixels, 4),
                "encode_ms": round(enc / n, 1), "decode_ms": round(dec / n, 1),
@@ -82,7 +85,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
-            "repeat": args.repeat, "statistic": "mean over images of the fastest of `repeat` runs"}  # fmt: skip
+            "repeat": args.repeat, "statistic": "mean over images of the fastest of `repeat` passes"}  # fmt: skip
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
