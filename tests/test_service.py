@@ -142,3 +142,15 @@ def test_codecs_health_and_metrics(server):
         text = r.read().decode()
     assert 'mutualfc_requests_total{route="/healthz",status="200"}' in text
     assert "mutualfc_request_seconds_bucket" in text
+
+
+def test_client_reports_the_servers_refusal_of_an_oversized_body(server):
+    """Whether the client's send of the body races the server's close (a broken pipe) or not, the user reads the
+    server's 413 and its reason, not 'cannot reach'."""
+    client = Client(server)
+    for size in (MAX_BODY + 1, 8 * MAX_BODY):
+        with pytest.raises(MutualFCError, match=r"answered 413: body of \d+ bytes is over the server's limit"):
+            client.detect(b"\0" * size)
+    u = urllib.parse.urlsplit(server)
+    assert client._verdict(f"{server}/v1/detect", 10) is None  # a body the server takes: it waits for it
+    assert client._verdict(f"http://{u.hostname}:{_free_port()}/v1/detect", MAX_BODY + 1) is None  # nobody there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import urllib.error
@@ -37,7 +38,37 @@ class Client:
                 reason = e.reason
             raise MutualFCError(f"{self.url} answered {e.code}: {reason}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise MutualFCError(f"cannot reach {self.url}: {getattr(e, 'reason', e)}") from None
+            reason = getattr(e, "reason", e)
+            if data is not None and isinstance(reason, (BrokenPipeError, ConnectionResetError)):
+                verdict = self._verdict(url, len(data))  # the server may have refused the body and closed
+                if verdict is not None:
+                    raise MutualFCError(f"{self.url} answered {verdict[0]}: {verdict[1]}") from None
+            raise MutualFCError(f"cannot reach {self.url}: {reason}") from None
+
+    def _verdict(self, url: str, size: int) -> tuple[int, str] | None:
+        """A server that refuses a body from its Content-Length (over its size limit) answers and closes while the
+        body is still being sent, which the sender sees as a broken pipe. Announcing the same request with
+        ``Expect: 100-continue`` and no body gets that answer: -> (status, reason), or None when the server would
+        take the body (it says 100 Continue, or nothing within a few seconds)."""
+        u = urllib.parse.urlsplit(url)
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        conn = cls(u.hostname, u.port, timeout=min(self.timeout, 5.0))
+        try:
+            conn.putrequest("POST", u.path + (f"?{u.query}" if u.query else ""))
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(size))
+            conn.putheader("Expect", "100-continue")
+            conn.endheaders()
+            r = conn.getresponse()  # skips a 100 Continue and then waits for the body: a timeout
+            try:
+                reason = json.loads(r.read()).get("error") or r.reason
+            except (ValueError, AttributeError):
+                reason = r.reason
+            return (r.status, reason) if r.status >= 400 else None
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
 
     def detect(self, container: bytes, min_score: float = 0.25) -> dict:
         return json.loads(self._call("/v1/detect", container, {"min_score": min_score}))
