@@ -111,8 +111,8 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
         taps = weight.flatten(1).abs().sum(0).nonzero().squeeze(1)  # kernel offsets any output uses
         return taps, weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
 
-    mask = exact.conv_mask(conv)
-    taps, wt = cached(conv, f"taps{int(fixed)}", (conv.weight, conv.weight if mask is None else mask), taps_and_weights)
+    key = tuple(t for t in (conv.weight, exact.conv_mask(conv)) if t is not None)
+    taps, wt = cached(conv, f"taps{int(fixed)}", key, taps_and_weights)
 
     def gather_at():  # (K * taps) in the map, and which of them fall outside it
         r, col = idx // w, idx % w

@@ -14,6 +14,14 @@ import numpy as np
 from mutualfc.errors import MutualFCError
 
 
+def _reason(body: bytes, fallback: str) -> str:
+    """The one-line ``{"error": ...}`` of a server's refusal, else the HTTP reason phrase."""
+    try:
+        return json.loads(body).get("error") or fallback
+    except (ValueError, AttributeError):
+        return fallback
+
+
 class Client:
     """``Client("http://host:8000").detect(container)`` -> the server's JSON answer."""
 
@@ -32,11 +40,7 @@ class Client:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 - the user's server URL
                 return r.read()
         except urllib.error.HTTPError as e:
-            try:
-                reason = json.loads(e.read()).get("error") or e.reason
-            except (ValueError, AttributeError):
-                reason = e.reason
-            raise MutualFCError(f"{self.url} answered {e.code}: {reason}") from None
+            raise MutualFCError(f"{self.url} answered {e.code}: {_reason(e.read(), e.reason)}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             if data is not None and isinstance(reason, (BrokenPipeError, ConnectionResetError)):
@@ -60,11 +64,7 @@ class Client:
             conn.putheader("Expect", "100-continue")
             conn.endheaders()
             r = conn.getresponse()  # skips a 100 Continue and then waits for the body: a timeout
-            try:
-                reason = json.loads(r.read()).get("error") or r.reason
-            except (ValueError, AttributeError):
-                reason = r.reason
-            return (r.status, reason) if r.status >= 400 else None
+            return (r.status, _reason(r.read(), r.reason)) if r.status >= 400 else None
         except (OSError, http.client.HTTPException):
             return None
         finally:
