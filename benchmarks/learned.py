@@ -106,7 +106,7 @@ def report(jsonl: Path, anchors: Path, out: Path) -> None:
             f"({100 * min(maps) / base['map']:.0f}–{100 * max(maps) / base['map']:.1f}%) | " + " | ".join(cells) + " |"
         )
     points = ["", "| codec | quality | bpp | mAP | mAP50 | % of uncompressed | enc ms | dec ms |", "|---" * 8 + "|"]
-    for r in learned:
+    for r in sorted(learned, key=lambda r: (labels.index(r["codec"]), r["param"])):  # each label's points by quality
         points.append(f"| {r['codec']} | {r['param']:g} | {r['bpp']:.4f} | {r['map']:.4f} | {r['map50']:.4f} | "
                       f"{100 * r['map'] / base['map']:.1f}% | {1000 * r['encode_s_per_image']:.0f} | "
                       f"{1000 * r['decode_s_per_image']:.0f} |")  # fmt: skip

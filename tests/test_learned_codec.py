@@ -195,22 +195,28 @@ def test_skip_schedule_interpolates_geometrically_between_its_knots():
 
 def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatch):
     """From the model's top quality to top + 1 the codec sends the residual stream and lowers the skip threshold
-    to FIDELITY_SKIP_BELOW; the container's quality is all the decoder needs. Explicit settings win."""
+    to FIDELITY_SKIP_BELOW; the cells below the top's threshold form a second tier coded at a lower quality that
+    rises to the top's at top + 1; the container's quality is all the decoder needs. Explicit settings win."""
     from mutualfc.codecs import learned
-    from mutualfc.codecs.learned import FIDELITY_SKIP_BELOW, scheduled_skip_below
+    from mutualfc.codecs.learned import FIDELITY_SKIP_BELOW, OperatingPoint, scheduled_skip_below
+    from mutualfc.models import TIER_STEP, decode_tiers
 
     codec = create_codec("mutual", task, checkpoint=str(ckpt))
     top = codec.top
     assert codec.default_params[-1] == top + 1
     monkeypatch.setattr(learned, "RESIDUAL_FROM", top - 0.5)  # the tiny model has fewer qualities than the zoo's
-    assert codec.operating_point(top) == (top, "on", scheduled_skip_below(top))  # on from RESIDUAL_FROM
+    assert codec.operating_point(top) == OperatingPoint(top, "on", scheduled_skip_below(top))  # on from RESIDUAL_FROM
     assert codec.operating_point(top - 1)[1] == "off"
     assert create_codec("separate", task).operating_point(top)[1] == "off"  # no residual stream to send
-    q, residual, tau = codec.operating_point(top + 0.5)
-    assert (q, residual) == (top, "on") and FIDELITY_SKIP_BELOW < tau < scheduled_skip_below(top)
-    assert codec.operating_point(top + 1)[2] == pytest.approx(FIDELITY_SKIP_BELOW)
+    op = codec.operating_point(top + 0.5)
+    assert (op.quality, op.residual) == (top, "on") and FIDELITY_SKIP_BELOW < op.skip_below < scheduled_skip_below(top)
+    step = round(learned.FIDELITY_TIER_SPAN * TIER_STEP / 2)
+    assert (op.tier_below, op.tier_step, op.tier_residual) == (scheduled_skip_below(top), step, False)
+    assert codec.operating_point(top + 0.9).tier_residual  # the tier's quality reached RESIDUAL_FROM
+    assert codec.operating_point(top + 1) == OperatingPoint(top, "on", pytest.approx(FIDELITY_SKIP_BELOW))
     info = codec.describe(top + 1)  # what eval records with the point
     assert info["residual"] == "on" and info["skip_below"] == pytest.approx(FIDELITY_SKIP_BELOW)
+    assert codec.describe(top + 0.5)["tier_quality"] == top - step / TIER_STEP
     hi = codec.encode(features, top + 1)
     header, streams = bitstream.unpack(hi)
     assert header.param == top + 1 and len(streams) == codec.net.stream_count(residual=True)
@@ -218,5 +224,12 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatc
     _, rec = codec.reconstruct(features, top + 1)
     out = codec.decode(hi)
     assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
+    mid = codec.encode(features, top + 0.5)  # tiers in the mask stream, residual cells in a fourth stream
+    _, streams = bitstream.unpack(mid)
+    shape = task.level_shapes(features.geometry)[task.level_names[-1]][1:]
+    assert decode_tiers(streams[0], shape)[1] == step and len(streams) == codec.net.stream_count(residual=True) + 1
+    _, rec = codec.reconstruct(features, top + 0.5)
+    out = codec.decode(mid)
+    assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
     fixed = create_codec("mutual", task, checkpoint=str(ckpt), residual="off", skip_below=0.2)
-    assert fixed.operating_point(top + 1) == (top, "off", 0.2)
+    assert fixed.operating_point(top + 1) == OperatingPoint(top, "off", 0.2)

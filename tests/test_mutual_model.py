@@ -1,6 +1,7 @@
 """The mutual and separate networks (small, untrained): real bits round-trip and decode reproducibly."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from compressai.models.base import get_scale_table
 
 from mutualfc.codecs.learned import residual_pays
 from mutualfc.entropy import SymbolReader, SymbolWriter, code_gaussian
-from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network
+from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network, encode_tiers
+from mutualfc.models.gain import boost_factor
 from mutualfc.nn.exact import ACT_BITS
 from mutualfc.nn.sparse import context_at, conv_at, stack_at
 from mutualfc.tasks import create_task
@@ -349,3 +351,64 @@ def test_integer_layers_round_half_up_exactly():
                 acc = sum(int(w[o, i]) * int(x[i, n]) for i in range(40)) + bias
                 ref = (2 * acc + 2**ee) // 2 ** (ee + 1) if ee >= 1 else acc * 2 ** (-ee)
                 assert out[o, n] == max(-ACT_LIMIT, min(ACT_LIMIT, ref)), (peak, o, n)
+
+
+def test_tiers_residual_cells_and_boost_round_trip_and_trade_bits_for_error():
+    """The second tier (kept cells whose base is coded at a lower quality, signalled in the mask stream), the
+    residual stream limited to some kept cells, and a finer residual (boost, in a fourth stream) all decode to the
+    encoder's reconstruction; each moves rate and error the way it should."""
+    net, lv = _net(), random_levels(8, h=8, w=10)
+    keep = torch.ones(1, 1, 8, 10, dtype=torch.bool)
+    keep[..., 6:, :] = False
+    low = torch.zeros_like(keep)
+    low[..., :, 5:] = True
+    n = net.stream_count()
+
+    def code(**kw):
+        strings, meta = net.compress(lv, 3, residual=True, keep=keep, **kw)
+        dec = net.decompress(strings, meta["size"], 3)
+        assert all(torch.equal(dec[k], meta["levels"][k]) for k in dec)
+        err = sum(float((dec[k] - lv[k])[..., : 8 * 2 ** (2 - i), :].pow(2).sum()) for i, k in enumerate(dec))
+        return strings, sum(map(len, strings)), err
+
+    plain, plain_bytes, plain_err = code()
+    assert len(plain) == n + 1  # the defaults need no fourth stream
+    tiered, tiered_bytes, tiered_err = code(low_keep=low, low_step=16)  # quality 3 - 16/8 = 1 on the right half
+    assert len(tiered) == n + 1 and len(tiered[0]) > len(plain[0])
+    assert tiered_bytes < plain_bytes and tiered_err > plain_err
+    boosted, boosted_bytes, boosted_err = code(boost=4)
+    assert boosted[n + 1] == bytes([4]) and boosted_bytes > plain_bytes and boosted_err < plain_err
+    cells = low & keep
+    part, part_bytes, part_err = code(residual_keep=cells)
+    assert len(part[n + 1]) == 1 + (int(keep.sum()) + 7) // 8 and part_bytes < plain_bytes and part_err > plain_err
+    _, _, all_err = code(residual_keep=keep)  # every kept cell: the same as no map
+    assert all_err == plain_err
+
+
+def test_malformed_tier_and_residual_settings_are_refused():
+    net, lv = _net(), random_levels(8, h=8, w=10)
+    low = torch.zeros(1, 1, 8, 10, dtype=torch.bool)
+    low[..., :, 5:] = True
+    strings, meta = net.compress(lv, 3, residual=True, low_keep=low, low_step=8, residual_keep=~low, boost=2)
+    size, n = meta["size"], net.stream_count()
+    cases = {
+        "skip mask with tiers": [strings[0][:-1], *strings[1:]],  # tier bits cut short
+        "below 0": [strings[0][:10] + bytes([255]) + strings[0][11:], *strings[1:]],  # quality 3 - 255/8 < 0
+        "boost": [*strings[: n + 1], bytes([99]) + strings[n + 1][1:]],
+        "residual cell map": [*strings[: n + 1], strings[n + 1] + b"\0"],
+        "streams": [*strings, b""],
+    }
+    for reason, bad in cases.items():
+        with pytest.raises(ValueError, match=reason):
+            net.decompress(bad, size, 3)
+    with pytest.raises(ValueError, match="outside"):
+        encode_tiers(None, (8, 10), low.flatten(), 0)
+
+
+def test_gain_boost_is_an_exact_power_of_the_square_root_of_two():
+    assert [boost_factor(b) for b in (0, 2, 4, 7)] == [1.0, 2.0, 4.0, 8 * math.sqrt(2.0)]
+    net = _net()
+    plain, boosted = net.res.gain.inverse_fixed(2.5), net.res.gain.inverse_fixed(2.5, 2)
+    assert (boosted - plain / 2).abs().max() <= 0.5 and not torch.equal(boosted, plain)
+    with pytest.raises(ValueError, match="outside"):
+        boost_factor(-1)

@@ -53,7 +53,7 @@ def add_codec_options(p: argparse.ArgumentParser) -> None:
         help="learned codecs: stride-32 cells where the detector, run on the original features, predicts no "
         "objectness above this value are skipped: they cost one mask bit each and decode to the mean features; "
         "0 codes every cell (default: a schedule falling with quality, 0.3 up to quality 2, geometrically to 0.1 at "
-        "quality 5 and above, then to 0.01 at quality 8; given explicitly, it holds at every quality)",
+        "quality 5 and above, then to 0.02 at quality 8; given explicitly, it holds at every quality)",
     )
     p.add_argument("--preset", help="x265 preset for the HEVC anchors (default: medium)")
     p.add_argument("--vvc-encoder", help="path to vvencapp or VTM EncoderApp for the VVC anchors (default: PATH)")

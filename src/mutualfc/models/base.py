@@ -40,6 +40,36 @@ def decode_mask(data: bytes, size: tuple[int, int]) -> torch.Tensor | None:
     return torch.from_numpy(bits.astype(bool)).view(1, 1, h, w)
 
 
+TIER_STEP = 8  # the low tier's quality is the image's minus (its byte) / TIER_STEP
+
+
+def encode_tiers(keep: torch.Tensor | None, size: tuple[int, int], low: torch.Tensor, step: int) -> bytes:
+    """A skip-mask stream with a second, coarser tier: the keep map's bytes (written even when every cell is kept),
+    one byte ``step`` (the low tier's quality is the image's minus step / ``TIER_STEP``), then which kept cells
+    (``low``: (K,) bool over them in raster order) are coded at that quality (numpy ``packbits``)."""
+    if not 1 <= step <= 255:
+        raise ValueError(f"tier step {step} outside 1..255")
+    keep = torch.ones(1, 1, *size, dtype=torch.bool) if keep is None else keep
+    head = np.packbits(keep[0, 0].cpu().numpy().astype(bool).ravel()).tobytes()
+    return head + bytes([step]) + np.packbits(low.cpu().numpy().astype(bool)).tobytes()
+
+
+def decode_tiers(data: bytes, size: tuple[int, int]) -> tuple[torch.Tensor | None, int, torch.Tensor | None]:
+    """Inverse of ``encode_mask`` / ``encode_tiers`` -> (keep map or None, tier step or 0, indices of the low
+    tier's cells among the kept ones or None); ValueError if the stream does not fit."""
+    h, w = size
+    n = (h * w + 7) // 8
+    if len(data) <= n:
+        return decode_mask(data, size), 0, None
+    keep = decode_mask(data[:n], size)
+    k = int(keep.sum())
+    step, bits = data[n], data[n + 1 :]
+    if not step or len(bits) != (k + 7) // 8:
+        raise ValueError(f"skip mask with tiers of {len(data)} bytes does not fit a {h}x{w} map")
+    low = np.unpackbits(np.frombuffer(bits, np.uint8), count=k).astype(bool)
+    return keep, step, torch.from_numpy(low).nonzero().squeeze(1)
+
+
 class FeatureCompressionModel(CompressionModel):
     """Base of the learned feature codecs' networks: ``forward`` for training, ``compress`` / ``decompress`` for
     real bits (call ``update()`` first, or load a checkpoint that carries the tables)."""

@@ -17,6 +17,7 @@ from mutualfc.nn.layers import ResBlock, conv
 from mutualfc.nn.packing import LevelPacker
 from mutualfc.nn.sparse import columns, positions, scatter
 
+Tier = tuple[float, torch.Tensor]  # (quality, indexes of the cells coded at it)
 SYNTHESIS_BITS = 14  # fractional bits of the decoder's synthesis and prediction (features to about 6e-5)
 
 
@@ -60,23 +61,31 @@ class BFCNet(nn.Module):
         context = self.g_s(y_hat) if shared and self.g_s is not None else None
         return context, self.lin_s(y_hat)
 
-    def dequantize(self, y_hat: torch.Tensor, quality: float, bits: int) -> torch.Tensor:
+    def dequantize(self, y_hat: torch.Tensor, quality: float, bits: int, low: Tier | None = None) -> torch.Tensor:
         """Decoded latent columns (fixed point, ``ACT_BITS``) times the inverse gains -> fixed point with ``bits``
-        fractional bits, exactly."""
-        return exact.rescale(y_hat, self.gain.inverse_fixed(quality), exact.ACT_BITS + INV_GAIN_BITS - bits)
+        fractional bits, exactly. ``low``: (quality, column indexes) of the columns coded at a lower quality."""
+        return self.gain.dequantize(y_hat, quality, exact.ACT_BITS + INV_GAIN_BITS - bits, low)
 
-    def packed_cells(self, y_hat: torch.Tensor, kept: torch.Tensor, quality: float) -> torch.Tensor:
+    def packed_cells(
+        self, y_hat: torch.Tensor, kept: torch.Tensor, quality: float, low: Tier | None = None
+    ) -> torch.Tensor:
         """Real decoding: the decoded base in the codec's packed feature space, as fixed-point columns
         (``SYNTHESIS_BITS``), (packed channels, 1 + K): column 0 is every skipped cell's (latent 0), the others the
-        cells ``kept``. Exact integer arithmetic: the same on every machine."""
+        cells ``kept``; ``low``: (quality, indexes among the kept cells) of the cells coded at a lower quality.
+        Exact integer arithmetic: the same on every machine."""
         y = columns(y_hat, kept)
-        y = self.dequantize(torch.cat([y.new_zeros(y.shape[0], 1), y], 1), quality, SYNTHESIS_BITS)
+        low = None if low is None else (low[0], low[1] + 1)
+        y = self.dequantize(torch.cat([y.new_zeros(y.shape[0], 1), y], 1), quality, SYNTHESIS_BITS, low)
         return exact.wide_linear(exact.wide_params(self.lin_s, SYNTHESIS_BITS), y)
 
-    def context(self, y_hat: torch.Tensor, quality: float) -> torch.Tensor:
-        """The residual stream's context: the trunk on the dequantized latent map, exactly (fixed point)."""
+    def context(
+        self, y_hat: torch.Tensor, quality: float, kept: torch.Tensor | None = None, low: Tier | None = None
+    ) -> torch.Tensor:
+        """The residual stream's context: the trunk on the dequantized latent map, exactly (fixed point); ``low``
+        as for ``packed_cells`` (indexes among the cells ``kept``)."""
         c, h, w = y_hat.shape[1:]
-        x = self.dequantize(y_hat.reshape(c, -1), quality, exact.ACT_BITS).view(1, c, h, w)
+        low = None if low is None else (low[0], kept[low[1]])
+        x = self.dequantize(y_hat.reshape(c, -1), quality, exact.ACT_BITS, low).view(1, c, h, w)
         first, *blocks = self.g_s
         x = exact.conv2d(first, x)
         for block in blocks:

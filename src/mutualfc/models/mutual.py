@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from mutualfc.entropy import reproducible_threads
-from mutualfc.models.base import FeatureCompressionModel, decode_mask, encode_mask
-from mutualfc.models.bfc import SYNTHESIS_BITS, BFCNet
+from mutualfc.models.base import TIER_STEP, FeatureCompressionModel, decode_tiers, encode_mask, encode_tiers
+from mutualfc.models.bfc import SYNTHESIS_BITS, BFCNet, Tier
 from mutualfc.models.config import MutualConfig
 from mutualfc.models.mfc import MFCNet
-from mutualfc.models.residual import ResidualCoder
+from mutualfc.models.residual import ResidualCoder, decode_residual_info, encode_residual_info
 from mutualfc.nn import exact
 from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
 from mutualfc.nn.sparse import affine, positions
@@ -84,10 +84,12 @@ class MutualFeatureNet(FeatureCompressionModel):
                 "prediction": crop_levels(pred, self.cfg.levels, size)}  # fmt: skip
 
     # -- real bits (exact integer arithmetic from the decoded symbols on: every machine decodes alike) ---------
-    def _packed_cells(self, y_hat: torch.Tensor, kept: torch.Tensor, quality: float) -> tuple[torch.Tensor, ...]:
+    def _packed_cells(
+        self, y_hat: torch.Tensor, kept: torch.Tensor, quality: float, low: Tier | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """The decoded base and the predicted levels in the packed codec space, fixed-point columns (1 + K):
         column 0 stands for all skipped cells (they decode to the same blocks), the others for the cells ``kept``."""
-        base = self.bfc.packed_cells(y_hat, kept, quality)
+        base = self.bfc.packed_cells(y_hat, kept, quality, low)
         return base, self.mfc.predict_cells(base, SYNTHESIS_BITS)
 
     def _blocks(self, base: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -108,36 +110,60 @@ class MutualFeatureNet(FeatureCompressionModel):
         residual: bool = True,
         keep: torch.Tensor | None = None,
         reconstruct: bool = True,
+        residual_keep: torch.Tensor | None = None,
+        boost: int = 0,
+        low_keep: torch.Tensor | None = None,
+        low_step: int = 0,
     ) -> tuple[list[bytes], dict]:
-        """-> byte strings (skip mask, the latent's stream, then the residual stream if ``residual``) and what
-        decoding needs besides them: the coarsest level's ``size``; also the encoder's own reconstruction under
-        ``"levels"`` and the prediction-only one under ``"prediction"`` (None if not ``reconstruct`` and the
-        residual did not need them). ``keep`` ((1, 1, H, W) at the coarsest level) skips the positions where it is
-        0: their latents (base and residual) are not coded, so they decode to the mean features; the mask is the
-        first stream (``encode_mask``)."""
+        """-> byte strings (skip mask, the latent's stream, then the residual stream if ``residual``, then its
+        settings if they are not the defaults) and what decoding needs besides them: the coarsest level's ``size``;
+        also the encoder's own reconstruction under ``"levels"`` and the prediction-only one under ``"prediction"``
+        (None if not ``reconstruct`` and the residual did not need them). ``keep`` ((1, 1, H, W) at the coarsest
+        level) skips the positions where it is 0: their latents (base and residual) are not coded, so they decode to
+        the mean features; the mask is the first stream (``encode_mask``). ``residual_keep`` (the same shape)
+        limits the residual stream to the kept cells where it is nonzero, and ``boost`` raises the residual's gains
+        by 2 ** (boost / 2); both go into a fourth stream (``encode_residual_info``). ``low_keep`` (the same shape)
+        marks kept cells whose base is coded at the lower quality ``quality - low_step / TIER_STEP``, a second tier
+        signalled in the mask stream (``encode_tiers``)."""
         x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
         mask = self.coded_mask(keep, size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
-        gain, _ = self.bfc.gain(quality)
+        low = None
+        if low_keep is not None and low_step:
+            in_low = self.coded_mask(low_keep, size).flatten()[kept] > 0
+            low = (quality - low_step / TIER_STEP, in_low.nonzero().squeeze(1)) if bool(in_low.any()) else None
         with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
-            y = self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept) * gain
+            y = self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept)
+            y_low = None if low is None else y.flatten(2)[0][:, kept[low[1]]] * self.bfc.gain(low[0])[0].view(-1, 1)
+            y = y * self.bfc.gain(quality)[0]
+            if y_low is not None:
+                y.flatten(2)[0][:, kept[low[1]]] = y_low
         lc = self.bfc.latent_codec.compress(y, mask)  # exact arithmetic from here on: any thread count
-        strings = [encode_mask(keep), lc["strings"][0]]
+        head = encode_mask(keep) if low is None else encode_tiers(keep, size, in_low, low_step)
+        strings = [head, lc["strings"][0]]
         use = residual and self.res is not None
         if not (use or reconstruct):
             return strings, {"size": size, "levels": None, "prediction": None}
         y_hat = lc["y_hat"]
-        base, target = self._packed_cells(y_hat, kept, quality)
+        base, target = self._packed_cells(y_hat, kept, quality, low)
         pred = rec = LevelPacker.paint(self._blocks(base, target), kept, padded)
         if use:
             p, k = self.res.pack, self.finest
             pred_r = (target[: p.channels] * 2.0**-SYNTHESIS_BITS).float()  # the finest level, packed codec space
+            coded = None
+            if residual_keep is not None:
+                coded = self.coded_mask(residual_keep, size).flatten()[kept] > 0
+            cells = None if coded is None or bool(coded.all()) else coded.nonzero().squeeze(1)
+            at = kept if cells is None else kept[cells]
             with reproducible_threads():
-                d = p.features_to_cells(p.gather_cells({k: x[k]}, kept, padded[1])) - pred_r[:, 1:]
-                r = affine(self.res.lin_a, d) * self.res.gain(quality)[0].view(-1, 1)
-            string, r_hat = self.res.compress(r, self.bfc.context(y_hat, quality), kept)
-            strings.append(string)
-            corrected = self._with_residual(target, self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS))
+                pred_at = pred_r[:, 1:] if cells is None else pred_r[:, 1:][:, cells]
+                d = p.features_to_cells(p.gather_cells({k: x[k]}, at, padded[1])) - pred_at
+                r = affine(self.res.lin_a, d) * self.res.gain(quality, boost)[0].view(-1, 1)
+            string, r_hat = self.res.compress(r, self.bfc.context(y_hat, quality, kept, low), at)
+            info = encode_residual_info(boost, coded)
+            strings += [string, info] if info else [string]
+            correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
+            corrected = self._with_residual(target, correction)
             rec = LevelPacker.paint(self._blocks(base, corrected), kept, padded)
         names = self.cfg.levels
         return strings, {"size": size, "levels": crop_levels(rec, names, size),
@@ -146,14 +172,24 @@ class MutualFeatureNet(FeatureCompressionModel):
     @torch.inference_mode()
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
         n = self.stream_count()
-        if len(strings) not in (n, n + 1) or (len(strings) == n + 1 and self.res is None):
-            raise ValueError(f"expected {n} streams (+1 residual), got {len(strings)}")
-        mask = self.coded_mask(decode_mask(strings[0], size), size)
+        if len(strings) not in (n, n + 1, n + 2) or (len(strings) > n and self.res is None):
+            raise ValueError(f"expected {n} streams (+1 residual, +1 its settings), got {len(strings)}")
+        keep, step, in_low = decode_tiers(strings[0], size)
+        mask = self.coded_mask(keep, size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
-        strings = self.guarded(strings, size)
+        low = None
+        if step:
+            if quality - step / TIER_STEP < 0:
+                raise ValueError(f"tier step {step} takes quality {quality:g} below 0")
+            low = (quality - step / TIER_STEP, in_low)
+        info = strings[n + 1] if len(strings) > n + 1 else b""  # not rANS: not padded
+        strings = self.guarded(strings[: n + 1], size)
         y_hat = self.bfc.latent_codec.decompress([strings[1]], mask)["y_hat"]
-        base, target = self._packed_cells(y_hat, kept, quality)
+        base, target = self._packed_cells(y_hat, kept, quality, low)
         if len(strings) > n:
-            r_hat = self.res.decompress(strings[n], self.bfc.context(y_hat, quality), kept)
-            target = self._with_residual(target, self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS))
+            boost, cells = decode_residual_info(info, kept.numel())
+            at = kept if cells is None else kept[cells]
+            r_hat = self.res.decompress(strings[n], self.bfc.context(y_hat, quality, kept, low), at)
+            correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
+            target = self._with_residual(target, correction)
         return crop_levels(LevelPacker.paint(self._blocks(base, target), kept, padded), self.cfg.levels, size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from compressai.latent_codecs import GaussianConditionalLatentCodec
 from torch import nn
@@ -15,6 +16,34 @@ from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import conv
 from mutualfc.nn.packing import LevelPacker
 from mutualfc.nn.sparse import stack_at
+
+MAX_BOOST = 8  # the residual stream's finest step: its quality's gains times 2 ** (MAX_BOOST / 2)
+
+
+def encode_residual_info(boost: int, coded: torch.Tensor | None) -> bytes:
+    """The residual stream's settings, when they are not the defaults: one byte ``boost`` (the residual gain is the
+    quality's times 2 ** (boost / 2)), then which kept cells carry a residual (``coded``: (K,) bool over the kept
+    cells in raster order, numpy ``packbits``; nothing when all of them do). Empty for the defaults."""
+    every = coded is None or bool(coded.all())
+    if not boost and every:
+        return b""
+    return bytes([boost]) + (b"" if every else np.packbits(coded.cpu().numpy().astype(bool)).tobytes())
+
+
+def decode_residual_info(data: bytes, kept: int) -> tuple[int, torch.Tensor | None]:
+    """Inverse of ``encode_residual_info`` for ``kept`` kept cells -> (boost, indices of the residual's cells among
+    the kept ones, None for all); ValueError if the stream does not fit."""
+    if not data:
+        return 0, None
+    boost, bits = data[0], data[1:]
+    if boost > MAX_BOOST:
+        raise ValueError(f"residual gain boost {boost} outside 0..{MAX_BOOST}")
+    if not bits:
+        return boost, None
+    if len(bits) != (kept + 7) // 8:
+        raise ValueError(f"residual cell map of {len(bits)} bytes does not fit {kept} kept cells")
+    coded = np.unpackbits(np.frombuffer(bits, np.uint8), count=kept).astype(bool)
+    return boost, torch.from_numpy(coded).nonzero().squeeze(1)
 
 
 class ResidualCoder(nn.Module):
@@ -51,12 +80,23 @@ class ResidualCoder(nn.Module):
     def decompress(self, string: bytes, context: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         return self.code(SymbolReader(string), None, context, kept)
 
-    def correction_cells(self, r_hat: torch.Tensor, quality: float, bits: int) -> torch.Tensor:
+    def correction_cells(
+        self, r_hat: torch.Tensor, quality: float, bits: int, boost: int = 0, cells: torch.Tensor | None = None,
+        kept: int = 0,
+    ) -> torch.Tensor:  # fmt: skip
         """Decoded residual latent columns (fixed point, ``ACT_BITS``) -> the correction of the finest level in the
-        packed codec space (fixed point, ``bits``), column 0 (skipped cells: no residual) first; exactly."""
+        packed codec space (fixed point, ``bits``), column 0 (skipped cells: no residual) first; exactly. ``cells``:
+        which of the ``kept`` cells the columns belong to (None: all); the others get column 0's correction (a
+        residual latent of 0, like the skipped cells). The residual's gains are the image's quality's in every
+        tier (a tier lowers the base's quality only)."""
         r = torch.cat([r_hat.new_zeros(r_hat.shape[0], 1), r_hat], 1)
-        r = exact.rescale(r, self.gain.inverse_fixed(quality), exact.ACT_BITS + INV_GAIN_BITS - bits)
-        return exact.wide_linear(exact.wide_params(self.lin_s, bits), r)
+        r = self.gain.dequantize(r, quality, exact.ACT_BITS + INV_GAIN_BITS - bits, boost=boost)
+        out = exact.wide_linear(exact.wide_params(self.lin_s, bits), r)
+        if cells is None:
+            return out
+        full = out[:, :1].repeat(1, 1 + kept)
+        full[:, cells + 1] = out[:, 1:]
+        return full
 
     def init_from_data(self, d: torch.Tensor, samples: int) -> None:
         set_pca(self.lin_a, self.lin_s, sample_rows(d, samples, seed=2))

@@ -113,6 +113,7 @@ SEED_SETTINGS: tuple[tuple[str, str, float, dict], ...] = (
     ("mutual-q0", "mutual", 0, {}),
     ("mutual-q2.5-noskip", "mutual", 2.5, {"skip_below": 0}),
     ("mutual-q4", "mutual", 4, {}),
+    ("mutual-q7.5", "mutual", 7.5, {}),  # a second tier in the mask stream, the residual's cells in a fourth stream
     ("mutual-q8", "mutual", 8, {}),  # residual stream on, lower skip threshold
     ("separate-q4", "separate", 4, {}),
     ("hevc-feature-qp30", "hevc-feature", 30, {}),
