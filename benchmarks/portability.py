@@ -1,11 +1,12 @@
 """Portability matrix: streams encoded on one kernel set decode to the same bytes on every other.
 
-For every image and every learned operating point (mutual 0..8, separate 0..7 by default), the streams are encoded
-once with PyTorch's native kernels and once with its generic ones (``ATEN_CPU_CAPABILITY=default``: what another
-CPU model, an ARM server or an older x86 computes); each set is then decoded in separate processes under native
-kernels with 1 and 2 threads and generic kernels with 1 and 2 threads, and the SHA-256 of every decoded feature set
-(the normative output, ``mutualfc.testing.conformance.digest``) is compared across the decoders. Resumable: streams
-and digests already on disk are kept. Writes results/portability.json and results/portability.md.
+For every image and every learned operating point (mutual 0..8 and the fidelity tiers 7.25, 7.5, 7.75; separate
+0..7), the streams are encoded once with PyTorch's native kernels and once with its generic ones
+(``ATEN_CPU_CAPABILITY=default``: what another CPU model, an ARM server or an older x86 computes); each set is then
+decoded in separate processes under native kernels with 1 and 2 threads and generic kernels with 1 and 2 threads,
+and the SHA-256 of every decoded feature set (the normative output, ``mutualfc.testing.conformance.digest``) is
+compared across the decoders. Resumable: streams and digests already on disk are kept. Writes
+results/portability.json and results/portability.md.
 
     python benchmarks/portability.py --data ../shared/data/coco-val212 --work /tmp/portability
 """
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-POINTS = [("mutual", q) for q in range(9)] + [("separate", q) for q in range(8)]
+POINTS = [("mutual", q) for q in (*range(8), 7.25, 7.5, 7.75, 8)] + [("separate", q) for q in range(8)]
 ENCODERS = {"native": {}, "default": {"ATEN_CPU_CAPABILITY": "default"}}
 DECODERS = {
     "native-2t": {"OMP_NUM_THREADS": "2"},
