@@ -403,6 +403,8 @@ def test_malformed_tier_and_residual_settings_are_refused():
             net.decompress(bad, size, 3)
     with pytest.raises(ValueError, match="outside"):
         encode_tiers(None, (8, 10), low.flatten(), 0)
+    with pytest.raises(ValueError, match="below 0"):  # the encoder refuses what the decoder would
+        net.compress(lv, 3, low_keep=low, low_step=25)
 
 
 def test_gain_boost_is_an_exact_power_of_the_square_root_of_two():

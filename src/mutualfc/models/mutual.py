@@ -130,6 +130,8 @@ class MutualFeatureNet(FeatureCompressionModel):
         kept, padded = positions(mask), tuple(mask.shape[-2:])
         low = None
         if low_keep is not None and low_step:
+            if quality - low_step / TIER_STEP < 0:
+                raise ValueError(f"tier step {low_step} takes quality {quality:g} below 0")
             in_low = self.coded_mask(low_keep, size).flatten()[kept] > 0
             low = (quality - low_step / TIER_STEP, in_low.nonzero().squeeze(1)) if bool(in_low.any()) else None
         with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
