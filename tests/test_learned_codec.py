@@ -213,6 +213,8 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatc
     step = round(learned.FIDELITY_TIER_SPAN * TIER_STEP / 2)
     assert (op.tier_below, op.tier_step, op.tier_residual) == (scheduled_skip_below(top), step, False)
     assert codec.operating_point(top + 0.9).tier_residual  # the tier's quality reached RESIDUAL_FROM
+    assert create_codec("mutual", task, checkpoint=str(ckpt), residual="on").operating_point(top + 0.5).tier_residual
+    assert create_codec("separate", task).operating_point(top + 0.5).tier_step == 0  # its network has no tiers
     assert codec.operating_point(top + 1) == OperatingPoint(top, "on", pytest.approx(FIDELITY_SKIP_BELOW))
     info = codec.describe(top + 1)  # what eval records with the point
     assert info["residual"] == "on" and info["skip_below"] == pytest.approx(FIDELITY_SKIP_BELOW)

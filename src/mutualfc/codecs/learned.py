@@ -163,11 +163,10 @@ class LearnedFeatureCodec(FeatureCodec):
         if tau is None:
             tau = top_tau ** (1 - t) * FIDELITY_SKIP_BELOW**t
         step = min(round(FIDELITY_TIER_SPAN * TIER_STEP * (1 - t)), self.top * TIER_STEP)
-        if tau >= top_tau or not step or not self.net.has_residual:  # no cells below the top's threshold
+        if tau >= top_tau or not step or not self.net.has_tiers:  # no cells below the top's threshold
             return OperatingPoint(float(self.top), residual, tau)
-        return OperatingPoint(
-            float(self.top), residual, tau, top_tau, step, self.top - step / TIER_STEP >= RESIDUAL_FROM
-        )
+        tier_residual = self.residual == "on" or self.top - step / TIER_STEP >= RESIDUAL_FROM  # explicit "on" wins
+        return OperatingPoint(float(self.top), residual, tau, top_tau, step, tier_residual)
 
     def rd_lambda(self, quality: float) -> float | None:
         """The Lagrange multiplier the checkpoint was trained with at ``quality`` (geometric between qualities);

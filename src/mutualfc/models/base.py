@@ -75,6 +75,7 @@ class FeatureCompressionModel(CompressionModel):
     real bits (call ``update()`` first, or load a checkpoint that carries the tables)."""
 
     pad_multiple = 2  # at the coarsest level, so that the hyper-latent (/2) tiles the latent exactly
+    has_tiers = False  # whether ``compress`` can code some kept cells at a lower quality (``encode_tiers``)
     latent_count = 1  # BFCNet latents per image (the separate network has one per level)
     cfg: MutualConfig
 

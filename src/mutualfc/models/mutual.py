@@ -20,6 +20,8 @@ class MutualFeatureNet(FeatureCompressionModel):
     """BFCNet + MFCNet (+ residual): ``forward`` for training (noisy/STE quantisation, likelihoods; also returns the
     prediction-only reconstruction), ``compress``/``decompress`` for real bits."""
 
+    has_tiers = True
+
     def __init__(self, cfg: MutualConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or MutualConfig(arch="mutual")
