@@ -21,12 +21,22 @@ def is_entropy_table(key: str) -> bool:
     return key.endswith(ENTROPY_TABLES)
 
 
+def pack_bits(flags: torch.Tensor) -> bytes:
+    """Boolean flags (any shape, raster order) -> one bit each, most significant first (numpy ``packbits``)."""
+    return np.packbits(flags.cpu().numpy().astype(bool).ravel()).tobytes()
+
+
+def unpack_bits(data: bytes, count: int) -> torch.Tensor:
+    """Inverse of ``pack_bits``: the first ``count`` flags of ``data`` as a (count,) bool tensor."""
+    return torch.from_numpy(np.unpackbits(np.frombuffer(data, np.uint8), count=count).astype(bool))
+
+
 def encode_mask(keep: torch.Tensor | None) -> bytes:
     """Skip mask stream: the coarsest level's keep map, one bit per cell in raster order (numpy ``packbits``); empty
     when every cell is coded."""
     if keep is None or bool(keep.all()):
         return b""
-    return np.packbits(keep[0, 0].cpu().numpy().astype(bool).ravel()).tobytes()
+    return pack_bits(keep[0, 0])
 
 
 def decode_mask(data: bytes, size: tuple[int, int]) -> torch.Tensor | None:
@@ -36,8 +46,7 @@ def decode_mask(data: bytes, size: tuple[int, int]) -> torch.Tensor | None:
     h, w = size
     if len(data) != (h * w + 7) // 8:
         raise ValueError(f"skip mask of {len(data)} bytes does not fit a {h}x{w} map")
-    bits = np.unpackbits(np.frombuffer(data, np.uint8), count=h * w)
-    return torch.from_numpy(bits.astype(bool)).view(1, 1, h, w)
+    return unpack_bits(data, h * w).view(1, 1, h, w)
 
 
 TIER_STEP = 8  # the low tier's quality is the image's minus (its byte) / TIER_STEP
@@ -50,8 +59,7 @@ def encode_tiers(keep: torch.Tensor | None, size: tuple[int, int], low: torch.Te
     if not 1 <= step <= 255:
         raise ValueError(f"tier step {step} outside 1..255")
     keep = torch.ones(1, 1, *size, dtype=torch.bool) if keep is None else keep
-    head = np.packbits(keep[0, 0].cpu().numpy().astype(bool).ravel()).tobytes()
-    return head + bytes([step]) + np.packbits(low.cpu().numpy().astype(bool)).tobytes()
+    return pack_bits(keep[0, 0]) + bytes([step]) + pack_bits(low)
 
 
 def decode_tiers(data: bytes, size: tuple[int, int]) -> tuple[torch.Tensor | None, int, torch.Tensor | None]:
@@ -66,8 +74,7 @@ def decode_tiers(data: bytes, size: tuple[int, int]) -> tuple[torch.Tensor | Non
     step, bits = data[n], data[n + 1 :]
     if not step or len(bits) != (k + 7) // 8:
         raise ValueError(f"skip mask with tiers of {len(data)} bytes does not fit a {h}x{w} map")
-    low = np.unpackbits(np.frombuffer(bits, np.uint8), count=k).astype(bool)
-    return keep, step, torch.from_numpy(low).nonzero().squeeze(1)
+    return keep, step, unpack_bits(bits, k).nonzero().squeeze(1)
 
 
 class FeatureCompressionModel(CompressionModel):

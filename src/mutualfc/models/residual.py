@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from compressai.latent_codecs import GaussianConditionalLatentCodec
 from torch import nn
 
 from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian
 from mutualfc.latent_codecs import MaskedParams
+from mutualfc.models.base import pack_bits, unpack_bits
 from mutualfc.models.config import MutualConfig
 from mutualfc.models.gain import INV_GAIN_BITS, GainUnit
 from mutualfc.nn import exact
@@ -27,7 +27,7 @@ def encode_residual_info(boost: int, coded: torch.Tensor | None) -> bytes:
     every = coded is None or bool(coded.all())
     if not boost and every:
         return b""
-    return bytes([boost]) + (b"" if every else np.packbits(coded.cpu().numpy().astype(bool)).tobytes())
+    return bytes([boost]) + (b"" if every else pack_bits(coded))
 
 
 def decode_residual_info(data: bytes, kept: int) -> tuple[int, torch.Tensor | None]:
@@ -42,8 +42,7 @@ def decode_residual_info(data: bytes, kept: int) -> tuple[int, torch.Tensor | No
         return boost, None
     if len(bits) != (kept + 7) // 8:
         raise ValueError(f"residual cell map of {len(bits)} bytes does not fit {kept} kept cells")
-    coded = np.unpackbits(np.frombuffer(bits, np.uint8), count=kept).astype(bool)
-    return boost, torch.from_numpy(coded).nonzero().squeeze(1)
+    return boost, unpack_bits(bits, kept).nonzero().squeeze(1)
 
 
 class ResidualCoder(nn.Module):
