@@ -4,7 +4,7 @@ settings of comma-separated ``key=value``: the skip threshold ``tau``, the resid
 (2 ** (boost / 2), a finer P3 residual; ``inf``: the original P3, an oracle), the objectness ``tau_r`` from which a
 cell carries the residual, and a second tier (cells below ``tau_hi`` coded at quality ``q_lo``). Prints and appends
 one JSON line per setting (bpp split into the mask, base and residual streams; mAP against each annotation file),
-then (``--report``) a Markdown table of every setting in the file.
+then (``--report``) a Markdown table of every setting in the file (without ``--settings``: only the table).
 
     mutualfc pseudo-labels --images ../shared/data/coco-train --fold 0/8 --min-score 0.02 \\
         --out cache/tune-pseudo-002.json                                 # and at 0.1: cache/tune-pseudo-010.json
@@ -101,10 +101,11 @@ def main() -> int:
     ds = sets[0]
     codec = create_codec("mutual", task, checkpoint=args.checkpoint)
     net = codec.net
-    feats = features(task, ds, Path(args.feature_cache) if args.feature_cache else None)
+    settings = list(filter(None, args.settings.split(";")))
+    feats = features(task, ds, Path(args.feature_cache) if args.feature_cache else None) if settings else []
     pixels = sum(p for _, _, p in feats)
     top = net.cfg.qualities - 1
-    for setting in filter(None, args.settings.split(";")):
+    for setting in settings:
         opts = {"tau": "0.1", "boost": "0"} | dict(kv.split("=") for kv in setting.split(","))
         tau = float(opts["tau"])
         tau_r = float(opts.get("tau_r", tau))
@@ -130,14 +131,17 @@ def main() -> int:
             dets += task.back(FeatureSet(levels, fs.geometry)).to_coco(i)
         maps = [d.evaluate(dets)["map"] for d in sets]
         row = {"setting": setting, "bpp": sum(bits.values()) / pixels, "map": maps[0], "maps": maps,
-               **{f"bpp_{k}": v / pixels for k, v in bits.items()}}  # fmt: skip
+               "images": len(feats), **{f"bpp_{k}": v / pixels for k, v in bits.items()}}  # fmt: skip
         print(json.dumps(row), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
     if args.report:
         names = [Path(a).name for a in args.annotations.split(",")]
         rows = [r for r in read_jsonl(args.out) if len(r.get("maps", ())) == len(names)]
-        atomic_write_text(Path(args.report), report(rows, names, len(feats)))
+        counts = {r.get("images", args.limit or len(ds.records)) for r in rows}  # rows before the count: --limit
+        if len(counts) > 1:
+            raise SystemExit(f"{args.out} mixes settings measured on {sorted(counts)} images: report them apart")
+        atomic_write_text(Path(args.report), report(rows, names, counts.pop() if counts else 0))
     return 0
 
 
