@@ -414,3 +414,31 @@ def test_gain_boost_is_an_exact_power_of_the_square_root_of_two():
     assert (boosted - plain / 2).abs().max() <= 0.5 and not torch.equal(boosted, plain)
     with pytest.raises(ValueError, match="outside"):
         boost_factor(-1)
+
+
+def test_uncorrected_cells_can_decode_to_the_mean_features():
+    """With ``predict_uncorrected`` off, kept cells that carry no residual get the skipped cells' P3 (the mean
+    features) instead of MFCNet's prediction; the base and the residual's cells are as before, and the stream
+    decodes to the encoder's reconstruction."""
+    lv = random_levels(4, h=8, w=10)
+    keep = torch.ones(1, 1, 8, 10, dtype=torch.bool)
+    keep[..., :, 8:] = False  # columns 8, 9 skipped
+    some = keep.clone()
+    some[..., 4:, :] = False  # residual on the top half only
+    on, off = _net(), _net(predict_uncorrected=False)
+    skipped = None
+    for kw in ({"residual": False}, {"residual": True, "residual_keep": some}):
+        a = on.compress(lv, 2, keep=keep, **kw)[1]["levels"]
+        strings, meta = off.compress(lv, 2, keep=keep, **kw)
+        b = off.decompress(strings, meta["size"], 2)
+        assert all(torch.equal(b[k], meta["levels"][k]) for k in b)
+        assert torch.equal(a["p4"], b["p4"]) and torch.equal(a["p5"], b["p5"])
+        skipped = b["p3"][..., :4, 32:36]
+        rows = range(2) if kw["residual"] is False else range(4, 8)  # cells without a residual
+        for y in rows:
+            assert torch.equal(b["p3"][..., 4 * y : 4 * y + 4, :4], skipped)
+            assert not torch.equal(a["p3"][..., 4 * y : 4 * y + 4, :4], skipped)
+        if kw["residual"]:
+            assert torch.equal(a["p3"][..., :16, :32], b["p3"][..., :16, :32])  # the residual's cells
+    trained = off(lv, 2)["prediction"]["p3"]
+    assert torch.equal(trained[..., :4, :4], trained[..., 4:8, 8:12])  # every cell the mean features

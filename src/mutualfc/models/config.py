@@ -23,6 +23,9 @@ class MutualConfig:
     hyper: int = 128
     groups: tuple[int, ...] = (1, 1, 2, 4, 16)  # relative sizes of the latent's channel groups (context order)
     residual: int = 128  # channels of the finest level's residual latent; 0 = no residual stream
+    # whether kept cells that carry no residual take MFCNet's prediction of the finer levels (True) or the mean
+    # features, as skipped cells do (False: where no residual corrects it, the detector does better without it)
+    predict_uncorrected: bool = True
     qualities: int = 8
     gains: tuple[float, float] = (1.0, 32.0)  # initial latent gains of the lowest and the highest quality
     init_samples: int = 20000  # positions used for the closed-form (PCA / least-squares) initialisation

@@ -82,8 +82,18 @@ class MutualFeatureNet(FeatureCompressionModel):
             lik = rc["likelihoods"]["y"]
             likelihoods["r"] = torch.where(mask > 0, lik, torch.ones_like(lik))
             rec = pred | p.unpack(pred_r + self.res.lin_s(rc["y_hat"] * mask * rinv))
+        if not self.cfg.predict_uncorrected:  # without a residual every cell decodes to the mean features
+            pred = pred | self._mean_targets(lc["y_hat"])
+            rec = pred if self.res is None else rec
         return {"likelihoods": likelihoods, "levels": crop_levels(rec, self.cfg.levels, size),
                 "prediction": crop_levels(pred, self.cfg.levels, size)}  # fmt: skip
+
+    def _mean_targets(self, y_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The predicted levels of a latent of 0 (the mean features skipped cells decode to), tiled to ``y_hat``'s
+        map (training)."""
+        b, _, h, w = y_hat.shape
+        one = self.mfc(self.bfc.synthesis(y_hat.new_zeros(1, y_hat.shape[1], 1, 1), False)[1])
+        return {k: v.repeat(b, 1, h, w) for k, v in one.items()}
 
     # -- real bits (exact integer arithmetic from the decoded symbols on: every machine decodes alike) ---------
     def _packed_cells(
@@ -94,10 +104,27 @@ class MutualFeatureNet(FeatureCompressionModel):
         base = self.bfc.packed_cells(y_hat, kept, quality, low)
         return base, self.mfc.predict_cells(base, SYNTHESIS_BITS)
 
+    def _uncorrected(self, target: torch.Tensor, coded: torch.Tensor | None = None) -> torch.Tensor:
+        """The predicted columns as the decoder uses them: with ``cfg.predict_uncorrected`` off, every kept cell
+        that carries no residual (``coded``: indexes among the kept cells that do; None: none does) gets column 0,
+        the mean features of the skipped cells."""
+        if self.cfg.predict_uncorrected:
+            return target
+        keep = torch.zeros(target.shape[1], dtype=torch.bool)
+        keep[0] = True
+        if coded is not None:
+            keep[coded + 1] = True
+        return torch.where(keep, target, target[:, :1])
+
     def _blocks(self, base: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Packed fixed-point columns -> every level's blocks (C, f, f, 1 + K) in feature units."""
         return self.bfc.pack.split_blocks(self.bfc.pack.fixed_to_blocks(base, SYNTHESIS_BITS)) | \
             self.mfc.pack.split_blocks(self.mfc.pack.fixed_to_blocks(target, SYNTHESIS_BITS))  # fmt: skip
+
+    @staticmethod
+    def _residual_cells(cells: torch.Tensor | None, kept: torch.Tensor) -> torch.Tensor:
+        """Indexes among the kept cells of those that carry the residual (``cells``; None: all of them)."""
+        return torch.arange(kept.numel()) if cells is None else cells
 
     def _with_residual(self, target: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
         """The prediction with the residual stream's correction added to the finest level's packed channels."""
@@ -150,7 +177,7 @@ class MutualFeatureNet(FeatureCompressionModel):
             return strings, {"size": size, "levels": None, "prediction": None}
         y_hat = lc["y_hat"]
         base, target = self._packed_cells(y_hat, kept, quality, low)
-        pred = rec = LevelPacker.paint(self._blocks(base, target), kept, padded)
+        pred = rec = LevelPacker.paint(self._blocks(base, self._uncorrected(target)), kept, padded)
         if use:
             p, k = self.res.pack, self.finest
             pred_r = (target[: p.channels] * 2.0**-SYNTHESIS_BITS).float()  # the finest level, packed codec space
@@ -167,7 +194,7 @@ class MutualFeatureNet(FeatureCompressionModel):
             info = encode_residual_info(boost, coded)
             strings += [string, info] if info else [string]
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
-            corrected = self._with_residual(target, correction)
+            corrected = self._with_residual(self._uncorrected(target, self._residual_cells(cells, kept)), correction)
             rec = LevelPacker.paint(self._blocks(base, corrected), kept, padded)
         names = self.cfg.levels
         return strings, {"size": size, "levels": crop_levels(rec, names, size),
@@ -195,5 +222,7 @@ class MutualFeatureNet(FeatureCompressionModel):
             at = kept if cells is None else kept[cells]
             r_hat = self.res.decompress(strings[n], self.bfc.context(y_hat, quality, kept, low), at)
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
-            target = self._with_residual(target, correction)
+            target = self._with_residual(self._uncorrected(target, self._residual_cells(cells, kept)), correction)
+        else:
+            target = self._uncorrected(target)
         return crop_levels(LevelPacker.paint(self._blocks(base, target), kept, padded), self.cfg.levels, size)
