@@ -121,13 +121,13 @@ class MutualFeatureNet(FeatureCompressionModel):
         return self.bfc.pack.split_blocks(self.bfc.pack.fixed_to_blocks(base, SYNTHESIS_BITS)) | \
             self.mfc.pack.split_blocks(self.mfc.pack.fixed_to_blocks(target, SYNTHESIS_BITS))  # fmt: skip
 
-    @staticmethod
-    def _residual_cells(cells: torch.Tensor | None, kept: torch.Tensor) -> torch.Tensor:
-        """Indexes among the kept cells of those that carry the residual (``cells``; None: all of them)."""
-        return torch.arange(kept.numel()) if cells is None else cells
-
-    def _with_residual(self, target: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
-        """The prediction with the residual stream's correction added to the finest level's packed channels."""
+    def _with_residual(
+        self, target: torch.Tensor, correction: torch.Tensor, cells: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The prediction with the residual stream's correction added to the finest level's packed channels;
+        ``cells``: indexes among the kept cells of those that carry the residual (None: all of them), the others
+        first as ``_uncorrected`` has them."""
+        target = self._uncorrected(target, torch.arange(target.shape[1] - 1) if cells is None else cells)
         n = self.res.pack.channels
         return torch.cat([target[:n] + correction, target[n:]]).clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT)
 
@@ -194,7 +194,7 @@ class MutualFeatureNet(FeatureCompressionModel):
             info = encode_residual_info(boost, coded)
             strings += [string, info] if info else [string]
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
-            corrected = self._with_residual(self._uncorrected(target, self._residual_cells(cells, kept)), correction)
+            corrected = self._with_residual(target, correction, cells)
             rec = LevelPacker.paint(self._blocks(base, corrected), kept, padded)
         names = self.cfg.levels
         return strings, {"size": size, "levels": crop_levels(rec, names, size),
@@ -222,7 +222,7 @@ class MutualFeatureNet(FeatureCompressionModel):
             at = kept if cells is None else kept[cells]
             r_hat = self.res.decompress(strings[n], self.bfc.context(y_hat, quality, kept, low), at)
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
-            target = self._with_residual(self._uncorrected(target, self._residual_cells(cells, kept)), correction)
+            target = self._with_residual(target, correction, cells)
         else:
             target = self._uncorrected(target)
         return crop_levels(LevelPacker.paint(self._blocks(base, target), kept, padded), self.cfg.levels, size)
