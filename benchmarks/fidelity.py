@@ -2,8 +2,8 @@
 pseudo ground truth, ``mutualfc pseudo-labels``) at the model's top quality with the residual stream on, for
 settings of comma-separated ``key=value``: the skip threshold ``tau``, the residual stream's gain ``boost``
 (2 ** (boost / 2), a finer P3 residual; ``inf``: the original P3, an oracle), the objectness ``tau_r`` from which a
-cell carries the residual, and a second tier (cells below ``tau_hi`` coded at quality ``q_lo``). Prints and appends
-one JSON line per setting (bpp split into the mask, base and residual streams; mAP against each annotation file),
+cell carries the residual (``rd``: only where it removes that much squared error per bit), and a second tier (cells
+below ``tau_hi`` coded at quality ``q_lo``). Prints and appends one JSON line per setting (bpp split into the mask, base and residual streams; mAP against each annotation file),
 then (``--report``) a Markdown table of every setting in the file (without ``--settings``: only the table).
 
     mutualfc pseudo-labels --images ../shared/data/coco-train --fold 0/8 --min-score 0.02 \\
@@ -62,7 +62,9 @@ def report(rows: list[dict], names: list[str], images: int) -> str:
         " against pseudo ground truth (the uncompressed detector's boxes scoring at least the file's cut-off). "
         "Settings: `tau` skip threshold, `tau_r` objectness from which a cell carries the residual (default: "
         "`tau`), `tau_hi` / `q_lo` the second tier (cells below `tau_hi` coded at quality `q_lo`), `boost` the "
-        "residual's gain boost (`inf`: the original P3, an oracle). Bold: on that metric's Pareto front. "
+        "residual's gain boost (`inf`: the original P3 in every cell, an oracle), `rd` a per-cell rate-distortion "
+        "choice of the residual's cells (a cell carries it where it removes at least `rd` squared error per bit; the "
+        "codec's qualities above 7 use `codecs.learned.FIDELITY_RESIDUAL_RD`). Bold: on that metric's Pareto front. "
         "`python benchmarks/fidelity.py --help`.",
         "",
         "| setting | bpp | base | residual | " + " | ".join(f"mAP vs {n}" for n in names) + " |",
@@ -88,7 +90,8 @@ def main() -> int:
         "--settings",
         default="",
         help="settings separated by ';', each comma-separated key=value: tau (skip below), boost (residual gain "
-        "boost; inf: the original P3), tau_r (residual from), tau_hi (below it: the low tier), q_lo (its quality)",
+        "boost; inf: the original P3), tau_r (residual from), tau_hi (below it: the low tier), q_lo (its quality), "
+        "rd (a cell carries the residual only where it removes this much squared error per bit)",
     )
     ap.add_argument("--checkpoint", help="mutual checkpoint (default: the zoo's)")
     ap.add_argument("--feature-cache", help="file keeping the images' features between runs")
@@ -112,6 +115,7 @@ def main() -> int:
         tau_hi = float(opts.get("tau_hi", 0))
         step = round((top - float(opts.get("q_lo", top))) * 8)
         oracle = opts["boost"] == "inf"
+        rd = float(opts.get("rd", 0))
         boost = 0 if oracle else int(opts["boost"])
         q = float(top)
         bits = {"container": 0, "mask": 0, "base": 0, "residual": 0}
@@ -119,7 +123,8 @@ def main() -> int:
         for i, fs, _ in tqdm(feats, desc=setting):
             obj = task.objectness_map(fs.levels)
             strings, meta = net.compress(fs.levels, q, residual=True, keep=obj >= tau, residual_keep=obj >= tau_r,
-                                         boost=boost, low_keep=obj < tau_hi, low_step=step)  # fmt: skip
+                                         boost=boost, low_keep=obj < tau_hi, low_step=step,
+                                         residual_rd=rd)  # fmt: skip
             header = bitstream.Header(codec.codec_id, codec.task_id, q, codec.model_tag, 640, 480)
             size = 8 * len(bitstream.pack(header, strings))
             parts = [8 * len(s) for s in strings]

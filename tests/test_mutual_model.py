@@ -13,6 +13,7 @@ from compressai.models.base import get_scale_table
 from mutualfc.codecs.learned import residual_pays
 from mutualfc.entropy import SymbolReader, SymbolWriter, code_gaussian
 from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network, encode_tiers
+from mutualfc.models.base import unpack_bits
 from mutualfc.models.gain import boost_factor
 from mutualfc.nn.exact import ACT_BITS
 from mutualfc.nn.sparse import context_at, conv_at, stack_at
@@ -383,6 +384,41 @@ def test_tiers_residual_cells_and_boost_round_trip_and_trade_bits_for_error():
     assert len(part[n + 1]) == 1 + (int(keep.sum()) + 7) // 8 and part_bytes < plain_bytes and part_err > plain_err
     _, _, all_err = code(residual_keep=keep)  # every kept cell: the same as no map
     assert all_err == plain_err
+
+
+def test_residual_cells_are_a_rate_distortion_choice():
+    """With a threshold the encoder sends the residual only in the cells where it removes that much error per
+    estimated bit: a higher threshold codes fewer cells (fewer bytes, more error), every choice decodes to the
+    encoder's reconstruction, and the estimated bits track the real stream's size."""
+    net, lv = _net(), random_levels(9, h=8, w=10)
+    n = net.stream_count()
+    out = []
+    for rd in (0.0, 10.0, 30.0, 1e9):
+        strings, meta = net.compress(lv, 5, residual=True, residual_rd=rd)
+        dec = net.decompress(strings, meta["size"], 5)
+        assert all(torch.equal(dec[k], meta["levels"][k]) for k in dec)
+        cells = 80 if len(strings) == n + 1 else int(unpack_bits(strings[n + 1][1:], 80).sum())
+        out.append((cells, len(strings[n]), float((dec["p3"] - lv["p3"]).pow(2).sum())))
+    assert [c for c, _, _ in out] == sorted((c for c, _, _ in out), reverse=True) and out[-1][0] == 0 < out[1][0]
+    assert all(a[1] >= b[1] and a[2] <= b[2] for a, b in zip(out[:-1], out[1:], strict=False))
+    assert out[0][0] == 80 and out[1][0] < 80  # a threshold of 0 keeps every cell, as without one
+
+
+def test_estimated_bits_track_the_coded_stream():
+    """The encoder's bit estimate (for its rate-distortion choices) is the size of what the coder writes."""
+    from mutualfc.entropy import gaussian_bits
+
+    codec = _net().res.codec
+    g = torch.Generator().manual_seed(0)
+    scales = torch.exp(torch.empty(64, 50).uniform_(math.log(0.2), math.log(20), generator=g))
+    means = torch.randn(64, 50, generator=g) * 5
+    fixed = [torch.round(p.double() * 2**ACT_BITS) for p in (scales, means)]
+    params = torch.cat(fixed if codec.chunks[0] == "scales" else fixed[::-1])
+    y = (means + scales * torch.randn(64, 50, generator=g)).double()
+    writer = SymbolWriter()
+    code_gaussian(writer, codec, y, params)
+    real, estimate = 8 * len(writer.finish()), float(gaussian_bits(codec, y, params).sum())
+    assert real == pytest.approx(estimate, rel=0.03) and estimate > 5000
 
 
 def test_malformed_tier_and_residual_settings_are_refused():

@@ -38,23 +38,28 @@ SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((2.0, 0.3), (5.0, 0.1))
 FIDELITY_SKIP_BELOW = 0.02  # 0.01 until this release: on the tuning fold 0.02 is more accurate at fewer bits
 # ... and the cells it adds (objectness between the threshold and the top's) form a second tier whose base is coded
 # at a lower quality: FIDELITY_TIER_SPAN below the top at top + 0, rising linearly to the top at top + 1 (no tier).
-# A tier carries the residual stream when its quality is RESIDUAL_FROM or more. Chosen on a fold of coco-train
-# against pseudo-labels at two score cut-offs (results/fidelity.md): at equal rate the tiers keep the low-scoring
-# detections that a higher threshold drops, for a fraction of the top quality's bits.
+# Chosen on a fold of coco-train against pseudo-labels at two score cut-offs (results/fidelity.md): at equal rate the
+# tiers keep the low-scoring detections that a higher threshold drops, for a fraction of the top quality's bits.
 FIDELITY_TIER_SPAN = 3.0
+# At these qualities a kept cell (of either tier) carries the P3 residual only where it removes at least this much
+# squared error (the codec's feature space) per estimated bit: a rate-distortion choice per cell, recorded in the
+# residual's cell map. Chosen on the same fold (results/fidelity.md): at equal rate it is more accurate than choosing
+# the cells by objectness. An explicit --residual on sends it in every kept cell.
+FIDELITY_RESIDUAL_RD = 0.25
 
 
 class OperatingPoint(NamedTuple):
-    """What a quality stands for: the model quality (gains), the residual mode, the skip threshold; and the second
+    """What a quality stands for: the model quality (gains), the residual mode, the skip threshold; the second
     tier: cells whose objectness is below ``tier_below`` (and at least ``skip_below``) are coded at the model
-    quality minus ``tier_step / TIER_STEP``, with the residual stream only if ``tier_residual``."""
+    quality minus ``tier_step / TIER_STEP``; and ``residual_rd``, the per-cell rate-distortion threshold of the
+    residual stream (0: every kept cell carries it)."""
 
     quality: float
     residual: str
     skip_below: float
     tier_below: float = 0.0
     tier_step: int = 0
-    tier_residual: bool = True
+    residual_rd: float = 0.0
 
 
 @torch.inference_mode()
@@ -135,8 +140,9 @@ class LearnedFeatureCodec(FeatureCodec):
             op = self.operating_point(param)
             residual, tau = op.residual, op.skip_below
             if op.tier_step:
-                tiers = {"tier_below": round(op.tier_below, 6), "tier_quality": op.quality - op.tier_step / TIER_STEP,
-                         "tier_residual": op.tier_residual}  # fmt: skip
+                tiers = {"tier_below": round(op.tier_below, 6), "tier_quality": op.quality - op.tier_step / TIER_STEP}
+            if op.residual_rd:
+                tiers["residual_rd"] = op.residual_rd
         return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": residual,
                                      "skip_below": tau if isinstance(tau, str) else round(tau, 6), **tiers}  # fmt: skip
 
@@ -150,7 +156,8 @@ class LearnedFeatureCodec(FeatureCodec):
         SKIP_SCHEDULE, the residual stream from RESIDUAL_FROM, unless set explicitly); above it (fidelity) the top
         quality's gains with the residual stream on and the threshold moving geometrically from the schedule's
         value at the top to FIDELITY_SKIP_BELOW, unless set explicitly; the cells below the top's threshold form
-        the second tier (FIDELITY_TIER_SPAN)."""
+        the second tier (FIDELITY_TIER_SPAN); the residual's cells are a rate-distortion choice
+        (FIDELITY_RESIDUAL_RD) unless the residual is explicitly on."""
         residual = self.residual
         if residual is None:
             wanted = quality >= RESIDUAL_FROM or quality > self.top
@@ -163,10 +170,10 @@ class LearnedFeatureCodec(FeatureCodec):
         if tau is None:
             tau = top_tau ** (1 - t) * FIDELITY_SKIP_BELOW**t
         step = min(round(FIDELITY_TIER_SPAN * TIER_STEP * (1 - t)), self.top * TIER_STEP)
+        rd = FIDELITY_RESIDUAL_RD if residual == "on" and self.residual != "on" else 0.0  # explicit "on": every cell
         if tau >= top_tau or not step or not self.net.has_tiers:  # no cells below the top's threshold
-            return OperatingPoint(float(self.top), residual, tau)
-        tier_residual = self.residual == "on" or self.top - step / TIER_STEP >= RESIDUAL_FROM  # explicit "on" wins
-        return OperatingPoint(float(self.top), residual, tau, top_tau, step, tier_residual)
+            return OperatingPoint(float(self.top), residual, tau, residual_rd=rd)
+        return OperatingPoint(float(self.top), residual, tau, top_tau, step, rd)
 
     def rd_lambda(self, quality: float) -> float | None:
         """The Lagrange multiplier the checkpoint was trained with at ``quality`` (geometric between qualities);
@@ -188,11 +195,9 @@ class LearnedFeatureCodec(FeatureCodec):
             keep = objectness >= tau
             if op.tier_step:
                 high = objectness >= op.tier_below
-                tiers = {
-                    "low_keep": ~high,
-                    "low_step": op.tier_step,
-                    "residual_keep": None if op.tier_residual else high,
-                }
+                tiers = {"low_keep": ~high, "low_step": op.tier_step}
+        if op.residual_rd:
+            tiers["residual_rd"] = op.residual_rd
         strings, meta = self.net.compress(x.levels, q, residual=use, keep=keep, reconstruct=reconstruct, **tiers)
         n = self.net.stream_count()
         bits = 8 * sum(len(s) for s in strings[n:])

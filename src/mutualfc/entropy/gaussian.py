@@ -39,6 +39,20 @@ def split_params(codec: GaussianConditionalLatentCodec, params: torch.Tensor) ->
     return (a, b) if codec.chunks[0] == "scales" else (b, a)
 
 
+def gaussian_bits(codec: GaussianConditionalLatentCodec, y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Estimated bits of each column of ``y`` (C, K) under the Gaussians ``params`` ((2C, K), as ``code_gaussian``
+    takes them): the information content of the symbol coding would send, at the scale table's scale. Float: for
+    the encoder's decisions (which the stream records), never for what the decoder computes."""
+    gc = codec.gaussian_conditional
+    scales, means = split_params(codec, params)
+    if params.dtype == torch.float64:
+        means = means * 2.0**-exact.ACT_BITS
+    s = gc.scale_table[scale_indexes(gc, scales)].double()
+    v = torch.round(y.double() - means).abs()
+    p = torch.special.ndtr((0.5 - v) / s) - torch.special.ndtr((-0.5 - v) / s)
+    return -torch.log2(p.clamp_min(2.0**-30)).sum(0)
+
+
 def code_gaussian(
     coder: SymbolCoder, codec: GaussianConditionalLatentCodec, y: torch.Tensor | None, params: torch.Tensor
 ) -> torch.Tensor:

@@ -143,6 +143,7 @@ class MutualFeatureNet(FeatureCompressionModel):
         boost: int = 0,
         low_keep: torch.Tensor | None = None,
         low_step: int = 0,
+        residual_rd: float = 0.0,
     ) -> tuple[list[bytes], dict]:
         """-> byte strings (skip mask, the latent's stream, then the residual stream if ``residual``, then its
         settings if they are not the defaults) and what decoding needs besides them: the coarsest level's ``size``;
@@ -153,7 +154,9 @@ class MutualFeatureNet(FeatureCompressionModel):
         limits the residual stream to the kept cells where it is nonzero, and ``boost`` raises the residual's gains
         by 2 ** (boost / 2); both go into a fourth stream (``encode_residual_info``). ``low_keep`` (the same shape)
         marks kept cells whose base is coded at the lower quality ``quality - low_step / TIER_STEP``, a second tier
-        signalled in the mask stream (``encode_tiers``)."""
+        signalled in the mask stream (``encode_tiers``). ``residual_rd`` > 0 lets a cell carry the residual only where
+        it removes at least that much squared error (codec feature space) per estimated bit (``ResidualCoder.worth``),
+        an encoder's choice the cell map records."""
         x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
         mask = self.coded_mask(keep, size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
@@ -186,11 +189,20 @@ class MutualFeatureNet(FeatureCompressionModel):
                 coded = self.coded_mask(residual_keep, size).flatten()[kept] > 0
             cells = None if coded is None or bool(coded.all()) else coded.nonzero().squeeze(1)
             at = kept if cells is None else kept[cells]
+            context = self.bfc.context(y_hat, quality, kept, low)
             with reproducible_threads():
                 pred_at = pred_r[:, 1:] if cells is None else pred_r[:, 1:][:, cells]
                 d = p.features_to_cells(p.gather_cells({k: x[k]}, at, padded[1])) - pred_at
                 r = affine(self.res.lin_a, d) * self.res.gain(quality, boost)[0].view(-1, 1)
-            string, r_hat = self.res.compress(r, self.bfc.context(y_hat, quality, kept, low), at)
+                if residual_rd > 0:  # without the residual a cell keeps the prediction or (neutral) the mean
+                    alt = d if self.cfg.predict_uncorrected else d + pred_at - pred_r[:, :1]
+                    chosen = self.res.worth(r, d, alt, context, at, quality, boost, residual_rd).nonzero().squeeze(1)
+                    if chosen.numel() < at.numel():
+                        cells = chosen if cells is None else cells[chosen]
+                        at, r = kept[cells], r[:, chosen]
+                        coded = torch.zeros(kept.numel(), dtype=torch.bool)
+                        coded[cells] = True
+            string, r_hat = self.res.compress(r, context, at)
             info = encode_residual_info(boost, coded)
             strings += [string, info] if info else [string]
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())

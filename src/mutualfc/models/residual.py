@@ -6,7 +6,7 @@ import torch
 from compressai.latent_codecs import GaussianConditionalLatentCodec
 from torch import nn
 
-from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian
+from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian, gaussian_bits, split_params
 from mutualfc.latent_codecs import MaskedParams
 from mutualfc.models.base import pack_bits, unpack_bits
 from mutualfc.models.config import MutualConfig
@@ -15,7 +15,7 @@ from mutualfc.nn import exact
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import conv
 from mutualfc.nn.packing import LevelPacker
-from mutualfc.nn.sparse import stack_at
+from mutualfc.nn.sparse import affine, stack_at
 
 MAX_BOOST = 8  # the residual stream's finest step: its quality's gains times 2 ** (MAX_BOOST / 2)
 
@@ -78,6 +78,25 @@ class ResidualCoder(nn.Module):
 
     def decompress(self, string: bytes, context: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         return self.code(SymbolReader(string), None, context, kept)
+
+    def worth(
+        self, r: torch.Tensor, d: torch.Tensor, alt: torch.Tensor, context: torch.Tensor, kept: torch.Tensor,
+        quality: float, boost: int, threshold: float,
+    ) -> torch.Tensor:  # fmt: skip
+        """The encoder's rate-distortion choice of the cells that carry the residual: (K,) bool, True where a cell's
+        residual (latent columns ``r`` at the cells ``kept``, for the prediction error ``d`` in the packed codec
+        space) removes at least ``threshold`` squared error per estimated bit, against ``alt``, the error the cell
+        has without it (before the synthesis offset every cell gets). Every cell's bits are separable (the Gaussians
+        come from the base alone), so one pass decides them all."""
+        params = stack_at(self.codec.entropy_parameters, context, kept)
+        bits = gaussian_bits(self.codec, r, params)
+        means = split_params(self.codec, params)[1]
+        means = means * 2.0**-exact.ACT_BITS if means.dtype == torch.float64 else means
+        r_hat = (torch.round(r.double() - means) + means).float()
+        correction = affine(self.lin_s, r_hat / self.gain(quality, boost)[0].view(-1, 1))
+        offset = self.lin_s.bias.view(-1, 1)  # the correction of a latent of 0
+        removed = (alt - offset).pow(2).sum(0) - (d - correction).pow(2).sum(0)
+        return removed.double() >= threshold * bits
 
     def correction_cells(
         self, r_hat: torch.Tensor, quality: float, bits: int, boost: int = 0, cells: torch.Tensor | None = None,
