@@ -1,10 +1,11 @@
-"""Where the mutual codec's top operating point should spend its bits: codes a fold of coco-train (scored against
-pseudo ground truth, ``mutualfc pseudo-labels``) at the model's top quality with the residual stream on, for
-settings of comma-separated ``key=value``: the skip threshold ``tau``, the residual stream's gain ``boost``
-(2 ** (boost / 2), a finer P3 residual; ``inf``: the original P3, an oracle), the objectness ``tau_r`` from which a
-cell carries the residual (``rd``: only where it removes that much squared error per bit), and a second tier (cells
-below ``tau_hi`` coded at quality ``q_lo``). Prints and appends one JSON line per setting (bpp split into the mask, base and residual streams; mAP against each annotation file),
-then (``--report``) a Markdown table of every setting in the file (without ``--settings``: only the table).
+"""Where the mutual codec's top operating points should spend their bits: codes a fold of coco-train (scored
+against pseudo ground truth, ``mutualfc pseudo-labels``) at the model's top quality (or ``q``) with the residual
+stream on (unless ``res=off``), for settings of comma-separated ``key=value``: the skip threshold ``tau``, the
+residual stream's gain ``boost`` (2 ** (boost / 2), a finer P3 residual; ``inf``: the original P3, an oracle), the
+objectness ``tau_r`` from which a cell carries the residual (``rd``: only where it removes that much squared error
+per bit), and a second tier (cells below ``tau_hi`` coded at quality ``q_lo``). Prints and appends one JSON line per
+setting (bpp split into the mask, base and residual streams; mAP against each annotation file), then (``--report``)
+a Markdown table of every setting in the file (without ``--settings``: only the table).
 
     mutualfc pseudo-labels --images ../shared/data/coco-train --fold 0/8 --min-score 0.02 \\
         --out cache/tune-pseudo-002.json                                 # and at 0.1: cache/tune-pseudo-010.json
@@ -64,7 +65,7 @@ def report(rows: list[dict], names: list[str], images: int) -> str:
         "`tau`), `tau_hi` / `q_lo` the second tier (cells below `tau_hi` coded at quality `q_lo`), `boost` the "
         "residual's gain boost (`inf`: the original P3 in every cell, an oracle), `rd` a per-cell rate-distortion "
         "choice of the residual's cells (a cell carries it where it removes at least `rd` squared error per bit; the "
-        "codec's qualities above 7 use `codecs.learned.FIDELITY_RESIDUAL_RD`). Bold: on that metric's Pareto front. "
+        "codec uses `codecs.learned.RESIDUAL_RD` wherever it sends the residual). Bold: on that metric's Pareto front. "
         "`python benchmarks/fidelity.py --help`.",
         "",
         "| setting | bpp | base | residual | " + " | ".join(f"mAP vs {n}" for n in names) + " |",
@@ -91,7 +92,8 @@ def main() -> int:
         default="",
         help="settings separated by ';', each comma-separated key=value: tau (skip below), boost (residual gain "
         "boost; inf: the original P3), tau_r (residual from), tau_hi (below it: the low tier), q_lo (its quality), "
-        "rd (a cell carries the residual only where it removes this much squared error per bit)",
+        "rd (a cell carries the residual only where it removes this much squared error per bit), q (the model "
+        "quality, default: the top), res (on or off: the residual stream)",
     )
     ap.add_argument("--checkpoint", help="mutual checkpoint (default: the zoo's)")
     ap.add_argument("--feature-cache", help="file keeping the images' features between runs")
@@ -113,16 +115,17 @@ def main() -> int:
         tau = float(opts["tau"])
         tau_r = float(opts.get("tau_r", tau))
         tau_hi = float(opts.get("tau_hi", 0))
-        step = round((top - float(opts.get("q_lo", top))) * 8)
+        q = float(opts.get("q", top))
+        step = round((q - float(opts.get("q_lo", q))) * 8)
         oracle = opts["boost"] == "inf"
         rd = float(opts.get("rd", 0))
         boost = 0 if oracle else int(opts["boost"])
-        q = float(top)
+        residual = opts.get("res", "on") == "on"
         bits = {"container": 0, "mask": 0, "base": 0, "residual": 0}
         dets = []
         for i, fs, _ in tqdm(feats, desc=setting):
             obj = task.objectness_map(fs.levels)
-            strings, meta = net.compress(fs.levels, q, residual=True, keep=obj >= tau, residual_keep=obj >= tau_r,
+            strings, meta = net.compress(fs.levels, q, residual=residual, keep=obj >= tau, residual_keep=obj >= tau_r,
                                          boost=boost, low_keep=obj < tau_hi, low_step=step,
                                          residual_rd=rd)  # fmt: skip
             header = bitstream.Header(codec.codec_id, codec.task_id, q, codec.model_tag, 640, 480)

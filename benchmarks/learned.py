@@ -31,7 +31,7 @@ REFERENCES = (
     "separate",
     "mutual (previous zoo)",  # the zoo model before the 2,006-image retraining and the residual from quality 6
     "mutual (predicted P3)",  # the zoo model before stop 22: uncorrected kept cells took MFCNet's prediction
-    "mutual (residual cells by objectness)",  # before the per-cell rate-distortion choice of the residual at 7..8
+    "mutual (residual cells by objectness)",  # before the per-cell rate-distortion choice of the residual's cells
 )
 ABLATION_REFERENCES = ("abl-ref", "abl-separate", "abl-scratch")  # used when the results hold ablation runs
 

@@ -195,32 +195,33 @@ def test_skip_schedule_interpolates_geometrically_between_its_knots():
 
 def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatch):
     """From the model's top quality to top + 1 the codec sends the residual stream (in the cells where it pays,
-    FIDELITY_RESIDUAL_RD) and lowers the skip threshold to FIDELITY_SKIP_BELOW; the cells below the top's threshold
-    form a second tier coded at a lower quality that rises to the top's at top + 1; the container's quality is all
-    the decoder needs. Explicit settings win."""
+    RESIDUAL_RD, as wherever the schedule sends it) and lowers the skip threshold to FIDELITY_SKIP_BELOW; the cells
+    below the top's threshold form a second tier coded at a lower quality that rises to the top's at top + 1; the
+    container's quality is all the decoder needs. Explicit settings win."""
     from mutualfc.codecs import learned
-    from mutualfc.codecs.learned import FIDELITY_RESIDUAL_RD, FIDELITY_SKIP_BELOW, OperatingPoint, scheduled_skip_below
+    from mutualfc.codecs.learned import FIDELITY_SKIP_BELOW, RESIDUAL_RD, OperatingPoint, scheduled_skip_below
     from mutualfc.models import TIER_STEP, decode_tiers
 
     codec = create_codec("mutual", task, checkpoint=str(ckpt))
     top = codec.top
     assert codec.default_params[-1] == top + 1
     monkeypatch.setattr(learned, "RESIDUAL_FROM", top - 0.5)  # the tiny model has fewer qualities than the zoo's
-    assert codec.operating_point(top) == OperatingPoint(top, "on", scheduled_skip_below(top))  # on from RESIDUAL_FROM
+    on = OperatingPoint(top, "on", scheduled_skip_below(top), residual_rd=RESIDUAL_RD)
+    assert codec.operating_point(top) == on  # on from RESIDUAL_FROM, in the cells where it pays
     assert codec.operating_point(top - 1)[1] == "off"
     assert create_codec("separate", task).operating_point(top)[1] == "off"  # no residual stream to send
     op = codec.operating_point(top + 0.5)
     assert (op.quality, op.residual) == (top, "on") and FIDELITY_SKIP_BELOW < op.skip_below < scheduled_skip_below(top)
     step = round(learned.FIDELITY_TIER_SPAN * TIER_STEP / 2)
-    assert (op.tier_below, op.tier_step, op.residual_rd) == (scheduled_skip_below(top), step, FIDELITY_RESIDUAL_RD)
+    assert (op.tier_below, op.tier_step, op.residual_rd) == (scheduled_skip_below(top), step, RESIDUAL_RD)
     assert create_codec("mutual", task, checkpoint=str(ckpt), residual="on").operating_point(top + 0.5).residual_rd == 0
     assert create_codec("separate", task).operating_point(top + 0.5)[3:] == (0, 0, 0)  # no tiers, no residual
     assert codec.operating_point(top + 1) == OperatingPoint(
-        top, "on", pytest.approx(FIDELITY_SKIP_BELOW), residual_rd=FIDELITY_RESIDUAL_RD
+        top, "on", pytest.approx(FIDELITY_SKIP_BELOW), residual_rd=RESIDUAL_RD
     )
     info = codec.describe(top + 1)  # what eval records with the point
     assert info["residual"] == "on" and info["skip_below"] == pytest.approx(FIDELITY_SKIP_BELOW)
-    assert info["residual_rd"] == FIDELITY_RESIDUAL_RD
+    assert info["residual_rd"] == RESIDUAL_RD
     assert codec.describe(top + 0.5)["tier_quality"] == top - step / TIER_STEP
     hi = codec.encode(features, top + 1)
     header, streams = bitstream.unpack(hi)
@@ -229,7 +230,7 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatc
     _, rec = codec.reconstruct(features, top + 1)
     out = codec.decode(hi)
     assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
-    monkeypatch.setattr(learned, "FIDELITY_RESIDUAL_RD", 1e9)  # no cell's residual pays: an empty cell map
+    monkeypatch.setattr(learned, "RESIDUAL_RD", 1e9)  # no cell's residual pays: an empty cell map
     mid = codec.encode(features, top + 0.5)  # tiers in the mask stream, residual cells in a fourth stream
     _, streams = bitstream.unpack(mid)
     shape = task.level_shapes(features.geometry)[task.level_names[-1]][1:]

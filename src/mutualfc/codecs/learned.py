@@ -27,6 +27,11 @@ RESIDUAL_MODES = ("auto", "on", "off")
 # alone). At low rates the base's bits buy more accuracy than the residual's; from here on the residual is the
 # cheaper accuracy. Chosen on a fold of coco-train against pseudo-labels (docs/results.md). Explicit --residual wins.
 RESIDUAL_FROM = 6.0
+# Where the schedule sends the residual, a kept cell carries it only where it removes at least this much squared
+# error (the codec's feature space) per estimated bit: a rate-distortion choice per cell, recorded in the residual's
+# cell map. Chosen on the same fold (results/fidelity.md): at equal rate it is more accurate than sending it in every
+# kept cell or choosing the cells by objectness. An explicit --residual on sends it in every kept cell.
+RESIDUAL_RD = 0.25
 # Objectness below which the encoder skips a stride-32 cell: the cell's mask bit is 0, it costs nothing else and
 # decodes to the mean features. Where the detector on the original features predicts no object at all, the bits buy
 # no accuracy. The threshold follows the quality: (quality, threshold) knots, geometric between them and constant
@@ -41,11 +46,6 @@ FIDELITY_SKIP_BELOW = 0.02  # 0.01 until this release: on the tuning fold 0.02 i
 # Chosen on a fold of coco-train against pseudo-labels at two score cut-offs (results/fidelity.md): at equal rate the
 # tiers keep the low-scoring detections that a higher threshold drops, for a fraction of the top quality's bits.
 FIDELITY_TIER_SPAN = 3.0
-# At these qualities a kept cell (of either tier) carries the P3 residual only where it removes at least this much
-# squared error (the codec's feature space) per estimated bit: a rate-distortion choice per cell, recorded in the
-# residual's cell map. Chosen on the same fold (results/fidelity.md): at equal rate it is more accurate than choosing
-# the cells by objectness. An explicit --residual on sends it in every kept cell.
-FIDELITY_RESIDUAL_RD = 0.25
 
 
 class OperatingPoint(NamedTuple):
@@ -156,21 +156,21 @@ class LearnedFeatureCodec(FeatureCodec):
         SKIP_SCHEDULE, the residual stream from RESIDUAL_FROM, unless set explicitly); above it (fidelity) the top
         quality's gains with the residual stream on and the threshold moving geometrically from the schedule's
         value at the top to FIDELITY_SKIP_BELOW, unless set explicitly; the cells below the top's threshold form
-        the second tier (FIDELITY_TIER_SPAN); the residual's cells are a rate-distortion choice
-        (FIDELITY_RESIDUAL_RD) unless the residual is explicitly on."""
+        the second tier (FIDELITY_TIER_SPAN). Where the schedule sends the residual, its cells are a
+        rate-distortion choice (RESIDUAL_RD); an explicit "on" sends it in every kept cell."""
         residual = self.residual
         if residual is None:
             wanted = quality >= RESIDUAL_FROM or quality > self.top
             residual = "on" if wanted and self.net.has_residual else "off"
+        rd = RESIDUAL_RD if residual == "on" and self.residual is None else 0.0
         if quality <= self.top:
             tau = scheduled_skip_below(quality) if self.skip_below is None else self.skip_below
-            return OperatingPoint(quality, residual, tau)
+            return OperatingPoint(quality, residual, tau, residual_rd=rd)
         t = quality - self.top
         tau, top_tau = self.skip_below, scheduled_skip_below(self.top)
         if tau is None:
             tau = top_tau ** (1 - t) * FIDELITY_SKIP_BELOW**t
         step = min(round(FIDELITY_TIER_SPAN * TIER_STEP * (1 - t)), self.top * TIER_STEP)
-        rd = FIDELITY_RESIDUAL_RD if residual == "on" and self.residual != "on" else 0.0  # explicit "on": every cell
         if tau >= top_tau or not step or not self.net.has_tiers:  # no cells below the top's threshold
             return OperatingPoint(float(self.top), residual, tau, residual_rd=rd)
         return OperatingPoint(float(self.top), residual, tau, top_tau, step, rd)
