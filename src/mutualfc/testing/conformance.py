@@ -40,7 +40,7 @@ CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
     ("mutual-q6", "mutual", 6, {}, 1, (256, 320)),
     ("mutual-q7", "mutual", 7, {}, 2, (224, 288)),
     ("mutual-q7.5-fidelity", "mutual", 7.5, {}, 3, (224, 224)),
-    ("mutual-q7.9-tier-residual", "mutual", 7.9, {}, 0, (224, 288)),
+    ("mutual-q7.9-tier-rd-residual", "mutual", 7.9, {}, 0, (224, 288)),
     ("mutual-q8-fidelity", "mutual", 8, {}, 4, (256, 256)),
     ("mutual-q4-residual-on", "mutual", 4, {"residual": "on"}, 0, (192, 256)),
     ("mutual-q6-residual-auto", "mutual", 6, {"residual": "auto"}, 1, (192, 256)),
