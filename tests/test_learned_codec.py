@@ -215,6 +215,13 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatc
     step = round(learned.FIDELITY_TIER_SPAN * TIER_STEP / 2)
     assert (op.tier_below, op.tier_step, op.residual_rd) == (scheduled_skip_below(top), step, RESIDUAL_RD)
     assert create_codec("mutual", task, checkpoint=str(ckpt), residual="on").operating_point(top + 0.5).residual_rd == 0
+    chosen = create_codec("mutual", task, checkpoint=str(ckpt), residual="on", residual_rd=0.5)
+    assert chosen.operating_point(top + 0.5).residual_rd == chosen.operating_point(0).residual_rd == 0.5
+    assert create_codec("mutual", task, checkpoint=str(ckpt), residual_rd=0).operating_point(top).residual_rd == 0
+    assert create_codec("mutual", task, checkpoint=str(ckpt), residual_rd=0.5).operating_point(0).residual_rd == 0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(MutualFCError, match="rate-distortion threshold"):
+            create_codec("mutual", task, checkpoint=str(ckpt), residual_rd=bad)
     assert create_codec("separate", task).operating_point(top + 0.5)[3:] == (0, 0, 0)  # no tiers, no residual
     assert codec.operating_point(top + 1) == OperatingPoint(
         top, "on", pytest.approx(FIDELITY_SKIP_BELOW), residual_rd=RESIDUAL_RD

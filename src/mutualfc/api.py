@@ -20,5 +20,6 @@ def load_task(name: str = "yolov5n-coco", weights: str | None = None, device: st
 
 def load_codec(name: str, task: SplitNetwork | None = None, **options) -> Codec:
     """Codec ``name`` (``mutualfc.list_codecs()``) for ``task``; learned codecs load their zoo checkpoint (or
-    ``checkpoint=PATH``); ``options`` are the codec's settings (``residual``, ``skip_below``, ``preset``...)."""
+    ``checkpoint=PATH``); ``options`` are the codec's settings (``residual``, ``residual_rd``, ``skip_below``,
+    ``preset``...)."""
     return create_codec(name, task, **options)

@@ -47,6 +47,14 @@ def add_codec_options(p: argparse.ArgumentParser) -> None:
         "at every quality",
     )
     p.add_argument(
+        "--residual-rd",
+        type=float,
+        metavar="ERROR_PER_BIT",
+        help="mutual codec: where the residual stream is sent, a kept cell carries it only if it removes at least "
+        "this much squared error (the codec's feature space) per estimated bit; 0 = every kept cell (default: "
+        "0.25 where the schedule sends it, codecs.learned.RESIDUAL_RD; 0 with an explicit '--residual on')",
+    )
+    p.add_argument(
         "--skip-below",
         type=float,
         metavar="OBJECTNESS",
@@ -94,7 +102,9 @@ def add_skip_errors(p: argparse.ArgumentParser) -> None:
     )
 
 
-CODEC_OPTIONS = ("checkpoint", "residual", "skip_below", "preset", "vvc_encoder", "vvc_config", "vvc_preset")
+CODEC_OPTIONS = (
+    "checkpoint", "residual", "residual_rd", "skip_below", "preset", "vvc_encoder", "vvc_config", "vvc_preset"
+)  # fmt: skip
 
 
 def codec_options(args) -> dict:

@@ -108,6 +108,7 @@ class LearnedFeatureCodec(FeatureCodec):
         checkpoint: str | None = None,
         residual: bool | str | None = None,
         skip_below: float | None = None,
+        residual_rd: float | None = None,
     ):
         super().__init__(task)
         if task is None:
@@ -118,6 +119,9 @@ class LearnedFeatureCodec(FeatureCodec):
         if residual is not None and residual not in RESIDUAL_MODES:
             raise MutualFCError(f"residual must be one of {', '.join(RESIDUAL_MODES)}, got {residual!r}")
         self.residual = residual  # None: on from RESIDUAL_FROM (when the model has a residual stream)
+        self.residual_rd = None if residual_rd is None else float(residual_rd)  # None: RESIDUAL_RD where scheduled
+        if self.residual_rd is not None and not 0 <= self.residual_rd < float("inf"):
+            raise MutualFCError(f"residual rate-distortion threshold must be finite and >= 0, got {self.residual_rd:g}")
         self.skip_below = None if skip_below is None else float(skip_below)  # None: SKIP_SCHEDULE
         if self.skip_below is not None and not 0 <= self.skip_below < 1:
             raise MutualFCError(f"skip threshold must be in [0, 1), got {self.skip_below:g}")
@@ -157,12 +161,14 @@ class LearnedFeatureCodec(FeatureCodec):
         quality's gains with the residual stream on and the threshold moving geometrically from the schedule's
         value at the top to FIDELITY_SKIP_BELOW, unless set explicitly; the cells below the top's threshold form
         the second tier (FIDELITY_TIER_SPAN). Where the schedule sends the residual, its cells are a
-        rate-distortion choice (RESIDUAL_RD); an explicit "on" sends it in every kept cell."""
+        rate-distortion choice (RESIDUAL_RD); an explicit "on" sends it in every kept cell. An explicit
+        ``residual_rd`` sets the threshold wherever the residual is on."""
         residual = self.residual
         if residual is None:
             wanted = quality >= RESIDUAL_FROM or quality > self.top
             residual = "on" if wanted and self.net.has_residual else "off"
-        rd = RESIDUAL_RD if residual == "on" and self.residual is None else 0.0
+        rd = RESIDUAL_RD if self.residual is None else 0.0  # explicit "on": every kept cell, unless set
+        rd = (rd if self.residual_rd is None else self.residual_rd) if residual == "on" else 0.0
         if quality <= self.top:
             tau = scheduled_skip_below(quality) if self.skip_below is None else self.skip_below
             return OperatingPoint(quality, residual, tau, residual_rd=rd)
