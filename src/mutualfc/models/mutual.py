@@ -189,20 +189,20 @@ class MutualFeatureNet(FeatureCompressionModel):
                 coded = self.coded_mask(residual_keep, size).flatten()[kept] > 0
             cells = None if coded is None or bool(coded.all()) else coded.nonzero().squeeze(1)
             at = kept if cells is None else kept[cells]
-            context = self.bfc.context(y_hat, quality, kept, low)
+            params = self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low), at)
             with reproducible_threads():
                 pred_at = pred_r[:, 1:] if cells is None else pred_r[:, 1:][:, cells]
                 d = p.features_to_cells(p.gather_cells({k: x[k]}, at, padded[1])) - pred_at
                 r = affine(self.res.lin_a, d) * self.res.gain(quality, boost)[0].view(-1, 1)
                 if residual_rd > 0:  # without the residual a cell keeps the prediction or (neutral) the mean
                     alt = d if self.cfg.predict_uncorrected else d + pred_at - pred_r[:, :1]
-                    chosen = self.res.worth(r, d, alt, context, at, quality, boost, residual_rd).nonzero().squeeze(1)
+                    chosen = self.res.worth(r, d, alt, params, quality, boost, residual_rd).nonzero().squeeze(1)
                     if chosen.numel() < at.numel():
                         cells = chosen if cells is None else cells[chosen]
-                        at, r = kept[cells], r[:, chosen]
+                        r, params = r[:, chosen], params[:, chosen]  # a cell's Gaussians do not depend on the others
                         coded = torch.zeros(kept.numel(), dtype=torch.bool)
                         coded[cells] = True
-            string, r_hat = self.res.compress(r, context, at)
+            string, r_hat = self.res.compress(r, params)
             info = encode_residual_info(boost, coded)
             strings += [string, info] if info else [string]
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
@@ -232,7 +232,9 @@ class MutualFeatureNet(FeatureCompressionModel):
         if len(strings) > n:
             boost, cells = decode_residual_info(info, kept.numel())
             at = kept if cells is None else kept[cells]
-            r_hat = self.res.decompress(strings[n], self.bfc.context(y_hat, quality, kept, low), at)
+            r_hat = self.res.decompress(
+                strings[n], self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low), at)
+            )
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
             target = self._with_residual(target, correction, cells)
         else:

@@ -61,34 +61,38 @@ class ResidualCoder(nn.Module):
         self.codec = GaussianConditionalLatentCodec(quantizer="ste", entropy_parameters=ep)
         self.gain = GainUnit(cfg.qualities, r, *cfg.gains)
 
-    def code(self, coder: SymbolCoder, r: torch.Tensor | None, context: torch.Tensor, kept: torch.Tensor):
-        """Codes (``SymbolWriter``, ``r`` given) or decodes (``SymbolReader``) the residual latent at the cells
-        ``kept``; ``r`` and the result are (channels, K), one column per cell. The entropy parameters are evaluated
-        at those cells only (where the mask channel they expect is 1)."""
+    def entropy_params(self, context: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """The residual latent's Gaussians at the cells ``kept`` ((2 * channels, K), fixed point), from the base's
+        context, evaluated at those cells only (where the mask channel they expect is 1)."""
         if not kept.numel():
-            return context.new_zeros(self.lin_a.out_channels, 0)
-        params = stack_at(self.codec.entropy_parameters, context, kept)
+            return context.new_zeros(2 * self.lin_a.out_channels, 0)
+        return stack_at(self.codec.entropy_parameters, context, kept)
+
+    def code(self, coder: SymbolCoder, r: torch.Tensor | None, params: torch.Tensor) -> torch.Tensor:
+        """Codes (``SymbolWriter``, ``r`` given) or decodes (``SymbolReader``) the residual latent with the Gaussians
+        ``params`` (``entropy_params``); ``r`` and the result are (channels, K), one column per cell."""
+        if not params.shape[1]:
+            return params.new_zeros(self.lin_a.out_channels, 0)
         return code_gaussian(coder, self.codec, r, params)
 
-    def compress(self, r: torch.Tensor, context: torch.Tensor, kept: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+    def compress(self, r: torch.Tensor, params: torch.Tensor) -> tuple[bytes, torch.Tensor]:
         """-> the residual stream and the decoded latent columns (what ``decompress`` returns)."""
         writer = SymbolWriter()
-        r_hat = self.code(writer, r, context, kept)
+        r_hat = self.code(writer, r, params)
         return writer.finish(), r_hat
 
-    def decompress(self, string: bytes, context: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        return self.code(SymbolReader(string), None, context, kept)
+    def decompress(self, string: bytes, params: torch.Tensor) -> torch.Tensor:
+        return self.code(SymbolReader(string), None, params)
 
     def worth(
-        self, r: torch.Tensor, d: torch.Tensor, alt: torch.Tensor, context: torch.Tensor, kept: torch.Tensor,
-        quality: float, boost: int, threshold: float,
+        self, r: torch.Tensor, d: torch.Tensor, alt: torch.Tensor, params: torch.Tensor, quality: float, boost: int,
+        threshold: float,
     ) -> torch.Tensor:  # fmt: skip
         """The encoder's rate-distortion choice of the cells that carry the residual: (K,) bool, True where a cell's
-        residual (latent columns ``r`` at the cells ``kept``, for the prediction error ``d`` in the packed codec
-        space) removes at least ``threshold`` squared error per estimated bit, against ``alt``, the error the cell
-        has without it (before the synthesis offset every cell gets). Every cell's bits are separable (the Gaussians
-        come from the base alone), so one pass decides them all."""
-        params = stack_at(self.codec.entropy_parameters, context, kept)
+        residual (latent columns ``r`` with the Gaussians ``params``, for the prediction error ``d`` in the packed
+        codec space) removes at least ``threshold`` squared error per estimated bit, against ``alt``, the error the
+        cell has without it (before the synthesis offset every cell gets). Every cell's bits are separable (the
+        Gaussians come from the base alone), so one pass decides them all."""
         bits = gaussian_bits(self.codec, r, params)
         means = split_params(self.codec, params)[1]
         means = means * 2.0**-exact.ACT_BITS if means.dtype == torch.float64 else means
