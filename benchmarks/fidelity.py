@@ -13,6 +13,7 @@ a Markdown table of every setting in the file (without ``--settings``: only the 
         --annotations cache/tune-pseudo-010.json,cache/tune-pseudo-002.json \\
         --limit 160 --feature-cache cache/fid-feats.pt --out results/fidelity.jsonl --report results/fidelity.md \\
         --settings "tau=0.1;tau=0.02;tau=0.0447,tau_hi=0.1,q_lo=5.5,tau_r=0.1;tau=0.1,boost=inf"
+    python benchmarks/fidelity.py ... --settings "q=6,tau=0.1;q=6,tau=0.1,rd=0.25;q=5,tau=0.1,res=off"
 """
 
 from __future__ import annotations
