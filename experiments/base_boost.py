@@ -10,20 +10,13 @@ import json
 import sys
 import types
 
-import torch
+from fold import code, load, maps
 
 from mutualfc import bitstream
-from mutualfc.codecs import create_codec
-from mutualfc.eval.coco import CocoDataset
 from mutualfc.models.gain import GainUnit
-from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet
 
-torch.set_num_threads(1)
-task = create_task("yolov5n-coco")
-anns = ["cache/tune-pseudo-010.json", "cache/tune-pseudo-002.json"]
-sets = [CocoDataset("../shared/data/coco-train", a).subset(160) for a in anns]
-codec = create_codec(sys.argv[2] if len(sys.argv) > 2 else "mutual", task)
+task, codec, sets, feats = load(sys.argv[2] if len(sys.argv) > 2 else "mutual")
 net = codec.net
 g = net.bfc.gain
 fwd, inv = GainUnit.forward, GainUnit.inverse_fixed
@@ -37,39 +30,27 @@ def split(q, boost):
 
 g.forward = types.MethodType(lambda self, q, boost=0: fwd(self, *split(q, boost)), g)
 g.inverse_fixed = types.MethodType(lambda self, q, boost=0: inv(self, *split(q, boost)), g)
-feats = torch.load("cache/fid-feats.pt", weights_only=False)
 pixels = sum(p for _, _, p in feats)
 for setting in sys.argv[1].split(";"):
     o = dict(kv.split("=") for kv in setting.split(","))
-    Q, tau, tau_r, tau_hi, q_lo = (float(o[k]) for k in ("Q", "tau", "tau_r", "tau_hi", "q_lo"))
-    step = round((Q - q_lo) * 8)
+    Q = float(o.pop("Q"))
     bits = {"base": 0, "res": 0, "other": 0}
     dets = []
     for i, fs, _ in feats:
-        obj = task.objectness_map(fs.levels)
-        strings, meta = net.compress(
-            fs.levels,
-            Q,
-            residual=True,
-            keep=obj >= tau,
-            residual_keep=obj >= tau_r,
-            low_keep=obj < tau_hi,
-            low_step=step,
-        )
+        _, _, strings, meta = code(net, task, fs, Q, **{k: float(v) for k, v in o.items()})
         header = bitstream.Header(codec.codec_id, codec.task_id, min(Q, 8.0), codec.model_tag, 640, 480)
         size = 8 * len(bitstream.pack(header, strings))
         bits["base"] += 8 * len(strings[1])
         bits["res"] += 8 * sum(len(s) for s in strings[2:])
         bits["other"] += size - 8 * sum(len(s) for s in strings[1:])
         dets += task.back(FeatureSet(meta["levels"], fs.geometry)).to_coco(i)
-    maps = [d.evaluate(dets)["map"] for d in sets]
     print(
         json.dumps(
             {
                 "setting": setting,
                 "bpp": sum(bits.values()) / pixels,
                 **{k: v / pixels for k, v in bits.items()},
-                "maps": maps,
+                "maps": maps(sets, dets),
             }
         ),
         flush=True,

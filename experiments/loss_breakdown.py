@@ -13,20 +13,11 @@ import json
 import sys
 
 import torch
+from fold import PREVIOUS_75, code, load, maps
 
-from mutualfc.codecs import create_codec
-from mutualfc.eval.coco import CocoDataset
-from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet
 
-torch.set_num_threads(1)
-task = create_task("yolov5n-coco")
-anns = ["cache/tune-pseudo-010.json", "cache/tune-pseudo-002.json"]
-sets = [CocoDataset("../shared/data/coco-train", a).subset(160) for a in anns]
-codec = create_codec("mutual", task)
-net = codec.net
-feats = torch.load("cache/fid-feats.pt", weights_only=False)
-tau, tau_r, tau_hi, step = 0.0447, 0.1, 0.1, round((7 - 5.5) * 8)
+task, codec, sets, feats = load()
 variants = sys.argv[1].split(",")
 dets = {v: [] for v in variants}
 
@@ -37,11 +28,7 @@ def up(m, f, like):
 
 
 for i, fs, _ in feats:
-    obj = task.objectness_map(fs.levels)
-    keep, rk = obj >= tau, obj >= tau_r
-    strings, meta = net.compress(
-        fs.levels, 7.0, residual=True, keep=keep, residual_keep=rk, low_keep=obj < tau_hi, low_step=step
-    )
+    keep, rk, _, meta = code(codec.net, task, fs, **PREVIOUS_75)
     dec = meta["levels"]
     for v in variants:
         lv = dict(dec)
@@ -61,5 +48,4 @@ for i, fs, _ in feats:
             lv[lev] = torch.where(mm, fs.levels[lev], lv[lev])
         dets[v] += task.back(FeatureSet(lv, fs.geometry)).to_coco(i)
 for v in variants:
-    maps = [d.evaluate(dets[v])["map"] for d in sets]
-    print(json.dumps({"variant": v, "maps": maps}), flush=True)
+    print(json.dumps({"variant": v, "maps": maps(sets, dets[v])}), flush=True)

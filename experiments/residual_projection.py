@@ -10,20 +10,13 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from fold import PREVIOUS_75, code, load, maps
 
-from mutualfc.codecs import create_codec
-from mutualfc.eval.coco import CocoDataset
 from mutualfc.nn.packing import pad_levels
-from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet
 
-torch.set_num_threads(1)
-task = create_task("yolov5n-coco")
-anns = ["cache/tune-pseudo-010.json", "cache/tune-pseudo-002.json"]
-sets = [CocoDataset("../shared/data/coco-train", a).subset(160) for a in anns]
-net = create_codec("mutual", task).net
-feats = torch.load("cache/fid-feats.pt", weights_only=False)
-tau, tau_r, tau_hi, step = 0.0447, 0.1, 0.1, 12
+task, codec, sets, feats = load()
+net = codec.net
 ncomp = [int(c) for c in sys.argv[1].split(",")]
 p = net.res.pack
 Wa, Ws = net.res.lin_a.weight, net.res.lin_s.weight
@@ -31,11 +24,7 @@ dets = {n: [] for n in ncomp}
 err = {n: 0.0 for n in ncomp}
 with torch.inference_mode():
     for i, fs, _ in feats:
-        obj = task.objectness_map(fs.levels)
-        keep, rk = obj >= tau, obj >= tau_r
-        _, meta = net.compress(
-            fs.levels, 7.0, residual=True, keep=keep, residual_keep=rk, low_keep=obj < tau_hi, low_step=step
-        )
+        keep, rk, _, meta = code(net, task, fs, **PREVIOUS_75)
         rec = meta["levels"]
         x, size = pad_levels(dict(fs.levels), net.cfg.levels, net.pad_multiple)
         r, _ = pad_levels(dict(rec), net.cfg.levels, net.pad_multiple)
@@ -51,4 +40,4 @@ with torch.inference_mode():
             lv = dict(rec) | {"p3": t[..., : rec["p3"].shape[-2], : rec["p3"].shape[-1]]}
             dets[n] += task.back(FeatureSet(lv, fs.geometry)).to_coco(i)
 for n in ncomp:
-    print(json.dumps({"components": n, "err": err[n], "maps": [d.evaluate(dets[n])["map"] for d in sets]}), flush=True)
+    print(json.dumps({"components": n, "err": err[n], "maps": maps(sets, dets[n])}), flush=True)
