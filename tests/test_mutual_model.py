@@ -1,5 +1,6 @@
 """The mutual and separate networks (small, untrained): real bits round-trip and decode reproducibly."""
 
+import copy
 import functools
 import math
 
@@ -14,8 +15,9 @@ from mutualfc.codecs.learned import residual_pays
 from mutualfc.entropy import SymbolReader, SymbolWriter, code_gaussian
 from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network, encode_tiers
 from mutualfc.models.base import unpack_bits
-from mutualfc.models.gain import boost_factor
-from mutualfc.nn.exact import ACT_BITS
+from mutualfc.models.bfc import SYNTHESIS_BITS
+from mutualfc.models.gain import INV_GAIN_BITS, boost_factor
+from mutualfc.nn.exact import ACT_BITS, wide_weights
 from mutualfc.nn.sparse import context_at, conv_at, stack_at
 from mutualfc.tasks import create_task
 from mutualfc.zoo import pack_state, unpack_state
@@ -156,25 +158,60 @@ def test_retired_designs_are_refused_naming_the_release_that_reads_them():
     assert MutualConfig.from_dict({"arch": "separate", "metric": "task"}).arch == "separate"
 
 
+def _wide_bound(w, b, x, err, bits):
+    """``w x + b`` in float64 and a bound on how far ``exact.wide_linear`` of ``wide_weights(w, b, bits)`` can be from
+    it, for fixed-point inputs within ``err`` of ``x``: the input error through ``|w|``, the weights rounded to
+    2**-e (``e`` per output), the bias to 2**-(e + bits), and the result to 2**-bits (half a unit each)."""
+    e = wide_weights(w, b, bits)[3].double().view(-1, 1)
+    y = w @ x + (0 if b is None else b.view(-1, 1))
+    bound = w.abs() @ err + 2.0 ** -(e + 1) * (x.abs() + err).sum(0) + 2.0 ** -(e + bits + 1) + 2.0 ** -(bits + 1)
+    return y, bound
+
+
+def _levels_bound(pack, u, err, bits):
+    """Packed codec-space columns (within ``err`` of ``u``) -> each level's (C, f * f * N) feature blocks as the
+    decoder's ``fixed_to_blocks`` computes them, and the bound on its error: ``_wide_bound`` of the inverse metric,
+    the mean rounded to 2**-bits, the float32 result to 2**-24 relative."""
+    out = {}
+    sizes = list(pack.ch.values())
+    for k, part, perr in zip(pack.names, u.split(sizes), err.split(sizes), strict=True):
+        c = pack.ch[k] // pack.factor[k] ** 2
+        unproj, mean = getattr(pack, f"unproj_{k}").double().view(c, c), getattr(pack, f"mean_{k}").double().view(c, 1)
+        x, bound = _wide_bound(unproj, None, part.reshape(c, -1), perr.reshape(c, -1), bits)
+        out[k] = (x + mean, bound + 2.0 ** -(bits + 1) + (x + mean).abs() * 2.0**-24)
+    return out
+
+
+def _decoded_blocks(pack, levels, n):
+    return {k: v.double().reshape(v.shape[0], -1) for k, v in pack.gather_cells(levels, torch.arange(n), 10).items()}
+
+
 def test_linear_design_learns_only_entropy_models_and_gains():
     """The transforms are the closed-form ones: decoding is the PCA synthesis of the gain-scaled, quantised latent
-    (inverse gain tied to 1 / gain), and the prediction is the least-squares map."""
+    (inverse gain tied to 1 / gain), and the prediction is the least-squares map. The decoder computes them in fixed
+    point; the float64 reference must lie within the bound its roundings allow (derived here, not tuned: an
+    error of the decoder's own arithmetic, or a wrong transform, lands far outside it)."""
     lin = _net()
     gain, inv = lin.bfc.gain(1.5)
     assert torch.allclose(gain * inv, torch.ones_like(gain))
     lv = random_levels(4, h=8, w=10)  # even sizes: no padding
-    _, meta = lin.compress(lv, 3, residual=False)
-    gain = lin.bfc.gain(3)[0]
-    with torch.no_grad():
-        x = lin.bfc.pack.pack({k: lv[k] for k in lin.cfg.base})
-        y = lin.bfc.lin_a(x) * gain
-        y_hat = lin.bfc.latent_codec.code(SymbolWriter(), y, torch.ones_like(y[:, :1]))  # fixed point
-        base = lin.bfc.lin_s((y_hat * 2.0**-ACT_BITS).float() / gain)
-        # the decoder computes the same in fixed point: equal to within its rounding, which grows with the latents
-        # (the inverse gain's fixed-point rounding scales them; this untrained net's reach ~430)
-        tol = 5e-5 * float(y_hat.abs().amax()) * 2.0**-ACT_BITS
-        assert torch.allclose(lin.bfc.pack.pack({k: meta["levels"][k] for k in lin.cfg.base}), base, atol=tol)
-        assert torch.allclose(meta["levels"]["p3"], lin.mfc(base)["p3"], atol=tol)
+    strings, meta = lin.compress(lv, 3, residual=False)
+    y_hat = lin.bfc.latent_codec.decompress([strings[1]], lin.coded_mask(None, meta["size"]))["y_hat"]
+    y = y_hat.double().reshape(y_hat.shape[1], -1) * 2.0**-ACT_BITS  # the coded latent, 80 cells
+    # the format's inverse gains (INV_GAIN_BITS fractional bits); the product rounded to SYNTHESIS_BITS
+    inv = lin.bfc.gain.inverse_fixed(3).view(-1, 1) * 2.0**-INV_GAIN_BITS
+    g = lin.bfc.gain(3)[0].double().view(-1, 1)  # tied: 1 / gain to within that rounding (and float32's)
+    assert bool(((inv * g - 1).abs() <= 2.0 ** -(INV_GAIN_BITS + 1) * g + 2.0**-23).all())
+    d_err = torch.full_like(y, 2.0 ** -(SYNTHESIS_BITS + 1))
+    s = lin.bfc.lin_s
+    base, base_err = _wide_bound(s.weight.double().flatten(1), s.bias.double(), y * inv, d_err, SYNTHESIS_BITS)
+    m = lin.mfc.lin
+    pred, pred_err = _wide_bound(m.weight.double().flatten(1), m.bias.double(), base, base_err, SYNTHESIS_BITS)
+    for pack, u, err in ((lin.bfc.pack, base, base_err), (lin.mfc.pack, pred, pred_err)):
+        decoded = _decoded_blocks(pack, meta["levels"], y.shape[1])
+        for k, (ref, bound) in _levels_bound(pack, u, err, SYNTHESIS_BITS).items():
+            assert bool(((decoded[k] - ref).abs() <= bound).all()), k
+            assert float(bound.amax()) < 0.5 * float(ref.std())  # tight enough to catch a wrong transform
 
 
 def test_residual_stream_is_a_rate_distortion_decision():
@@ -369,20 +406,32 @@ def test_tiers_residual_cells_and_boost_round_trip_and_trade_bits_for_error():
         strings, meta = net.compress(lv, 3, residual=True, keep=keep, **kw)
         dec = net.decompress(strings, meta["size"], 3)
         assert all(torch.equal(dec[k], meta["levels"][k]) for k in dec)
-        err = sum(float((dec[k] - lv[k])[..., : 8 * 2 ** (2 - i), :].pow(2).sum()) for i, k in enumerate(dec))
-        return strings, sum(map(len, strings)), err
+        # float64: the decoded values and the inputs are exact there, so the sums carry no machine-dependent rounding
+        err = sum(float((dec[k].double() - lv[k].double())[..., : 8 * 2 ** (2 - i), :].pow(2).sum())
+                  for i, k in enumerate(dec))  # fmt: skip
+        return strings, sum(map(len, strings)), err, residual_error(dec)
 
-    plain, plain_bytes, plain_err = code()
+    def residual_error(dec):
+        """The squared P3 error inside the residual's own components (the part the residual codes; the rest is
+        what its few components cannot represent, which no finer quantization changes), over the kept cells."""
+        pack = copy.deepcopy(net.res.pack).double()
+        with torch.no_grad():
+            diff = pack.pack({"p3": dec["p3"].double()}) - pack.pack({"p3": lv["p3"].double()})
+            z = torch.einsum("rc,bchw->brhw", net.res.lin_a.weight.double().flatten(1), diff)
+        return float(z[..., :6, :].pow(2).sum())
+
+    plain, plain_bytes, plain_err, plain_res = code()
     assert len(plain) == n + 1  # the defaults need no fourth stream
-    tiered, tiered_bytes, tiered_err = code(low_keep=low, low_step=16)  # quality 3 - 16/8 = 1 on the right half
+    tiered, tiered_bytes, tiered_err, _ = code(low_keep=low, low_step=16)  # quality 3 - 16/8 = 1 on the right half
     assert len(tiered) == n + 1 and len(tiered[0]) > len(plain[0])
     assert tiered_bytes < plain_bytes and tiered_err > plain_err
-    boosted, boosted_bytes, boosted_err = code(boost=4)
-    assert boosted[n + 1] == bytes([4]) and boosted_bytes > plain_bytes and boosted_err < plain_err
+    # boost 4 = gains x 4: the residual's quantization error (in its components) falls about 16-fold
+    boosted, boosted_bytes, _, boosted_res = code(boost=4)
+    assert boosted[n + 1] == bytes([4]) and boosted_bytes > plain_bytes and boosted_res < plain_res / 4
     cells = low & keep
-    part, part_bytes, part_err = code(residual_keep=cells)
+    part, part_bytes, part_err, _ = code(residual_keep=cells)
     assert len(part[n + 1]) == 1 + (int(keep.sum()) + 7) // 8 and part_bytes < plain_bytes and part_err > plain_err
-    _, _, all_err = code(residual_keep=keep)  # every kept cell: the same as no map
+    _, _, all_err, _ = code(residual_keep=keep)  # every kept cell: the same as no map
     assert all_err == plain_err
 
 
