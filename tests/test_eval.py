@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -79,14 +80,19 @@ def test_eval_jobs_spread_images_over_processes_with_identical_results(tmp_path)
         recs[jobs] = read_jsonl(out)[0]
     same = ("bits", "pixels", "bpp", "map", "map50", "n_images", "codec_info")
     assert {k: recs[1][k] for k in same} == {k: recs[2][k] for k in same}
+    ex = recs[2]["executor"]
+    assert ex["kind"] == "processes" and ex["workers"] == 2 and os.getpid() not in ex["pids"]
     for f in sorted((tmp_path / "b1" / "mutual-4").iterdir()):
         assert f.read_bytes() == (tmp_path / "b2" / "mutual-4" / f.name).read_bytes()
     assert main(["eval", "--codec", "none", "--images", str(EXAMPLE / "images"), "--annotations",
                  str(EXAMPLE / "instances.json"), "--out", str(tmp_path / "x.jsonl"), "--jobs", "0"]) == 2  # fmt: skip
 
 
-def test_eval_on_ray_gives_the_same_record(tmp_path):
-    """--ray local: the same images coded by Ray actors; the same bits and mAP as one local process."""
+def test_eval_on_ray_runs_in_ray_actors_with_the_same_record(tmp_path):
+    """--ray local: the images are coded by Ray actors of a Ray instance started for the run: the record's executor
+    names the Ray node they reported from inside Ray (a node id, which only a Ray actor knows; a local process
+    reports its host name) and their process ids, not this one's; the same bits and mAP as one local process. Ray is
+    a test dependency, so this runs in CI."""
     pytest.importorskip("ray")
     from mutualfc.cli.main import main
     from tests.conftest import need_shared_weights
@@ -95,24 +101,18 @@ def test_eval_on_ray_gives_the_same_record(tmp_path):
     recs = []
     for extra in ([], ["--jobs", "2", "--ray", "local"]):
         out = tmp_path / f"r{len(extra)}.jsonl"
-        args = [
-            "-q",
-            "eval",
-            "--codec",
-            "hevc-feature",
-            "--param",
-            "30",
-            "--images",
-            str(EXAMPLE / "images"),
-            "--annotations",
-            str(EXAMPLE / "instances.json"),
-            "--out",
-            str(out),
-            *extra,
-        ]
+        args = ["-q", "eval", "--codec", "hevc-feature", "--param", "30", "--images", str(EXAMPLE / "images"),
+                "--annotations", str(EXAMPLE / "instances.json"), "--out", str(out), *extra]  # fmt: skip
         assert main(args) == 0
         recs.append(read_jsonl(out)[0])
-    assert {k: recs[0][k] for k in ("bits", "map", "map50")} == {k: recs[1][k] for k in ("bits", "map", "map50")}
+    local, ray_rec = recs
+    assert local["executor"] == {"kind": "inline", "workers": 1, "nodes": [local["executor"]["nodes"][0]],
+                                 "pids": [os.getpid()]}  # fmt: skip
+    ex = ray_rec["executor"]
+    assert ex["kind"] == "ray" and ex["workers"] == 2 and len(ex["nodes"]) == 1
+    assert os.getpid() not in ex["pids"] and 1 <= len(ex["pids"]) <= 2
+    assert len(ex["nodes"][0]) == 56  # a Ray node id (hex), not a host name: the work reported from inside Ray
+    assert {k: local[k] for k in ("bits", "map", "map50")} == {k: ray_rec[k] for k in ("bits", "map", "map50")}
 
 
 def test_pseudo_labels_give_the_uncompressed_detector_full_marks_and_a_coarse_codec_less(task, tmp_path):

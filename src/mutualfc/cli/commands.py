@@ -28,12 +28,13 @@ def cmd_eval(args) -> int:
         raise MutualFCError(f"--jobs must be at least 1, got {args.jobs}")
     ds = CocoDataset(args.images, args.annotations).subset(args.limit)
     from mutualfc.codecs import create_codec
-    from mutualfc.eval.runner import CodecSpec, evaluate_point
+    from mutualfc.eval.executors import CodecSpec
+    from mutualfc.eval.runner import evaluate_point
 
     task = load_task(args)
     options = codec_options(args)
     codec = None if args.codec == "none" else create_codec(args.codec, task, **options)
-    spec = CodecSpec(args.task, args.codec, args.weights, options)
+    spec = CodecSpec(args.task, args.codec, args.weights, options, args.device)
     params = [None] if codec is None else parse_params(args.param, codec.default_params)
     done = set()
     if args.skip_existing and Path(args.out).is_file():

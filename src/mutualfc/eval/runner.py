@@ -5,26 +5,21 @@ Bits are the sizes of the bitstream files written (containers included); pixels 
 
 from __future__ import annotations
 
-import multiprocessing
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import mutualfc
-from mutualfc.codecs import Codec, create_codec
-from mutualfc.errors import MutualFCError
+from mutualfc.codecs import Codec
 from mutualfc.eval.coco import CocoDataset
+from mutualfc.eval.executors import CodecSpec, executor_info, run_inline, run_processes, run_ray
 from mutualfc.images import load_image
 from mutualfc.io import atomic_write_bytes
 from mutualfc.pipeline import Decoder, Encoder
-from mutualfc.tasks import create_task
 
 
 def versions() -> dict:
@@ -47,17 +42,7 @@ def run_detection(task, dataset: CocoDataset, progress: bool = True) -> list[dic
     return results
 
 
-@dataclass(frozen=True)
-class CodecSpec:
-    """How to build the task network and the codec again in another process (``--jobs``): names and options only."""
-
-    task: str
-    codec: str
-    weights: str | None = None
-    options: dict = field(default_factory=dict)
-
-
-class _ImageCoder:
+class ImageCoder:
     """Codes one image at a time: encode -> FILE -> decode -> detections, with the bits and seconds it took."""
 
     def __init__(self, task, codec: Codec | None):
@@ -84,40 +69,6 @@ class _ImageCoder:
         return out | {"results": det.to_coco(image_id)}
 
 
-_WORKER: _ImageCoder | None = None
-
-
-def _start_worker(spec: CodecSpec, threads: int) -> None:
-    global _WORKER
-    torch.set_num_threads(threads)  # as in the parent: float results of the detector depend on the thread count
-    task = create_task(spec.task, weights=spec.weights)
-    _WORKER = _ImageCoder(task, create_codec(spec.codec, task, **spec.options))
-
-
-def _work(args: tuple) -> dict:
-    return _WORKER(*args)
-
-
-def _pool_map(work: list[tuple], jobs: int, spec: CodecSpec, ray_address: str | None) -> Iterator[dict]:
-    """``_work`` over ``work`` in ``jobs`` worker processes (local, or Ray actors), results in ``work``'s order."""
-    init = (spec, torch.get_num_threads())
-    if ray_address is None:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, ctx, initializer=_start_worker, initargs=init) as pool:
-            yield from pool.map(_work, work)
-        return
-    try:
-        from ray.util.multiprocessing import Pool
-    except ImportError:
-        raise MutualFCError("--ray needs Ray: pip install 'mutualfc[ray]'") from None
-    address = None if ray_address == "local" else ray_address
-    pool = Pool(processes=jobs, initializer=_start_worker, initargs=init, ray_address=address)
-    try:
-        yield from pool.imap(_work, work)
-    finally:
-        pool.terminate()
-
-
 def evaluate_point(
     task,
     codec: Codec | None,
@@ -133,30 +84,28 @@ def evaluate_point(
     """One JSON-lines record for ``codec`` at ``param`` (``codec=None``: uncompressed); ``label`` replaces the codec
     name in the record (e.g. to tell apart two checkpoints of one codec). ``jobs`` > 1 spreads the images over that
     many local processes, each building the task and the codec from ``spec``; the record is the same as with one
-    (results are gathered in the dataset's order), only the timings differ. ``ray_address`` ("auto", "local" or
-    "ray://host:10001") runs those ``jobs`` processes as Ray actors of that cluster instead (``pip install
+    (results are gathered in the dataset's order), only the timings and "executor" differ. ``ray_address`` ("auto",
+    "local" or "ray://host:10001") runs them as ``jobs`` Ray actors of that cluster instead (``pip install
     mutualfc[ray]``; image and bitstream paths must be visible to every node)."""
     desc = "none" if codec is None else f"{label or codec.name}@{param:g}"
-    parallel = (jobs > 1 or ray_address is not None) and codec is not None
+    parallel = jobs > 1 or ray_address is not None
     if parallel and spec is None:
-        raise ValueError("jobs > 1 needs a CodecSpec to build the codec in each process")
+        raise ValueError("jobs > 1 or Ray needs a CodecSpec to build the codec in each process")
+    kind = "inline" if not parallel else "processes" if ray_address is None else "ray"
     with tempfile.TemporaryDirectory(prefix="mutualfc-bits-") as tmp:
         out_dir = Path(bitstream_dir) if bitstream_dir else Path(tmp)
         work = [(rec.path, rec.image_id, param, out_dir) for rec in dataset.records]
         done: list[dict] = []
         with tqdm(total=len(work), desc=desc, unit="img", disable=not progress) as bar:  # closed on errors too
-            if parallel:
-                ctx = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(jobs, ctx, initializer=_start_worker,
-                                         initargs=(spec, torch.get_num_threads())) as pool:  # fmt: skip
-                    for d in pool.map(_work, work):
-                        done.append(d)
-                        bar.update(1)
+            if kind == "ray":
+                it = run_ray(work, jobs, spec, ray_address)
+            elif kind == "processes":
+                it = run_processes(work, jobs, spec)
             else:
-                coder = _ImageCoder(task, codec)
-                for w in work:
-                    done.append(coder(*w))
-                    bar.update(1)
+                it = run_inline(ImageCoder(task, codec), work)
+            for d in it:
+                done.append(d)
+                bar.update(1)
     results = [r for d in done for r in d["results"]]
     bits, pixels = sum(d["bits"] for d in done), sum(d["pixels"] for d in done)
     t_enc, t_dec, t_task = (sum(d[k] for d in done) for k in ("encode", "decode", "task"))
@@ -179,4 +128,5 @@ def evaluate_point(
         "dataset": str(dataset.annotations or dataset.root),
         "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "executor": executor_info(kind, jobs if parallel else 1, done),
     } | ({} if codec is None else {"codec_info": codec.describe(param)})
