@@ -57,6 +57,8 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
     """Header + stream lengths + payloads + CRC-32 of all that precedes it."""
     if not 0 < len(streams) <= MAX_STREAMS:
         raise ValueError(f"need 1..{MAX_STREAMS} streams, got {len(streams)}")
+    if not (1 <= header.width <= MAX_SIDE and 1 <= header.height <= MAX_SIDE):  # what unpack accepts, no more
+        raise ValueError(f"image size {header.width}x{header.height} outside 1..{MAX_SIDE} per side")
     param16 = float(np.float16(header.param))
     if param16 != header.param:
         raise ValueError(f"parameter {header.param} is not representable in the container (float16)")

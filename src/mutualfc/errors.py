@@ -19,3 +19,7 @@ class DatasetError(MutualFCError):
 
 class EncoderNotFoundError(MutualFCError):
     """An external encoder (vvencapp / VTM EncoderApp) is not installed."""
+
+
+class EncoderError(MutualFCError):
+    """An encoder refused its input (e.g. a picture size an external encoder does not take)."""

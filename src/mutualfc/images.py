@@ -2,7 +2,11 @@
 
 Every image becomes H x W x 3 uint8 RGB (Pillow's ``convert("RGB")``): grayscale is replicated to three channels,
 palette images are expanded, CMYK is converted, and an alpha channel is dropped (the colour under a transparent pixel
-is kept as stored; the detector never sees transparency). ``exif_transpose`` applies the EXIF orientation tag, so a
+is kept as stored; the detector never sees transparency). High-bit-depth grayscale (16-bit ``I;16``, 32-bit ``I``,
+float ``F``) is scaled to 8 bits by its nominal range (0..65535, or 0..1 for floats), or stretched from its own
+minimum to maximum where its values leave that range or the nominal scaling would flatten a non-constant image;
+Pillow's own conversion would clip it to white or black. Non-finite values are refused.
+``exif_transpose`` applies the EXIF orientation tag, so a
 phone photo stored sideways is seen upright; COCO evaluation keeps the stored pixel order, which its annotations use.
 Pillow refuses images over its decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, about 179 megapixels);
 ``MUTUALFC_MAX_IMAGE_PIXELS`` raises or lowers that limit.
@@ -50,11 +54,43 @@ def load_image(path: str | Path, exif_transpose: bool = False) -> np.ndarray:
                     )
                 if exif_transpose:
                     im = ImageOps.exif_transpose(im)
+                if im.mode in HIGH_DEPTH_MODES:
+                    return to_rgb8(np.asarray(im), path)
                 return np.asarray(im.convert("RGB"))
     except Image.DecompressionBombError as e:
         raise DatasetError(f"{path}: {e}; set MUTUALFC_MAX_IMAGE_PIXELS to raise the limit") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"cannot decode image {path}: {e}") from None
+
+
+HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def to_rgb8(values: np.ndarray, path: str | Path = "image") -> np.ndarray:
+    """A high-bit-depth grayscale array -> H x W x 3 uint8 (the rule in the module docstring)."""
+    x = values.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise DatasetError(f"{path}: the image holds values that are not finite (NaN or infinity)")
+    top = 1.0 if values.dtype.kind == "f" else 65535.0
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, top)
+    scaled = np.rint(x * (255.0 / top))
+    if lo < 0 or hi > top or (hi > lo and scaled.min() == scaled.max()):
+        scaled = np.rint((x - lo) * (255.0 / (hi - lo)))
+    gray = np.clip(scaled, 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def check_image(image: object, what: str = "image") -> np.ndarray:
+    """``image`` if it is what the codecs take, an H x W x 3 uint8 array (``load_image`` gives one); else a one-line
+    error saying what it is."""
+    if not isinstance(image, np.ndarray):
+        raise DatasetError(f"{what}: expected an H x W x 3 uint8 numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise DatasetError(
+            f"{what}: expected an H x W x 3 uint8 array (RGB, as load_image gives), got shape {image.shape} "
+            f"{image.dtype}"
+        )
+    return image
 
 
 def image_files(folder: str | Path, fold: tuple[int, int] | None = None, leave_out: bool = False) -> list[Path]:

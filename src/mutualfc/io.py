@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def _umask() -> int:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temporary file in the same folder, then rename; the file gets the usual permissions
     (0666 less the umask, as ``open`` would give), not the temporary file's private 0600."""
+    if str(path) == "-":
+        raise MutualFCError("'-' (standard output) takes text results only: give a file name for this output")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -35,7 +38,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """``path`` "-" is standard output."""
+    if str(path) == "-":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return
     atomic_write_bytes(path, text.encode())
+
+
+def report_stream(out: str | Path | None):
+    """Where a command's summary lines go: standard error when its results go to standard output ("-")."""
+    return sys.stderr if str(out) == "-" else sys.stdout
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -54,6 +67,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line atomically (the file is rewritten through a temporary file)."""
+    if str(path) == "-":
+        atomic_write_text("-", json.dumps(record, sort_keys=False))
+        return
     path = Path(path)
     old = path.read_text() if path.is_file() else ""
     if old and not old.endswith("\n"):

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mutualfc import bitstream
-from mutualfc.codecs import Codec, create_codec
-from mutualfc.errors import BitstreamError
+from mutualfc.codecs import Codec, codec_options_of, create_codec
+from mutualfc.errors import BitstreamError, DatasetError
+from mutualfc.images import check_image
 from mutualfc.registry import codec_name
 from mutualfc.tasks.base import Detections, FeatureSet, SplitNetwork
 
@@ -36,13 +37,22 @@ class Encoder:
     def __init__(self, task: SplitNetwork, codec: Codec):
         self.task, self.codec = task, codec
 
+    def check(self, image: np.ndarray, param: float) -> np.ndarray:
+        """The image and the parameter refused with one line before any work (the front half included)."""
+        check_image(image)
+        h, w = image.shape[:2]
+        if not (1 <= h <= bitstream.MAX_SIDE and 1 <= w <= bitstream.MAX_SIDE):
+            raise DatasetError(f"a {w}x{h} image: the container holds images of 1..{bitstream.MAX_SIDE} px a side")
+        self.codec.check_param(param)
+        return image
+
     def encode(self, image: np.ndarray, param: float) -> bytes:
-        return self.codec.encode(self.codec.prepare(image), param)
+        return self.codec.encode(self.codec.prepare(self.check(image, param)), param)
 
     def encode_timed(self, image: np.ndarray, param: float) -> tuple[bytes, dict[str, float]]:
         """``encode`` with the seconds spent in the task's front half ("task") and in the codec ("encode")."""
         t0 = time.perf_counter()
-        x = self.codec.prepare(image)
+        x = self.codec.prepare(self.check(image, param))
         t1 = time.perf_counter()
         data = self.codec.encode(x, param)
         return data, {"task": t1 - t0, "encode": time.perf_counter() - t1}
@@ -60,8 +70,11 @@ class Decoder:
         name = codec_name(header.codec_id)
         if name is None:
             raise BitstreamError(f"unknown codec id {header.codec_id}")
-        if name not in self.codecs:
-            self.codecs[name] = create_codec(name, self.task, **self.options)
+        if name not in self.codecs:  # each codec takes the decoder options it knows (a checkpoint: learned ones)
+            accepted = codec_options_of(name)
+            self.codecs[name] = create_codec(
+                name, self.task, **{k: v for k, v in self.options.items() if k in accepted}
+            )
         return self.codecs[name]
 
     def decode(self, data: bytes) -> Decoded:

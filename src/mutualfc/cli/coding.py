@@ -32,19 +32,20 @@ def cmd_detect(args) -> int:
             raise MutualFCError("--annotations goes with --images FOLDER (the folder its file names refer to)")
         return _detect_coco(args)
     paths = expand(args.inputs + ([args.images] if args.images else []), IMAGE_SUFFIXES, "images")[: args.limit]
+    batch, ids = Batch(args.skip_errors), dict(zip(paths, image_ids(paths), strict=True))
+    good = batch.readable(paths)  # every unreadable file named now, before the detector is loaded
     from mutualfc.images import load_image
-    from mutualfc.io import atomic_write_text
+    from mutualfc.io import atomic_write_text, report_stream
 
-    task, batch, results = load_task(args), Batch(args.skip_errors), []
-    for path, image_id in tqdm(
-        list(zip(paths, image_ids(paths), strict=True)), desc="detect", unit="img", disable=not progress(args)
-    ):
+    task, results = load_task(args), []
+    for path, image_id in tqdm([(p, ids[p]) for p in good], desc="detect", unit="img", disable=not progress(args)):
         image = batch.run(path, lambda p=path: load_image(p, args.exif_transpose == "on"))
         if image is not None:
             results += task.detect(image).to_coco(image_id, args.min_score, task.category_names, path.name)
     atomic_write_text(args.out, json.dumps(results))
     print(
-        f"{len(results)} detections (score >= {args.min_score:g}) on {len(paths) - batch.skipped} images -> {args.out}"
+        f"{len(results)} detections (score >= {args.min_score:g}) on {len(paths) - batch.skipped} images -> {args.out}",
+        file=report_stream(args.out),
     )
     return batch.exit_code
 
@@ -52,7 +53,7 @@ def cmd_detect(args) -> int:
 def _detect_coco(args) -> int:
     from mutualfc.eval.coco import CocoDataset
     from mutualfc.eval.runner import run_detection
-    from mutualfc.io import atomic_write_text
+    from mutualfc.io import atomic_write_text, report_stream
 
     ds = CocoDataset(args.images, args.annotations).subset(args.limit)
     task = load_task(args)
@@ -62,7 +63,8 @@ def _detect_coco(args) -> int:
     atomic_write_text(args.out, json.dumps(kept))
     print(
         f"{len(kept)} detections (score >= {args.min_score:g}) on {len(ds)} images -> {args.out}  "
-        f"mAP={s['map']:.4f} mAP50={s['map50']:.4f} (all {len(results)} boxes)"
+        f"mAP={s['map']:.4f} mAP50={s['map50']:.4f} (all {len(results)} boxes)",
+        file=report_stream(args.out),
     )
     return 0
 
@@ -111,12 +113,13 @@ def encode_file(args, codec, param: float, path: Path) -> tuple[bytes, float, in
 def cmd_encode(args) -> int:
     check_rate_options(args)
     paths = expand(args.inputs, IMAGE_SUFFIXES, "images")
-    targets = outputs(paths, args.out_dir, ".mfc")
+    targets = dict(zip(paths, outputs(paths, args.out_dir, ".mfc"), strict=True))
+    batch, coded = Batch(args.skip_errors), []
+    good = batch.readable(paths)  # every unreadable file named now, before the codec is loaded
     from mutualfc.io import atomic_write_bytes
 
     _, codec, param = load_encoder(args)
-    batch, coded = Batch(args.skip_errors), []
-    for path, out in zip(paths, targets, strict=True):  # everything is coded before anything is written
+    for path, out in ((p, targets[p]) for p in good):  # everything is coded before anything is written
         result = batch.run(path, lambda p=path: encode_file(args, codec, param, p))
         if result is not None:
             coded.append((path, out, *result))
@@ -127,7 +130,8 @@ def cmd_encode(args) -> int:
         total_bits, total_px = total_bits + 8 * len(data), total_px + pixels
         print(f"{path} -> {out}  {codec.param_name}={q:g}  {len(data)} bytes  {8 * len(data) / pixels:.5f} bpp")
     if total_px:
-        print(f"total {total_bits} bits / {total_px} pixels = {total_bits / total_px:.5f} bpp ({len(coded)} files)")
+        files = f"{len(coded)} file" + "s" * (len(coded) != 1)
+        print(f"total {total_bits} bits / {total_px} pixels = {total_bits / total_px:.5f} bpp ({files})")
     return batch.exit_code
 
 
@@ -139,11 +143,13 @@ def _draw(args, path: Path, out, names: dict[int, str]) -> None:
     from mutualfc.images import load_image
     from mutualfc.io import atomic_write_bytes
 
-    canvas = out.image
+    canvas, why = out.image, "no --images folder with the originals"
     if canvas is None and args.images:
         found = [f for f in Path(args.images).glob(path.stem + ".*") if f.suffix.lower() in IMAGE_SUFFIXES]
         canvas = load_image(found[0], args.exif_transpose == "on") if found else None
+        why = f"no {path.stem}.* in {args.images}" if not found else f"{found[0]} is not the coded image's size"
     if canvas is None or canvas.shape[:2] != (out.header.height, out.header.width):
+        print(f"mutualfc: warning: {path}: boxes drawn on a grey canvas ({why})", file=sys.stderr)
         canvas = np.full((out.header.height, out.header.width, 3), 114, np.uint8)
     buf = io.BytesIO()
     draw_detections(canvas, out.detections, args.min_score, names).save(buf, format="PNG")
@@ -157,7 +163,7 @@ def cmd_decode(args) -> int:
             raise MutualFCError(f"{flag} {folder}: is a file, not a folder")
     import numpy as np
 
-    from mutualfc.io import atomic_write_bytes, atomic_write_text
+    from mutualfc.io import atomic_write_bytes, atomic_write_text, report_stream
     from mutualfc.pipeline import Decoder
 
     task = load_task(args)
@@ -177,7 +183,8 @@ def cmd_decode(args) -> int:
         kept = int((out.detections.scores >= args.min_score).sum())
         print(
             f"{path}: {out.codec.name} {out.codec.param_name}={h.param:g} {h.width}x{h.height} -> {kept} "
-            f"detections (score >= {args.min_score:g})"
+            f"detections (score >= {args.min_score:g})",
+            file=report_stream(args.detections),
         )
     if args.detections:
         atomic_write_text(args.detections, json.dumps(results))
@@ -195,7 +202,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(stored pixel order; the mAP counts every box, --min-score only filters what is written)",
     )
     p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--out", required=True, help="output detections (COCO results JSON, with file_name and category)")
+    p.add_argument(
+        "--out", required=True, help="output detections (COCO results JSON, with file_name and category; '-': stdout)"
+    )
     p.add_argument(
         "--min-score",
         type=float,
@@ -242,7 +251,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE", help=".mfc files or folders of them")
     p.add_argument(
         "--detections",
-        help="write detections here (COCO results JSON with file_name and category; "
+        help="write detections here (COCO results JSON with file_name and category; '-': stdout; "
         "image_id = the file stems when all are distinct numbers, else 1..N in the order given)",
     )
     p.add_argument("--features", help="write decoded feature levels here as .npz (feature codecs)")

@@ -22,10 +22,12 @@ from mutualfc.errors import MutualFCError
 
 def cmd_eval(args) -> int:
     from mutualfc.eval.coco import CocoDataset  # light: the dataset is checked before torch is imported
-    from mutualfc.io import append_jsonl, read_jsonl
+    from mutualfc.io import append_jsonl, read_jsonl, report_stream
 
     if args.jobs < 1:
         raise MutualFCError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.out == "-" and (args.plot or args.skip_existing):
+        raise MutualFCError("--out - (standard output) cannot be read back: --plot and --skip-existing need a file")
     ds = CocoDataset(args.images, args.annotations).subset(args.limit)
     from mutualfc.codecs import create_codec
     from mutualfc.eval.executors import CodecSpec
@@ -42,7 +44,7 @@ def cmd_eval(args) -> int:
     label = args.label or args.codec
     for p in params:
         if (label, p, len(ds)) in done:
-            print(f"skip {label} {p} (already in {args.out})")
+            print(f"skip {label} {p} (already in {args.out})", file=report_stream(args.out))
             continue
         bdir = Path(args.bitstreams) / f"{label}-{p:g}" if (args.bitstreams and p is not None) else None
         rec = evaluate_point(
@@ -50,7 +52,8 @@ def cmd_eval(args) -> int:
         )
         append_jsonl(args.out, rec)
         bpp = "-" if rec["bpp"] is None else f"{rec['bpp']:.5f}"
-        print(f"{rec['codec']} param={p} bpp={bpp} mAP={rec['map']:.4f} mAP50={rec['map50']:.4f}", flush=True)
+        print(f"{rec['codec']} param={p} bpp={bpp} mAP={rec['map']:.4f} mAP50={rec['map50']:.4f}", flush=True,
+              file=report_stream(args.out))  # fmt: skip
     if args.plot:
         from mutualfc.eval.plot import plot_rd
 
@@ -84,7 +87,16 @@ def cmd_plot(args) -> int:
     from mutualfc.eval.plot import plot_rd
     from mutualfc.io import read_jsonl
 
-    records = [r for f in args.results for r in read_jsonl(f)]
+    records = []
+    for f in args.results:
+        for i, r in enumerate(read_jsonl(f), 1):
+            if not isinstance(r, dict) or not {"codec", "bpp", args.metric} <= r.keys():
+                raise MutualFCError(
+                    f"{f}:{i}: not a results record (needs codec, bpp and {args.metric}: eval writes them)"
+                )
+            records.append(r)
+    if str(args.out) == "-":
+        raise MutualFCError("--out -: a plot is a PNG file; give a file name")
     plot_rd(records, args.out, args.metric, args.title)
     print(f"wrote {args.out}")
     return 0
@@ -124,11 +136,21 @@ def cmd_pseudo_labels(args) -> int:
 
 def cmd_codecs(args) -> int:
     """Every codec with its kind, parameter range and what it is."""
-    from mutualfc.codecs import CODECS
+    from mutualfc.codecs import CODECS, codec_options_of
 
     for name, cls in CODECS.items():
         doc = " ".join((cls.__doc__ or "").split())
-        print(f"{name} (id {cls.codec_id}, codes {cls.domain})\n    {cls.param_help()}\n    {doc}")
+        if args.json:  # one JSON line per codec, for other tools
+            lo, hi = cls.param_limits
+            row = {"name": name, "id": cls.codec_id, "codes": cls.domain, "param_name": cls.param_name,
+                   "param_min": lo, "param_max": hi, "integer_param": cls.integer_param,
+                   "default_params": list(cls.default_params), "options": codec_options_of(name),
+                   "description": doc}  # fmt: skip
+            if name in ("mutual", "separate"):
+                row["param_max"] = None  # the model's: its top quality + 1 (param_help)
+            print(json.dumps(row))
+        else:
+            print(f"{name} (id {cls.codec_id}, codes {cls.domain})\n    {cls.param_help()}\n    {doc}")
     return 0
 
 
@@ -143,7 +165,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "vvc-feature ('mutualfc codecs' lists them)",
     )
     p.add_argument("--param", help="comma-separated qualities / QPs (default: the codec's own sweep)")
-    p.add_argument("--out", required=True, help="JSON-lines results file; one line is appended per rate point")
+    p.add_argument(
+        "--out", required=True, help="JSON-lines results file; one line is appended per rate point ('-': stdout)"
+    )
     p.add_argument("--bitstreams", help="keep the bitstream files here (default: a temporary folder)")
     p.add_argument("--skip-existing", action="store_true", help="skip rate points already in --out (resume a sweep)")
     p.add_argument("--label", help="name written as 'codec' in the results (default: the codec name)")
@@ -186,6 +210,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_pseudo_labels)
 
     p = sub.add_parser("codecs", help="list every codec: id, what it codes, its parameter range, what it is")
+    p.add_argument("--json", action="store_true", help="one JSON line per codec (name, id, parameter range, options)")
     p.set_defaults(func=cmd_codecs)
 
     p = sub.add_parser("anchor", help="anchor utilities: measure the feature-anchor range")

@@ -58,6 +58,24 @@ def outputs(paths: list[Path], out_dir: str | Path, suffix: str) -> list[Path]:
     return [Path(out_dir) / (p.stem + suffix) for p in paths]
 
 
+def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
+    """The images whose header Pillow cannot read, each with the reason: checked up front (headers only, fast), so
+    that a folder's bad files are all named at once rather than the first one after minutes of work."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.width < 1 or im.height < 1:
+                    bad.append((p, f"{im.width}x{im.height} image"))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            bad.append((p, str(e).replace(str(p), "").strip(" :'") or type(e).__name__))
+        except Image.DecompressionBombError:
+            pass  # load_image gives the full explanation when the file's turn comes
+    return bad
+
+
 class Batch:
     """Runs one step per input file. A failing file is a one-line error naming it; with ``skip_errors`` the batch
     goes on, each skipped file is reported, and ``exit_code`` is 1 at the end."""
@@ -75,6 +93,19 @@ class Batch:
             self.skipped += 1
             print(f"mutualfc: skipped {msg}", file=sys.stderr)
             return None
+
+    def readable(self, paths: list[Path]) -> list[Path]:
+        """``paths`` less the images whose headers cannot be read: all of them named in one error, or with
+        ``skip_errors`` each reported and skipped."""
+        bad = unreadable_images(paths)
+        if bad and not self.skip_errors:
+            listed = "; ".join(f"{p}: {why}" for p, why in bad)
+            raise MutualFCError(f"{len(bad)} of {len(paths)} images cannot be read: {listed}")
+        for p, why in bad:
+            self.skipped += 1
+            print(f"mutualfc: skipped {p}: {why}", file=sys.stderr)
+        skip = {p for p, _ in bad}
+        return [p for p in paths if p not in skip]
 
     @property
     def exit_code(self) -> int:

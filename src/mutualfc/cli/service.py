@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from mutualfc.cli.coding import check_rate_options, encode_file, load_encoder
@@ -24,6 +26,7 @@ def cmd_serve(args) -> int:
     options = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     if args.threads < 1:
         raise MutualFCError(f"--threads must be at least 1, got {args.threads}")
+    check_port_free(args.host, args.port)  # before the detector is loaded: a busy port fails at once
     settings = ServiceSettings(
         args.task,
         args.weights,
@@ -35,34 +38,56 @@ def cmd_serve(args) -> int:
         args.threads,
     )
     os.environ.update(settings.to_env())  # every worker builds its app from these
-    uvicorn.run(
-        "mutualfc.service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-    )
+    os.environ["MUTUALFC_SERVE_URL"] = f"http://{args.host}:{args.port}"
+    with tempfile.TemporaryDirectory(prefix="mutualfc-metrics-") as metrics_dir:
+        if args.workers > 1:  # /metrics sums every worker's counters (prometheus_client's multiprocess mode)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "mutualfc.service.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One line, not uvicorn's traceback, when the address cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise MutualFCError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise MutualFCError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror})") from None
 
 
 def cmd_send(args) -> int:
     check_rate_options(args)
+    if not 0 <= args.min_score <= 1:
+        raise MutualFCError(f"--min-score must be in 0..1, got {args.min_score:g}")
     paths = expand(args.inputs, IMAGE_SUFFIXES, "images")
-    from mutualfc.io import atomic_write_text
+    batch, results, ids = Batch(args.skip_errors), [], dict(zip(paths, image_ids(paths), strict=True))
+    good = batch.readable(paths)  # every unreadable file named now, before anything is loaded or sent
+    from mutualfc.io import atomic_write_text, report_stream
     from mutualfc.service.client import Client
 
     client = Client(args.server, timeout=args.timeout)
     client.health()  # fail early, with one line, when the server is not there
     _, codec, param = load_encoder(args)
-    batch, results = Batch(args.skip_errors), []
 
     def send(path: Path) -> dict:
         data, _, pixels = encode_file(args, codec, param, path)
         answer = client.detect(data, args.min_score)
         return answer | {"file_name": path.name, "bytes": len(data), "bpp": 8 * len(data) / pixels}
 
-    for path, image_id in zip(paths, image_ids(paths), strict=True):
+    for path, image_id in ((p, ids[p]) for p in good):
         answer = batch.run(path, lambda p=path: send(p))
         if answer is None:
             continue
@@ -70,7 +95,8 @@ def cmd_send(args) -> int:
             results.append({"image_id": image_id, **d, "file_name": answer["file_name"]})
         print(
             f"{path}: {answer['bytes']} bytes ({answer['bpp']:.4f} bpp) -> {len(answer['detections'])} detections "
-            f"(score >= {args.min_score:g}), decoded in {answer['decode_ms']:.1f} ms"
+            f"(score >= {args.min_score:g}), decoded in {answer['decode_ms']:.1f} ms",
+            file=report_stream(args.out or "-"),
         )
     if args.out:
         atomic_write_text(args.out, json.dumps(results))
@@ -137,7 +163,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-bpp", type=float, help="learned codecs: the highest quality that fits this rate")
     p.add_argument("--checkpoint", help="learned codecs: a checkpoint instead of the zoo's (the server needs it too)")
     p.add_argument("--min-score", type=float, default=0.25, help="lowest score returned (default: %(default)s)")
-    p.add_argument("--out", help="write the detections here (COCO results JSON with file_name and category)")
+    p.add_argument(
+        "--out", help="write the detections here (COCO results JSON with file_name and category; default: stdout)"
+    )
     p.add_argument("--quiet-results", action="store_true", help="without --out: do not print the detections JSON")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server (default: %(default)s)")
     add_exif(p)

@@ -37,12 +37,23 @@ def codec_class(name: str) -> type[Codec]:
     return CODECS[name]
 
 
+def codec_options_of(name: str) -> list[str]:
+    """The options ``name``'s constructor takes (besides the task)."""
+    params = inspect.signature(codec_class(name).__init__).parameters
+    return [k for k in params if k not in ("self", "task")]
+
+
 def create_codec(name: str, task=None, **options) -> Codec:
-    """Build a codec by name; ``options`` go to its constructor when it takes them (e.g. ``vvc_encoder``)."""
-    cls = codec_class(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(task, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    """Build a codec by name with its options (e.g. ``vvc_encoder``; None means the default). An option the codec
+    does not take is a one-line error naming the ones it does: a misspelt option must not be ignored."""
+    accepted = codec_options_of(name)
+    unknown = sorted(k for k, v in options.items() if k not in accepted and v is not None)
+    if unknown:
+        known = ", ".join(accepted) or "none"
+        raise MutualFCError(f"codec {name!r} takes no option {', '.join(map(repr, unknown))} (its options: {known})")
+    return codec_class(name)(task, **{k: v for k, v in options.items() if v is not None})
 
 
-__all__ = ["CODECS", "Codec", "FeatureCodec", "ImageCodec", "LearnedFeatureCodec", "codec_class", "create_codec",
+__all__ = ["CODECS", "Codec", "FeatureCodec", "ImageCodec", "LearnedFeatureCodec", "codec_class", "codec_options_of",
+           "create_codec",
            "list_codecs"]  # fmt: skip

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from mutualfc import bitstream
-from mutualfc.errors import BitstreamError
+from mutualfc.errors import BitstreamError, DatasetError, MutualFCError
 from mutualfc.registry import task_id
 from mutualfc.tasks.base import Detections, FeatureSet, SplitNetwork
 
@@ -27,6 +27,7 @@ class Codec(ABC):
     param_name: ClassVar[str] = "quality"
     default_params: ClassVar[tuple[float, ...]] = ()  # the sweep ``eval`` runs by default
     param_limits: ClassVar[tuple[float, float]] = (0, 100)  # every value the codec takes
+    integer_param: ClassVar[bool] = False  # QPs and Pillow's qualities are whole numbers
 
     def __init__(self, task: SplitNetwork | None = None):
         self.task = task
@@ -56,9 +57,26 @@ class Codec(ABC):
         return {"codec": self.name, "param_name": self.param_name}
 
     # -- the public API --------------------------------------------------------------------------------
+    def check_param(self, param: float) -> float:
+        """``param`` if the codec takes it (within ``param_limits``, whole where ``integer_param``), else a one-line
+        error: a value outside the range must never reach a container or a record."""
+        lo, hi = self.param_limits
+        try:
+            value = float(param)
+        except (TypeError, ValueError):
+            raise MutualFCError(f"{self.name} {self.param_name} must be a number, got {param!r}") from None
+        whole = " whole" if self.integer_param else ""
+        if not lo <= value <= hi or (self.integer_param and not value.is_integer()):
+            raise MutualFCError(
+                f"{self.name} {self.param_name} must be a{whole} number in {lo:g}..{hi:g}, got {param!r}"
+            )
+        return value
+
     def encode(self, x, param: float) -> bytes:
         h, w = self.original_size(x)
-        param = float(np.float16(param))  # the container stores the parameter as float16
+        if not (1 <= h <= bitstream.MAX_SIDE and 1 <= w <= bitstream.MAX_SIDE):
+            raise DatasetError(f"a {w}x{h} image: the container holds images of 1..{bitstream.MAX_SIDE} px a side")
+        param = float(np.float16(self.check_param(param)))  # the container stores the parameter as float16
         streams = self.encode_streams(x, param)
         header = bitstream.Header(self.codec_id, self.task_id, float(param), self.model_tag, w, h)
         return bitstream.pack(header, streams)

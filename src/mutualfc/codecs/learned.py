@@ -150,6 +150,9 @@ class LearnedFeatureCodec(FeatureCodec):
         return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": residual,
                                      "skip_below": tau if isinstance(tau, str) else round(tau, 6), **tiers}  # fmt: skip
 
+    def check_param(self, param: float) -> float:
+        return self._check_quality(super().check_param(param))
+
     def _check_quality(self, q: float) -> float:
         if not 0 <= q <= self.top + 1:
             raise MutualFCError(f"{self.name} quality must be in 0..{self.top + 1}, got {q:g}")

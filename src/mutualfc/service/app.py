@@ -11,16 +11,21 @@ neighbours and the clients need.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import os
+import sys
 import threading
 import time
 
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mutualfc import __version__, bitstream
 from mutualfc.codecs import CODECS, LearnedFeatureCodec
@@ -46,15 +51,21 @@ class _Server:
                 continue
             self.decoder.codec_for(bitstream.Header(cls.codec_id, 0, 0.0, 0, 1, 1))
         self.lock = threading.Lock()
-        self.registry = CollectorRegistry()
-        self.requests = Counter("mutualfc_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        # own registry for the metrics; the one /metrics reads: with several workers (serve --workers N sets
+        # PROMETHEUS_MULTIPROC_DIR) every worker's counters, summed (prometheus_client's multiprocess mode)
+        own = CollectorRegistry()
+        self.requests = Counter("mutualfc_requests", "HTTP requests", ["route", "status"], registry=own)
         self.latency = Histogram(
             "mutualfc_request_seconds",
             "Request latency",
             ["route"],
-            registry=self.registry,
+            registry=own,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.registry = own
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry)
 
     def decode(self, data: bytes) -> Decoded:
         header, _ = bitstream.unpack(data)  # damaged or foreign containers fail here, before any work
@@ -87,7 +98,14 @@ async def _body(request: Request, limit: int) -> bytes:
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The ASGI app (``uvicorn --factory mutualfc.service.app:create_app`` reads its settings from the environment)."""
     server = _Server(settings or ServiceSettings.from_env())
-    app = FastAPI(title="mutualfc split inference", version=__version__)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        url = os.environ.get("MUTUALFC_SERVE_URL", "ASGI app")
+        print(f"mutualfc serve: worker {os.getpid()} ready ({server.task.name}, {url})", file=sys.stderr, flush=True)
+        yield
+
+    app = FastAPI(title="mutualfc split inference", version=__version__, lifespan=lifespan)
     app.state.server = server
 
     @app.middleware("http")
@@ -99,9 +117,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         server.latency.labels(route).observe(time.perf_counter() - t0)
         return response
 
-    @app.exception_handler(HTTPException)
-    async def one_line(request: Request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    @app.exception_handler(StarletteHTTPException)  # ours, and the router's 404 / 405
+    async def one_line(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)  # a bad query parameter: its name and the rule, on one line
+    async def bad_query(request: Request, exc: RequestValidationError):
+        reasons = [f"{e['loc'][-1]}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(reasons)}, status_code=422)
 
     async def decoded(request: Request) -> Decoded:
         data = await _body(request, server.settings.max_body_bytes)

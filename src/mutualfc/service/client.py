@@ -22,6 +22,14 @@ def _reason(body: bytes, fallback: str) -> str:
         return fallback
 
 
+class ServerError(MutualFCError):
+    """The server refused a request: ``status`` is its HTTP status, the message its one-line reason."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class Client:
     """``Client("http://host:8000").detect(container)`` -> the server's JSON answer."""
 
@@ -40,13 +48,13 @@ class Client:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 - the user's server URL
                 return r.read()
         except urllib.error.HTTPError as e:
-            raise MutualFCError(f"{self.url} answered {e.code}: {_reason(e.read(), e.reason)}") from None
+            raise ServerError(f"{self.url} answered {e.code}: {_reason(e.read(), e.reason)}", e.code) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             if data is not None and isinstance(reason, (BrokenPipeError, ConnectionResetError)):
                 verdict = self._verdict(url, len(data))  # the server may have refused the body and closed
                 if verdict is not None:
-                    raise MutualFCError(f"{self.url} answered {verdict[0]}: {verdict[1]}") from None
+                    raise ServerError(f"{self.url} answered {verdict[0]}: {verdict[1]}", verdict[0]) from None
             raise MutualFCError(f"cannot reach {self.url}: {reason}") from None
 
     def _verdict(self, url: str, size: int) -> tuple[int, str] | None:
@@ -71,6 +79,8 @@ class Client:
             conn.close()
 
     def detect(self, container: bytes, min_score: float = 0.25) -> dict:
+        if not 0 <= min_score <= 1:  # what the server would refuse, refused before the request
+            raise MutualFCError(f"min_score must be in 0..1, got {min_score:g}")
         return json.loads(self._call("/v1/detect", container, {"min_score": min_score}))
 
     def features(self, container: bytes) -> dict[str, np.ndarray]:

@@ -189,22 +189,26 @@ def resolve_weights(spec: WeightsSpec, explicit: str | Path | None = None, downl
         for name in (spec.state_dict_file, spec.upstream_file):
             if (d / name).is_file():
                 return d / name
-    if download:
+    failed = "downloads are off (MUTUALFC_OFFLINE)"
+    if download and not os.environ.get("MUTUALFC_OFFLINE"):
         target = cache_dir() / spec.upstream_file
+        tmp = target.with_suffix(".part")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".part")
-            urllib.request.urlretrieve(spec.url, tmp)  # noqa: S310 - fixed https URL
+            with urllib.request.urlopen(spec.url, timeout=10) as r, open(tmp, "wb") as f:  # noqa: S310 - fixed URL
+                f.write(r.read())
             digest = sha256_of(tmp)
             if digest != spec.sha256:
                 tmp.unlink(missing_ok=True)
                 raise WeightsError(f"downloaded {spec.url} has sha256 {digest}, expected {spec.sha256}")
             tmp.replace(target)
             return target
-        except OSError:
-            pass
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            failed = f"the download failed: {getattr(e, 'reason', e)}"
     where = ", ".join(str(d) for d in dirs)
     raise WeightsError(
-        f"no weights for this model and no download possible: put {spec.upstream_file} (sha256 {spec.sha256[:12]}...) "
-        f"or {spec.state_dict_file} in one of [{where}], or set MUTUALFC_WEIGHTS=/path/to/file"
+        f"no weights for this model ({failed}): put {spec.upstream_file} (sha256 {spec.sha256[:12]}...) or "
+        f"{spec.state_dict_file} in a folder named by MUTUALFC_WEIGHTS_DIR or in one of [{where}], set "
+        f"MUTUALFC_WEIGHTS=/path/to/file, or pass --weights FILE (MUTUALFC_OFFLINE=1: no download attempt)"
     )

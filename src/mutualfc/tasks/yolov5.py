@@ -42,7 +42,7 @@ class Letterbox:
     def geometry(self, orig_hw: tuple[int, int]) -> LetterboxGeometry:
         h, w = orig_hw
         r = self.size / max(h, w)
-        nh, nw = int(round(h * r)), int(round(w * r))
+        nh, nw = self.resized_hw((h, w), r)
         ih = int(math.ceil(nh / self.stride) * self.stride)
         iw = int(math.ceil(nw / self.stride) * self.stride)
         # split padding like YOLOv5 (round(d - 0.1) on the top/left side)
@@ -50,11 +50,16 @@ class Letterbox:
         left = int(round((iw - nw) / 2 - 0.1))
         return LetterboxGeometry((h, w), (ih, iw), r, left, top)
 
+    @staticmethod
+    def resized_hw(orig_hw: tuple[int, int], ratio: float) -> tuple[int, int]:
+        """The image's size inside the letterbox: at least one pixel a side (a 1 x 20000 strip stays visible)."""
+        return max(1, int(round(orig_hw[0] * ratio))), max(1, int(round(orig_hw[1] * ratio)))
+
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, LetterboxGeometry]:
         """HxWx3 uint8 RGB -> 1x3xHxW float tensor in [0, 1]."""
         g = self.geometry(image.shape[:2])
         h, w = g.orig_hw
-        nh, nw = int(round(h * g.ratio)), int(round(w * g.ratio))
+        nh, nw = self.resized_hw((h, w), g.ratio)
         if (nh, nw) != (h, w):
             image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
         canvas = np.full((*g.input_hw, 3), self.pad_value, dtype=np.uint8)

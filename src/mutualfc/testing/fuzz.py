@@ -134,7 +134,8 @@ def build_seeds(task, images: list[np.ndarray], vvc_encoder: str | None = None) 
     for name, codec_name, param, options in SEED_SETTINGS:
         if codec_name.startswith("vvc") and not vvc_encoder:
             continue
-        codec = create_codec(codec_name, task, **options, **({"vvc_encoder": vvc_encoder} if vvc_encoder else {}))
+        vvc = {"vvc_encoder": vvc_encoder} if codec_name.startswith("vvc") else {}
+        codec = create_codec(codec_name, task, **options, **vvc)
         decoders[codec.codec_id] = codec
         for i, image in enumerate(images):
             seeds[f"{name}#{i}"] = codec.encode(codec.prepare(image), param)

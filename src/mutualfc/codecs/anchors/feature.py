@@ -153,7 +153,7 @@ class HEVCFeatureCodec(TiledFeatureCodec):
 
     name, codec_id = "hevc-feature", CODEC_IDS["hevc-feature"]
     default_params = (2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42)
-    param_limits = (0, 51)
+    param_limits, integer_param = (0, 51), True
 
     def __init__(self, task, feature_range: FeatureRange | None = None, preset: str = "medium"):
         super().__init__(task, feature_range)
@@ -172,7 +172,7 @@ class VVCFeatureCodec(UsesVVCEncoder, TiledFeatureCodec):
 
     name, codec_id = "vvc-feature", CODEC_IDS["vvc-feature"]
     default_params = (2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42)
-    param_limits = (0, 63)
+    param_limits, integer_param = (0, 63), True
 
     def __init__(self, task, feature_range: FeatureRange | None = None, encoder: VVCEncoder | None = None,
                  vvc_encoder: str | None = None, vvc_config: str | None = None,

@@ -17,10 +17,15 @@ def _crop(rgb: np.ndarray, header) -> np.ndarray:
     return np.ascontiguousarray(rgb[: header.height, : header.width])
 
 
+MIN_VIDEO_SIDE = 16  # x265 refuses smaller pictures
+
+
 def _pad_even(image: np.ndarray) -> np.ndarray:
-    """4:2:0 needs even sizes: replicate the last row/column; the decoder crops back (size is in the header)."""
+    """4:2:0 needs even sizes, and the video encoders at least ``MIN_VIDEO_SIDE`` px a side: replicate the last
+    row/column; the decoder crops back (the size is in the header)."""
     h, w = image.shape[:2]
-    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if (h % 2 or w % 2) else image
+    ph, pw = max(h % 2, MIN_VIDEO_SIDE - h), max(w % 2, MIN_VIDEO_SIDE - w)
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if (ph or pw) else image
 
 
 class PillowImageCodec(ImageCodec):
@@ -43,7 +48,7 @@ class JPEGCodec(PillowImageCodec):
     name, codec_id, fmt = "jpeg", CODEC_IDS["jpeg"], "JPEG"
     save_options = {"optimize": True, "subsampling": "4:2:0"}
     default_params = (1, 3, 5, 8, 12, 18, 25, 35, 50, 70, 90)
-    param_limits = (1, 95)
+    param_limits, integer_param = (1, 95), True
 
 
 class WebPCodec(PillowImageCodec):
@@ -52,6 +57,7 @@ class WebPCodec(PillowImageCodec):
     name, codec_id, fmt = "webp", CODEC_IDS["webp"], "WEBP"
     save_options = {"method": 6}
     default_params = (0, 2, 5, 10, 20, 35, 50, 70, 85, 95)
+    param_limits, integer_param = (0, 100), True
 
 
 class HEVCImageCodec(ImageCodec):
@@ -59,7 +65,7 @@ class HEVCImageCodec(ImageCodec):
 
     name, codec_id, param_name = "hevc-image", CODEC_IDS["hevc-image"], "qp"
     default_params = (17, 22, 27, 32, 37, 41, 44, 47, 49, 51)
-    param_limits = (0, 51)
+    param_limits, integer_param = (0, 51), True
 
     def __init__(self, task=None, preset: str = "medium"):
         super().__init__(task)
@@ -78,7 +84,7 @@ class VVCImageCodec(UsesVVCEncoder, ImageCodec):
 
     name, codec_id, param_name = "vvc-image", CODEC_IDS["vvc-image"], "qp"
     default_params = (17, 22, 27, 32, 37, 41, 44, 47, 49, 51)
-    param_limits = (0, 63)
+    param_limits, integer_param = (0, 63), True
 
     def __init__(self, task=None, encoder: VVCEncoder | None = None, vvc_encoder: str | None = None,
                  vvc_config: str | None = None, vvc_preset: str | None = None):  # fmt: skip

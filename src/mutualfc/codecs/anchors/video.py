@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from mutualfc.errors import BitstreamError, EncoderNotFoundError
+from mutualfc.errors import BitstreamError, EncoderError, EncoderNotFoundError
 
 X265_PRESET = "medium"
 
@@ -33,7 +33,10 @@ def x265_encode(frame: av.VideoFrame, qp: int, preset: str = X265_PRESET) -> byt
         f"qp={int(qp)}:keyint=1:min-keyint=1:bframes=0:aq-mode=0:cutree=0:info=0:hash=0:frame-threads=1:log-level=error"
     )
     ctx.options = {"preset": preset, "x265-params": params}
-    packets = list(ctx.encode(frame)) + list(ctx.encode(None))
+    try:
+        packets = list(ctx.encode(frame)) + list(ctx.encode(None))
+    except av.FFmpegError as e:  # e.g. a picture size x265 does not take
+        raise EncoderError(f"libx265 cannot code a {frame.width}x{frame.height} picture: {e.strerror}") from None
     return b"".join(bytes(p) for p in packets)
 
 
