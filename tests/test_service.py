@@ -17,7 +17,7 @@ import pytest
 from mutualfc import bitstream
 from mutualfc.cli.main import main
 from mutualfc.errors import MutualFCError
-from mutualfc.service import Client
+from mutualfc.service import Client, ServerError
 from tests.conftest import EXAMPLE, SHARED_WEIGHTS, need_shared_weights
 
 IMAGES = sorted((EXAMPLE / "images").glob("*.jpg"))
@@ -119,14 +119,25 @@ def test_bad_requests_get_4xx_with_a_reason_and_never_5xx(server, tmp_path):
         "oversized": (b"\0" * (MAX_BODY + 1), "/v1/detect", "", 413),
         "image codec features": (next(jpeg.glob("*.mfc")).read_bytes(), "/v1/features", "", 400),
         "bad min_score": (good, "/v1/detect", "?min_score=2", 422),
+        "negative min_score": (good, "/v1/detect", "?min_score=-1", 422),
+        "no such route": (good, "/v1/nothing", "", 404),
     }
     for name, (body, route, query, want) in cases.items():
         status, answer = _post(server + route, body, query)
         assert status == want, (name, status, answer)
-        reason = answer.get("error") or answer.get("detail")
-        assert reason, name
-        if isinstance(reason, str):
-            assert "\n" not in reason, name
+        assert set(answer) == {"error"} and isinstance(answer["error"], str) and "\n" not in answer["error"], name
+    assert (
+        "min_score: Input should be greater than or equal to 0 (got '-1')"
+        in _post(server + "/v1/detect", good, "?min_score=-1")[1]["error"]
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:  # a GET where only POST is served
+        urllib.request.urlopen(server + "/v1/detect", timeout=10)
+    assert e.value.code == 405 and json.loads(e.value.read()) == {"error": "Method Not Allowed"}
+    with pytest.raises(ServerError) as e:  # the client carries the status and the server's reason
+        Client(server).detect(foreign)
+    assert e.value.status == 400 and "unknown codec id 99" in str(e.value)
+    with pytest.raises(MutualFCError, match="min_score must be in 0..1"):  # refused before any request
+        Client(server).detect(good, min_score=-1)
     status, answer = _post(server + "/v1/detect", good)
     assert status == 200 and answer["detections"]
 
@@ -154,3 +165,43 @@ def test_client_reports_the_servers_refusal_of_an_oversized_body(server):
     u = urllib.parse.urlsplit(server)
     assert client._verdict(f"{server}/v1/detect", 10) is None  # a body the server takes: it waits for it
     assert client._verdict(f"http://{u.hostname}:{_free_port()}/v1/detect", MAX_BODY + 1) is None  # nobody there
+
+
+def test_send_refuses_a_bad_min_score_before_encoding(server, capsys):
+    assert main(["-q", "send", str(IMAGES[0]), "--server", server, "--min-score", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "mutualfc: error: --min-score must be in 0..1, got -1"
+
+
+def test_metrics_of_several_workers_are_summed_and_each_worker_says_it_is_ready():
+    """serve --workers 2: every /metrics scrape reports all the requests, whichever worker answers it (it showed
+    one worker's counters before), and each worker prints one line when it is ready."""
+    need_shared_weights()
+    port = _free_port()
+    env = os.environ | {"MUTUALFC_WEIGHTS_DIR": str(SHARED_WEIGHTS)}
+    cmd = [sys.executable, "-m", "mutualfc.cli.main", "serve", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready = []
+        deadline = time.time() + 180
+        while len(ready) < 2 and time.time() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                pytest.fail("server exited")
+            if "ready" in line:
+                ready.append(line)
+        assert len(ready) == 2 and all(f"yolov5n-coco, {url})" in x for x in ready), ready
+        client = Client(url, timeout=30)
+        for _ in range(12):
+            client.health()
+        counts = []
+        for _ in range(6):
+            with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+                text = r.read().decode()
+            line = next(x for x in text.splitlines() if x.startswith('mutualfc_requests_total{route="/healthz"'))
+            counts.append(float(line.split()[-1]))
+        assert counts == [12.0] * 6
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
