@@ -74,7 +74,7 @@ def to_rgb8(values: np.ndarray, path: str | Path = "image") -> np.ndarray:
     top = 1.0 if values.dtype.kind == "f" else 65535.0
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, top)
     scaled = np.rint(x * (255.0 / top))
-    if lo < 0 or hi > top or (hi > lo and scaled.min() == scaled.max()):
+    if hi > lo and (lo < 0 or hi > top or scaled.min() == scaled.max()):  # constant: clipped to the range
         scaled = np.rint((x - lo) * (255.0 / (hi - lo)))
     gray = np.clip(scaled, 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
