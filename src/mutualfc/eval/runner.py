@@ -23,13 +23,18 @@ from mutualfc.pipeline import Decoder, Encoder
 
 
 def versions() -> dict:
-    import av
+    import importlib.metadata
+
     import PIL
 
+    try:
+        av_version = importlib.metadata.version("av")
+    except importlib.metadata.PackageNotFoundError:  # only the anchors need PyAV
+        av_version = None
     return {
         "mutualfc": mutualfc.__version__,
         "torch": torch.__version__,
-        "av": av.__version__,
+        "av": av_version,
         "pillow": PIL.__version__,
         "python": platform.python_version(),
     }

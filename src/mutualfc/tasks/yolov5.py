@@ -271,8 +271,8 @@ class YOLOv5Detector(nn.Module):
         quadratic form averaged over the given positions: a codec that measures distortion as ``e^T S e`` spends
         its bits where the detector looks (e.g. on low-variance channels that carry objectness)."""
         out = {}
-        for i, name in enumerate(self.level_names):
-            x = levels[name].double().permute(0, 2, 3, 1).reshape(-1, levels[name].shape[1])
+        for i, name in enumerate(self.level_names):  # on the head's device; the matrices where the levels were
+            x = levels[name].to(self.device).double().permute(0, 2, 3, 1).reshape(-1, levels[name].shape[1])
             if x.shape[0] > samples:
                 x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(i))[:samples]]
             na, no = self.head.na, self.head.no
@@ -283,7 +283,7 @@ class YOLOv5Detector(nn.Module):
                 p = torch.sigmoid(x @ w[a].T + b[a])
                 weight = (p * (1 - p)) ** 2 * self.output_weights(p, dim=1)
                 s += w[a].T @ (weight.sum(0)[:, None] * w[a])
-            out[name] = s / max(x.shape[0], 1)
+            out[name] = (s / max(x.shape[0], 1)).to(levels[name].device)
         return out
 
     @staticmethod
@@ -299,7 +299,7 @@ class YOLOv5Detector(nn.Module):
         """The head's sigmoid outputs per level, (B, anchors, 85, H, W)."""
         out = []
         for i, name in enumerate(self.level_names):
-            x = levels[name]
+            x = levels[name].to(self.device)
             out.append(self.head.m[i](x).view(x.shape[0], self.head.na, self.head.no, *x.shape[-2:]).sigmoid())
         return out
 
@@ -310,12 +310,12 @@ class YOLOv5Detector(nn.Module):
         size = levels[self.level_names[-1]].shape[-2:]
         rows = [4 + a * self.head.no for a in range(self.head.na)]  # only the objectness outputs are computed
         out = None
-        for i, name in enumerate(self.level_names):
+        for i, name in enumerate(self.level_names):  # on the head's device, the map where the levels were
             conv = self.head.m[i]
-            p = F.conv2d(levels[name].float(), conv.weight[rows], conv.bias[rows]).sigmoid()
+            p = F.conv2d(levels[name].to(self.device).float(), conv.weight[rows], conv.bias[rows]).sigmoid()
             m = F.adaptive_max_pool2d(p.amax(1, keepdim=True), size)
             out = m if out is None else torch.maximum(out, m)
-        return out
+        return out.to(levels[self.level_names[-1]].device)
 
     def head_error(self, levels: dict[str, torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
         """Sum over positions of the weighted squared change of the head's outputs against ``reference``
@@ -324,4 +324,4 @@ class YOLOv5Detector(nn.Module):
         total = 0.0
         for p, ref in zip(self.head_outputs(levels), reference, strict=True):
             total = total + (self.output_weights(ref, dim=2) * (p - ref) ** 2).sum()
-        return total
+        return total.to(levels[self.level_names[0]].device)

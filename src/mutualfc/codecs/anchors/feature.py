@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -160,6 +159,8 @@ class HEVCFeatureCodec(TiledFeatureCodec):
         self.preset = preset
 
     def encode_streams(self, features: FeatureSet, param: float) -> list[bytes]:
+        import av  # PyAV is loaded when an anchor codes: importing the codecs stays light
+
         frame = av.VideoFrame.from_ndarray(self.to_frame(features), format="gray10le")
         return [x265_encode(frame, int(param), self.preset)]
 

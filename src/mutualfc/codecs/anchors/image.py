@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -72,6 +71,8 @@ class HEVCImageCodec(ImageCodec):
         self.preset = preset
 
     def encode_streams(self, image: np.ndarray, param: float) -> list[bytes]:
+        import av  # PyAV is loaded when an anchor codes: importing the codecs stays light
+
         frame = av.VideoFrame.from_ndarray(_pad_even(image), format="rgb24").reformat(format="yuv420p")
         return [x265_encode(frame, int(param), self.preset)]
 
@@ -94,6 +95,8 @@ class VVCImageCodec(UsesVVCEncoder, ImageCodec):
     def encode_streams(self, image: np.ndarray, param: float) -> list[bytes]:
         padded = _pad_even(image)
         h, w = padded.shape[:2]
+        import av
+
         yuv = av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(format="yuv420p").to_ndarray()
         return [self.encoder.encode(yuv, w, h, int(param), "420", 8)]
 

@@ -13,11 +13,14 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 
 from mutualfc.errors import BitstreamError, EncoderError, EncoderNotFoundError
+
+if TYPE_CHECKING:
+    import av
 
 X265_PRESET = "medium"
 
@@ -26,6 +29,8 @@ def x265_encode(frame: av.VideoFrame, qp: int, preset: str = X265_PRESET) -> byt
     """One intra picture at a fixed QP (no adaptive quantisation, no encoder-info SEI)."""
     if not 0 <= qp <= 51:
         raise ValueError(f"HEVC QP must be in 0..51, got {qp}")
+    import av  # PyAV is loaded when an anchor codes: importing the codecs stays light
+
     ctx = av.CodecContext.create("libx265", "w")
     ctx.width, ctx.height, ctx.pix_fmt = frame.width, frame.height, frame.format.name
     ctx.time_base = fractions.Fraction(1, 1)
@@ -42,6 +47,8 @@ def x265_encode(frame: av.VideoFrame, qp: int, preset: str = X265_PRESET) -> byt
 
 def decode_picture(data: bytes, codec: str) -> av.VideoFrame:
     """Decode one picture from an Annex-B HEVC (``hevc``) or VVC (``vvc``) bitstream."""
+    import av
+
     ctx = av.CodecContext.create(codec, "r")
     frames = []
     try:
