@@ -6,6 +6,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights"
+if not SHARED_WEIGHTS.is_dir() and os.environ.get("MUTUALFC_WEIGHTS_DIR"):  # a machine without ../shared
+    SHARED_WEIGHTS = Path(os.environ["MUTUALFC_WEIGHTS_DIR"])
 EXAMPLE = ROOT / "examples" / "coco-mini"
 
 if SHARED_WEIGHTS.is_dir():
