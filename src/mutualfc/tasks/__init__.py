@@ -10,11 +10,12 @@ from mutualfc.errors import WeightsError
 from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, SplitNetwork, TaskMetric
 from mutualfc.tasks.weights import WeightsSpec, read_weights, resolve_weights
 from mutualfc.tasks.yolov5 import YOLOv5Detector
+from mutualfc.tasks.yolox import YOLOXDetector
 
 
 @dataclass(frozen=True)
 class TaskEntry:
-    builder: Callable[[], YOLOv5Detector]
+    builder: Callable[[], SplitNetwork]
     weights: WeightsSpec | None
 
 
@@ -26,8 +27,17 @@ YOLOV5N_COCO_WEIGHTS = WeightsSpec(
     meta={"dataset": "COCO train2017", "classes": 80, "license": "AGPL-3.0 (Ultralytics)", "params": 1_881_736},
 )
 
+YOLOX_NANO_COCO_WEIGHTS = WeightsSpec(
+    state_dict_file="yolox-nano-coco.onnx",
+    upstream_file="yolox_nano.onnx",
+    url="https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx",
+    sha256="e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd",
+    meta={"dataset": "COCO train2017", "classes": 80, "license": "Apache-2.0 (Megvii YOLOX)", "params": 904_481},
+)
+
 _REGISTRY: dict[str, TaskEntry] = {
     "yolov5n-coco": TaskEntry(lambda: YOLOv5Detector("yolov5n-coco", width=0.25, depth=0.33), YOLOV5N_COCO_WEIGHTS),
+    "yolox-nano-coco": TaskEntry(lambda: YOLOXDetector("yolox-nano-coco"), YOLOX_NANO_COCO_WEIGHTS),
 }
 
 
@@ -44,10 +54,19 @@ def create_task(name: str = "yolov5n-coco", pretrained: bool = True, weights: st
     if pretrained or weights:
         path = resolve_weights(entry.weights, weights)
         try:
-            net.load_upstream_state(read_weights(path))
+            if hasattr(net, "load_weights_file"):  # a format of its own (e.g. ONNX)
+                net.load_weights_file(path)
+            else:
+                net.load_upstream_state(read_weights(path))
         except (ValueError, KeyError) as e:
             raise WeightsError(f"{path}: not weights for {name} ({e})") from None
     return net
+
+
+def task_entry(name: str) -> TaskEntry:
+    if name not in _REGISTRY:
+        raise WeightsError(f"unknown task network {name!r}; choose from {', '.join(list_tasks())}")
+    return _REGISTRY[name]
 
 
 __all__ = [
@@ -58,4 +77,5 @@ __all__ = [
     "TaskMetric",
     "create_task",
     "list_tasks",
+    "task_entry",
 ]
