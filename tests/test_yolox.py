@@ -107,3 +107,19 @@ def test_wrong_or_damaged_weights_are_refused_with_one_line(tmp_path):
     onnx.save(helper.make_model(graph), str(other))
     with pytest.raises(WeightsError, match="1 convolutions, yolox-nano-coco has .*: not its weights"):
         create_task("yolox-nano-coco", weights=other)
+
+
+def test_tasks_lists_both_networks_with_their_levels_and_licences(capsys):
+    import json
+
+    from mutualfc.cli.main import main
+
+    assert main(["tasks", "--json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(rows) >= {"yolov5n-coco", "yolox-nano-coco"}
+    x = rows["yolox-nano-coco"]
+    assert x["id"] == 2 and x["license"].startswith("Apache-2.0") and x["input"].endswith("416")
+    assert [(lv["name"], lv["channels"], lv["stride"]) for lv in x["levels"]] == [
+        ("p3", 64, 8), ("p4", 128, 16), ("p5", 256, 32)
+    ]  # fmt: skip
+    assert 0 < x["metrics"]["coco-val212"]["map"] < 1

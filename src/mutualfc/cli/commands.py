@@ -154,6 +154,23 @@ def cmd_codecs(args) -> int:
     return 0
 
 
+def cmd_tasks(args) -> int:
+    """Every task network: id, levels (channels, strides), input, weights file, licence, uncompressed mAP."""
+    from mutualfc.tasks import describe_task, list_tasks
+
+    for name in list_tasks():
+        row = describe_task(name)
+        if args.json:
+            print(json.dumps(row))
+            continue
+        levels = ", ".join(f"{lv['name']} {lv['channels']} ch / stride {lv['stride']}" for lv in row["levels"])
+        scores = "; ".join(f"{k}: mAP {v['map']:.4f}" for k, v in row["metrics"].items()) or "not measured"
+        weights = f"{row['weights']} ({row['license']}, {row['params']:,} parameters)"
+        print(f"{name} (id {row['id']})\n    levels: {levels}\n    input: {row['input']}\n    weights: {weights}\n"
+              f"    uncompressed: {scores}")  # fmt: skip
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a codec at one or more rate points (one JSON line each)")
     add_task(p)
@@ -208,6 +225,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", metavar="K/N", help="only every N-th image from the K-th, in name order (e.g. 0/4)")
     add_device(p)
     p.set_defaults(func=cmd_pseudo_labels)
+
+    p = sub.add_parser("tasks", help="list every task network: id, levels, input, weights, uncompressed mAP")
+    p.add_argument("--json", action="store_true", help="one JSON line per task")
+    p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("codecs", help="list every codec: id, what it codes, its parameter range, what it is")
     p.add_argument("--json", action="store_true", help="one JSON line per codec (name, id, parameter range, options)")

@@ -4,6 +4,7 @@ plots. Each command module declares its own options (``register``) and imports h
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mutualfc import __version__, cli
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except MutualFCError as e:
         print(f"mutualfc: error: {e}", file=sys.stderr)
         return 2
