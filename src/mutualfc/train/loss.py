@@ -22,13 +22,16 @@ class RateDistortionLoss(nn.Module):
         level_names: tuple[str, ...],
         normalized: Callable[[dict], dict],
         pixels_per_cell: int,
-        level_weights: tuple[float, ...] = (1.0, 1.0, 1.0),
+        level_weights: tuple[float, ...] | None = None,  # None: 1 for every level
         task_weight: float = 1.0,
         prediction_weight: float = 0.5,
         task_scale: float = 1.0,
     ):
         super().__init__()
         self.levels, self.normalized, self.pixels_per_cell = level_names, normalized, pixels_per_cell
+        level_weights = tuple(level_weights) if level_weights else (1.0,) * len(level_names)
+        if len(level_weights) != len(level_names):
+            raise ValueError(f"{len(level_weights)} level weights for {len(level_names)} levels {level_names}")
         self.level_weights, self.task_weight, self.prediction_weight = level_weights, task_weight, prediction_weight
         self.task_scale = task_scale
         self.task = task if (task is not None and task_weight > 0) else None

@@ -51,7 +51,7 @@ class TrainConfig:
     # feature space the rate-distortion optimum is lambda = 6 / (ln 2 * D^2): 9 .. 9000 matches the gains' D = 1 .. 1/32
     lambda_min: float = 9.0
     lambda_max: float = 9000.0
-    level_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # multipliers of each level's distortion (p3, p4, p5)
+    level_weights: tuple[float, ...] = ()  # multipliers of each level's distortion, fine -> coarse; () = all 1
     # weight of the exact head-output term (what the task metric linearises; it also catches large errors that
     # the linearisation misses, such as lifting a saturated background objectness); 0 disables it
     task_weight: float = 1.0
@@ -120,6 +120,14 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
+
+
+def model_defaults(task_name: str) -> dict:
+    """The codec's geometry as the task declares it: its levels and channels, the two coarsest levels as the base
+    (a model config given explicitly overrides any of them)."""
+    shape = create_task(task_name, pretrained=False)  # no weights needed for its shape
+    names = list(shape.level_names)
+    return {"levels": names, "channels": list(shape.level_channels), "base": names[-2:]}
 
 
 def _task_for(cfg: TrainConfig, model_cfg: MutualConfig, device: str):
@@ -215,15 +223,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, device: str = "cpu", progress: 
     resume = read_training_file(last) if last.is_file() else None
     if resume is not None:
         cfg = TrainConfig.from_dict(resume["train_cfg"])  # a resumed run keeps its configuration
-    model_cfg = MutualConfig.from_dict(cfg.model)
+    model_cfg = MutualConfig.from_dict(model_defaults(cfg.task) | dict(cfg.model))
     _seed(cfg.seed + proc.rank)
     task = _task_for(cfg, model_cfg, proc.device)
     data, loader, sampler = _data(cfg, task, proc)
     net = build_network(model_cfg).to(proc.device)
     # the head-output term in the task metric's units (metric_scale^2 x the linearised sensitivity), so weight 1
     # counts it as much as the metric term
-    crit = RateDistortionLoss(task, model_cfg.levels, net.normalized, task.level_strides[-1] ** 2, cfg.level_weights,
-                              cfg.task_weight, cfg.prediction_weight, model_cfg.metric_scale**2)  # fmt: skip
+    crit = RateDistortionLoss(task, model_cfg.levels, net.normalized, task.level_strides[-1] ** 2,
+                              cfg.level_weights or None, cfg.task_weight, cfg.prediction_weight,
+                              model_cfg.metric_scale**2)  # fmt: skip
     _freeze(net, cfg)
     opt, aux_opt = _optimisers(net, cfg)
     step = 0
