@@ -71,3 +71,33 @@ def test_env_file_takes_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("MUTUALFC_WEIGHTS", str(f))
     spec = WeightsSpec("x.pth", "x.pt", "http://127.0.0.1:9/x.pt", "0" * 64, {})
     assert resolve_weights(spec) == f
+
+
+def test_download_from_the_release_url_is_checked_and_cached(tmp_path, monkeypatch):
+    """With no weights folder named and downloads allowed, the release file is fetched (here from a loopback HTTP
+    server), its sha256 checked, and kept in the cache; a wrong checksum is refused and nothing is kept."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    (tmp_path / "srv").mkdir()
+    payload = b"weights" * 100
+    (tmp_path / "srv" / "x.pt").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for var in ("MUTUALFC_WEIGHTS", "MUTUALFC_WEIGHTS_DIR", "MUTUALFC_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("MUTUALFC_CACHE", str(tmp_path / "cache"))
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/x.pt"
+        bad = WeightsSpec("x.pth", "x.pt", url, "0" * 64, {})
+        with pytest.raises(WeightsError, match="has sha256"):
+            resolve_weights(bad)
+        assert not list((tmp_path / "cache").rglob("*.pt*"))
+        good = WeightsSpec("x.pth", "x.pt", url, hashlib.sha256(payload).hexdigest(), {})
+        path = resolve_weights(good)
+        assert path.read_bytes() == payload and path.parent == tmp_path / "cache" / "weights"
+    finally:
+        httpd.shutdown()

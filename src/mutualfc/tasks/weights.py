@@ -1,7 +1,8 @@
 """Finding and reading detector weights without ever executing foreign code.
 
 Resolution order: explicit path -> ``MUTUALFC_WEIGHTS`` (a file) -> ``MUTUALFC_WEIGHTS_DIR`` (a directory)
--> user cache (``~/.cache/mutualfc/weights``) -> download of the upstream release asset (sha256 checked).
+-> user cache (``~/.cache/mutualfc/weights``) -> download of the upstream release asset (sha256 checked), unless
+``MUTUALFC_WEIGHTS_DIR`` or ``MUTUALFC_OFFLINE`` is set.
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ def resolve_weights(spec: WeightsSpec, explicit: str | Path | None = None, downl
             if (d / name).is_file():
                 return d / name
     failed = "downloads are off (MUTUALFC_OFFLINE)"
+    if os.environ.get("MUTUALFC_WEIGHTS_DIR"):  # the user said where weights live: look there, fetch nothing
+        failed, download = "not in MUTUALFC_WEIGHTS_DIR, so no download was tried", False
     if download and not os.environ.get("MUTUALFC_OFFLINE"):
         target = cache_dir() / spec.upstream_file
         tmp = target.with_suffix(".part")
