@@ -17,12 +17,14 @@ from tests.conftest import need_shared_weights
 from tests.test_mutual_model import SMALL, init_closed_form, random_levels
 
 
-def _write_checkpoint(path, arch="mutual", task="yolov5n-coco", train_cfg=None, **kw):
+def _write_checkpoint(path, arch="mutual", task="yolov5n-coco", train_cfg=None, schedule=None, **kw):
     torch.manual_seed(0)
     cfg = MutualConfig(arch=arch, **(SMALL | kw))
     net = build_network(cfg)
     init_closed_form(net, random_levels(9, 8, 8, n=4))
     meta = {"name": path.stem, "task": task, "model_cfg": cfg.to_dict(), "train_cfg": train_cfg or {}, "step": 0}
+    if schedule is not None:
+        meta["schedule"] = schedule
     buf = io.BytesIO()
     torch.save({"meta": meta, "model": export_state(net.eval())}, buf)
     path.write_bytes(buf.getvalue())
@@ -198,21 +200,22 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatc
     RESIDUAL_RD, as wherever the schedule sends it) and lowers the skip threshold to FIDELITY_SKIP_BELOW; the cells
     below the top's threshold form a second tier coded at a lower quality that rises to the top's at top + 1; the
     container's quality is all the decoder needs. Explicit settings win."""
-    from mutualfc.codecs import learned
+    from dataclasses import replace
+
     from mutualfc.codecs.learned import FIDELITY_SKIP_BELOW, RESIDUAL_RD, OperatingPoint, scheduled_skip_below
     from mutualfc.models import TIER_STEP, decode_tiers
 
     codec = create_codec("mutual", task, checkpoint=str(ckpt))
     top = codec.top
     assert codec.default_params[-1] == top + 1
-    monkeypatch.setattr(learned, "RESIDUAL_FROM", top - 0.5)  # the tiny model has fewer qualities than the zoo's
+    codec.schedule = replace(codec.schedule, residual_from=top - 0.5)  # the tiny model has fewer qualities
     on = OperatingPoint(top, "on", scheduled_skip_below(top), residual_rd=RESIDUAL_RD)
     assert codec.operating_point(top) == on  # on from RESIDUAL_FROM, in the cells where it pays
     assert codec.operating_point(top - 1)[1] == "off"
     assert create_codec("separate", task).operating_point(top)[1] == "off"  # no residual stream to send
     op = codec.operating_point(top + 0.5)
     assert (op.quality, op.residual) == (top, "on") and FIDELITY_SKIP_BELOW < op.skip_below < scheduled_skip_below(top)
-    step = round(learned.FIDELITY_TIER_SPAN * TIER_STEP / 2)
+    step = round(codec.schedule.fidelity_tier_span * TIER_STEP / 2)
     assert (op.tier_below, op.tier_step, op.residual_rd) == (scheduled_skip_below(top), step, RESIDUAL_RD)
     assert create_codec("mutual", task, checkpoint=str(ckpt), residual="on").operating_point(top + 0.5).residual_rd == 0
     chosen = create_codec("mutual", task, checkpoint=str(ckpt), residual="on", residual_rd=0.5)
@@ -237,7 +240,7 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatc
     _, rec = codec.reconstruct(features, top + 1)
     out = codec.decode(hi)
     assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
-    monkeypatch.setattr(learned, "RESIDUAL_RD", 1e9)  # no cell's residual pays: an empty cell map
+    codec.schedule = replace(codec.schedule, residual_rd=1e9)  # no cell's residual pays: an empty cell map
     mid = codec.encode(features, top + 0.5)  # tiers in the mask stream, residual cells in a fourth stream
     _, streams = bitstream.unpack(mid)
     shape = task.level_shapes(features.geometry)[task.level_names[-1]][1:]
@@ -247,3 +250,22 @@ def test_qualities_above_the_top_raise_fidelity(task, ckpt, features, monkeypatc
     assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
     fixed = create_codec("mutual", task, checkpoint=str(ckpt), residual="off", skip_below=0.2)
     assert fixed.operating_point(top + 1) == OperatingPoint(top, "off", 0.2)
+
+
+def test_operating_points_travel_with_the_checkpoint(task, tmp_path):
+    """A checkpoint's schedule is the codec's policy (a second model does not inherit the first one's tuning);
+    without one the codec uses the defaults and every record says which; explicit options still win."""
+    need_shared_weights()
+    own = {"residual_from": 0.0, "residual_rd": 0.5, "skip": [[0.0, 0.45], [3.0, 0.05]], "source": "tuned for test"}
+    codec = create_codec("mutual", task, checkpoint=str(_write_checkpoint(tmp_path / "own.pt", schedule=own)))
+    op = codec.operating_point(0)
+    assert (op.residual, op.skip_below, op.residual_rd) == ("on", 0.45, 0.5)
+    assert codec.operating_point(3).skip_below == pytest.approx(0.05) and codec.describe(1)["schedule"] == own["source"]
+    assert (
+        create_codec("mutual", task, checkpoint=str(tmp_path / "own.pt"), skip_below=0.2).operating_point(0)[2] == 0.2
+    )
+    plain = create_codec("mutual", task, checkpoint=str(_write_checkpoint(tmp_path / "plain.pt")))
+    assert plain.operating_point(0).residual == "off" and plain.describe(0)["schedule"].startswith("defaults")
+    bad = _write_checkpoint(tmp_path / "bad.pt", schedule={"skip_bellow": 0.1})
+    with pytest.raises(MutualFCError, match="unknown settings \\['skip_bellow'\\]"):
+        create_codec("mutual", task, checkpoint=str(bad))

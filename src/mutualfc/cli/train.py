@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from mutualfc.cli.options import add_task, progress
+from mutualfc.errors import MutualFCError
 
 
 def cmd_train_cache(args) -> int:
@@ -47,7 +48,15 @@ def cmd_train_run(args) -> int:
 def cmd_train_export(args) -> int:
     from mutualfc.train import export_checkpoint
 
-    meta = export_checkpoint(args.run_dir, args.out, args.name or Path(args.out).stem, args.checkpoint)
+    schedule = None
+    if args.schedule:
+        import json
+
+        try:
+            schedule = json.loads(Path(args.schedule).read_text())
+        except (OSError, ValueError) as e:
+            raise MutualFCError(f"--schedule {args.schedule}: cannot read a JSON object ({e})") from None
+    meta = export_checkpoint(args.run_dir, args.out, args.name or Path(args.out).stem, args.checkpoint, schedule)
     print(f"exported {meta['model_cfg']['arch']} (step {meta['step']}, task {meta['task']}) -> {args.out}")
     return 0
 
@@ -115,6 +124,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = tsub.add_parser("export", help="strip a run's checkpoint to a small zoo checkpoint (fp16, entropy tables)")
     q.add_argument("--run-dir", required=True, help="training run folder")
     q.add_argument("--checkpoint", help="checkpoint file in the run folder (default: last.pt)")
+    q.add_argument(
+        "--schedule",
+        metavar="JSON",
+        help="the model's operating points (residual_from, residual_rd, skip knots, fidelity_skip_below, "
+        "fidelity_tier_span, source), stored in the checkpoint; default: none stored, so the codec uses the "
+        "defaults tuned for yolov5n-coco and says so in every record",
+    )
     q.add_argument("--out", required=True, help="output checkpoint file")
     q.add_argument("--name", help="name recorded in the checkpoint (default: file stem)")
     q.set_defaults(func=cmd_train_export)

@@ -8,6 +8,7 @@ optional residual stream (docs/bitstream.md).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -46,6 +47,36 @@ FIDELITY_SKIP_BELOW = 0.02  # 0.01 until this release: on the tuning fold 0.02 i
 # Chosen on a fold of coco-train against pseudo-labels at two score cut-offs (results/fidelity.md): at equal rate the
 # tiers keep the low-scoring detections that a higher threshold drops, for a fraction of the top quality's bits.
 FIDELITY_TIER_SPAN = 3.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The operating-point policy of one model: where the residual stream starts (``residual_from``), its per-cell
+    rate-distortion threshold (``residual_rd``), the skip thresholds (``skip``: (quality, threshold) knots), and the
+    fidelity range's lowest threshold and tier span. It travels in the checkpoint (``meta["schedule"]``), so a model
+    brings its own tuning; a checkpoint without one gets these defaults (the ones tuned for the YOLOv5n zoo model,
+    above)."""
+
+    residual_from: float = RESIDUAL_FROM
+    residual_rd: float = RESIDUAL_RD
+    skip: tuple[tuple[float, float], ...] = SKIP_SCHEDULE
+    fidelity_skip_below: float = FIDELITY_SKIP_BELOW
+    fidelity_tier_span: float = FIDELITY_TIER_SPAN
+    source: str = "defaults (tuned for yolov5n-coco's mutual model)"
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Schedule:
+        raw = meta.get("schedule") or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise MutualFCError(f"checkpoint schedule has unknown settings {unknown}; known: {sorted(known)}")
+        if "skip" in raw:
+            raw = raw | {"skip": tuple((float(q), float(t)) for q, t in raw["skip"])}
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class OperatingPoint(NamedTuple):
@@ -127,6 +158,7 @@ class LearnedFeatureCodec(FeatureCodec):
             raise MutualFCError(f"skip threshold must be in [0, 1), got {self.skip_below:g}")
         if self.skip_below != 0 and not isinstance(task, TaskMetric):
             raise MutualFCError(f"{task.name} gives no objectness map; use a skip threshold of 0")
+        self.schedule = Schedule.from_meta(self.model.meta)  # the model's own operating-point policy
         self.top = self.net.cfg.qualities - 1  # the model's highest quality; top + 1 is the fidelity point
         self.default_params = tuple(float(x) for x in range(self.top + 2))
         self._level = task.level_names[-1]
@@ -147,7 +179,8 @@ class LearnedFeatureCodec(FeatureCodec):
                 tiers = {"tier_below": round(op.tier_below, 6), "tier_quality": op.quality - op.tier_step / TIER_STEP}
             if op.residual_rd:
                 tiers["residual_rd"] = op.residual_rd
-        return super().describe() | {"checkpoint": self.model.meta.get("name"), "residual": residual,
+        return super().describe() | {"checkpoint": self.model.meta.get("name"), "schedule": self.schedule.source,
+                                     "residual": residual,
                                      "skip_below": tau if isinstance(tau, str) else round(tau, 6), **tiers}  # fmt: skip
 
     def check_param(self, param: float) -> float:
@@ -166,20 +199,20 @@ class LearnedFeatureCodec(FeatureCodec):
         the second tier (FIDELITY_TIER_SPAN). Where the schedule sends the residual, its cells are a
         rate-distortion choice (RESIDUAL_RD); an explicit "on" sends it in every kept cell. An explicit
         ``residual_rd`` sets the threshold wherever the residual is on."""
-        residual = self.residual
+        residual, sc = self.residual, self.schedule
         if residual is None:
-            wanted = quality >= RESIDUAL_FROM or quality > self.top
+            wanted = quality >= sc.residual_from or quality > self.top
             residual = "on" if wanted and self.net.has_residual else "off"
-        rd = RESIDUAL_RD if self.residual is None else 0.0  # explicit "on": every kept cell, unless set
+        rd = sc.residual_rd if self.residual is None else 0.0  # explicit "on": every kept cell, unless set
         rd = (rd if self.residual_rd is None else self.residual_rd) if residual == "on" else 0.0
         if quality <= self.top:
-            tau = scheduled_skip_below(quality) if self.skip_below is None else self.skip_below
+            tau = scheduled_skip_below(quality, sc.skip) if self.skip_below is None else self.skip_below
             return OperatingPoint(quality, residual, tau, residual_rd=rd)
         t = quality - self.top
-        tau, top_tau = self.skip_below, scheduled_skip_below(self.top)
+        tau, top_tau = self.skip_below, scheduled_skip_below(self.top, sc.skip)
         if tau is None:
-            tau = top_tau ** (1 - t) * FIDELITY_SKIP_BELOW**t
-        step = min(round(FIDELITY_TIER_SPAN * TIER_STEP * (1 - t)), self.top * TIER_STEP)
+            tau = top_tau ** (1 - t) * sc.fidelity_skip_below**t
+        step = min(round(sc.fidelity_tier_span * TIER_STEP * (1 - t)), self.top * TIER_STEP)
         if tau >= top_tau or not step or not self.net.has_tiers:  # no cells below the top's threshold
             return OperatingPoint(float(self.top), residual, tau, residual_rd=rd)
         return OperatingPoint(float(self.top), residual, tau, top_tau, step, rd)

@@ -39,14 +39,21 @@ def read_training_file(path: str | Path) -> dict:
     return ck
 
 
-def export_checkpoint(run_dir: str | Path, out: str | Path, name: str, checkpoint: str | None = None) -> dict:
-    """Strip a training checkpoint to what coding needs (config, task, fp16 weights, entropy tables) for the zoo."""
+def export_checkpoint(
+    run_dir: str | Path, out: str | Path, name: str, checkpoint: str | None = None, schedule: dict | None = None
+) -> dict:
+    """Strip a training checkpoint to what coding needs (config, task, fp16 weights, entropy tables) for the zoo;
+    ``schedule``: the model's operating-point policy (``codecs.learned.Schedule`` fields), stored with it."""
     path = Path(run_dir) / (checkpoint or "last.pt")
     ck = read_training_file(path)
     net = build_network(config_of(ck, path))
     net.load_state_dict(ck["model"])
     meta = {"name": name, "task": ck["task"], "model_cfg": ck["model_cfg"], "train_cfg": ck["train_cfg"],
             "step": ck["step"]}  # fmt: skip
+    if schedule:
+        from mutualfc.codecs.learned import Schedule
+
+        meta["schedule"] = Schedule.from_meta({"schedule": schedule}).to_dict()  # checked: unknown keys refused
     atomic_write_bytes(out, state_bytes({"meta": meta, "model": export_state(net)}))
     return meta
 
