@@ -205,3 +205,26 @@ def test_metrics_of_several_workers_are_summed_and_each_worker_says_it_is_ready(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_one_server_answers_each_task_with_its_own_network(server, tmp_path):
+    """Containers name their task: the server (default task yolov5n-coco) answers a YOLOX-Nano stream with
+    YOLOX-Nano's boxes, and lists both tasks."""
+    if not (SHARED_WEIGHTS / "yolox-nano-coco.onnx").is_file():
+        pytest.skip("no YOLOX-Nano weights")
+    from mutualfc.pipeline import Decoder
+    from mutualfc.tasks import create_task
+
+    args = ["-q", "encode", str(IMAGES[1]), "--task", "yolox-nano-coco", "--codec", "hevc-feature", "--quality", "30"]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    data = next(tmp_path.glob("*.mfc")).read_bytes()
+    answer = Client(server).detect(data, min_score=0.3)
+    yolox = create_task("yolox-nano-coco")
+    want = Decoder(yolox).decode(data).detections.to_coco(0, 0.3, yolox.category_names)
+    assert answer["task"] == "yolox-nano-coco" and len(answer["detections"]) == len(want) > 0
+    for got, ref in zip(answer["detections"], want, strict=True):
+        assert got["category"] == ref["category"] and got["bbox"] == pytest.approx(ref["bbox"], abs=0.01)
+    listed = Client(server).codecs()
+    assert {t["name"] for t in listed["tasks"]} >= {"yolov5n-coco", "yolox-nano-coco"}
+    assert {(c["task"], c["name"]) for c in listed["codecs"]} >= {("yolox-nano-coco", "hevc-feature"),
+                                                                   ("yolov5n-coco", "mutual")}  # fmt: skip

@@ -123,3 +123,31 @@ def test_tasks_lists_both_networks_with_their_levels_and_licences(capsys):
         ("p3", 64, 8), ("p4", 128, 16), ("p5", 256, 32)
     ]  # fmt: skip
     assert 0 < x["metrics"]["coco-val212"]["map"] < 1
+
+
+def test_containers_name_their_task_and_decoders_follow_it(tmp_path, capsys):
+    """A YOLOX-Nano stream carries task id 2: `decode` without --task finishes it with YOLOX-Nano's back half, and a
+    YOLOv5n stream in the same call with YOLOv5n's."""
+    need_onnx_weights()
+    import json
+
+    from mutualfc import bitstream
+    from mutualfc.cli.main import main
+    from mutualfc.pipeline import Decoder
+    from mutualfc.tasks import create_task
+
+    for task, q in (("yolox-nano-coco", "30"), ("yolov5n-coco", "30")):
+        args = ["-q", "encode", str(IMAGES[0]), "--task", task, "--codec", "hevc-feature", "--quality", q]
+        assert main([*args, "--out-dir", str(tmp_path / task)]) == 0
+    x_stream = next((tmp_path / "yolox-nano-coco").glob("*.mfc"))
+    assert bitstream.unpack(x_stream.read_bytes())[0].task_id == 2
+    files = [str(x_stream), str(next((tmp_path / "yolov5n-coco").glob("*.mfc")))]
+    assert main(["-q", "decode", *files, "--detections", str(tmp_path / "d.json"), "--min-score", "0.3"]) == 0
+    got = json.loads((tmp_path / "d.json").read_text())
+    yolox = create_task("yolox-nano-coco")
+    want = Decoder(yolox).decode(x_stream.read_bytes()).detections.to_coco(1, 0.3, yolox.category_names)
+    assert [d["bbox"] for d in got if d["image_id"] == 1] == [d["bbox"] for d in want] and want
+    assert "stream for task id 2" not in capsys.readouterr().err
+    only_v5 = Decoder(create_task("yolov5n-coco"))
+    with pytest.raises(Exception, match="stream for task id 2 \\(yolox-nano-coco\\); this decoder runs yolov5n-coco"):
+        only_v5.decode(x_stream.read_bytes())

@@ -15,7 +15,7 @@ from mutualfc import bitstream
 from mutualfc.codecs import Codec, codec_options_of, create_codec
 from mutualfc.errors import BitstreamError, DatasetError
 from mutualfc.images import check_image
-from mutualfc.registry import codec_name
+from mutualfc.registry import codec_name, task_id, task_name
 from mutualfc.tasks.base import Detections, FeatureSet, SplitNetwork
 
 
@@ -59,23 +59,42 @@ class Encoder:
 
 
 class Decoder:
-    """Server side: decodes containers of any codec (named by the header's codec id; each codec is built once, with
-    ``codec_options``) and runs the rest of the task network."""
+    """Server side: decodes containers of any codec and any task network (both named by the header: the codec id,
+    the task id), each codec built once per task with ``codec_options``, and runs the rest of that task network.
+    ``task`` is the default network; ``tasks`` adds others by name (a container of a task it does not hold is
+    refused with one line)."""
 
-    def __init__(self, task: SplitNetwork, codecs: dict[str, Codec] | None = None, **codec_options):
+    def __init__(self, task: SplitNetwork, codecs: dict[str, Codec] | None = None,
+                 tasks: dict[str, SplitNetwork] | None = None, **codec_options):  # fmt: skip
         self.task, self.options = task, codec_options
-        self.codecs: dict[str, Codec] = dict(codecs or {})
+        self.tasks: dict[str, SplitNetwork] = {task.name: task} | dict(tasks or {})
+        self.codecs: dict[str, Codec] = dict(codecs or {})  # the default task's, by codec name
+        self._others: dict[tuple[str, str], Codec] = {}  # other tasks' codecs, by (task, codec)
+
+    def task_for(self, header: bitstream.Header) -> SplitNetwork:
+        if header.task_id == task_id(self.task.name):
+            return self.task
+        name = task_name(header.task_id)
+        if name is None or name not in self.tasks:
+            held = ", ".join(self.tasks)
+            raise BitstreamError(f"stream for task id {header.task_id} ({name or 'unknown'}); this decoder runs {held}")
+        return self.tasks[name]
 
     def codec_for(self, header: bitstream.Header) -> Codec:
         name = codec_name(header.codec_id)
         if name is None:
             raise BitstreamError(f"unknown codec id {header.codec_id}")
-        if name not in self.codecs:  # each codec takes the decoder options it knows (a checkpoint: learned ones)
+        task = self.task_for(header)
+        cache = self.codecs if task is self.task else self._others
+        key = name if task is self.task else (task.name, name)
+        if key not in cache:  # each codec takes the decoder options it knows (a checkpoint: learned ones)
             accepted = codec_options_of(name)
-            self.codecs[name] = create_codec(
-                name, self.task, **{k: v for k, v in self.options.items() if k in accepted}
-            )
-        return self.codecs[name]
+            cache[key] = create_codec(name, task, **{k: v for k, v in self.options.items() if k in accepted})
+        return cache[key]
+
+    def built_codecs(self) -> list[Codec]:
+        """Every codec built so far, of every task."""
+        return [*self.codecs.values(), *self._others.values()]
 
     def decode(self, data: bytes) -> Decoded:
         header, _ = bitstream.unpack(data)

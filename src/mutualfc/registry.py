@@ -41,3 +41,8 @@ def codec_name(codec_id: int) -> str | None:
 def task_id(name: str) -> int:
     """A task network's id (0 for a task without one: its containers cannot be told apart)."""
     return TASK_IDS.get(name, 0)
+
+
+def task_name(task_id_: int) -> str | None:
+    """The task network a container's task id names (None if unknown)."""
+    return {i: n for n, i in TASK_IDS.items()}.get(task_id_)

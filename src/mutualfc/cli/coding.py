@@ -156,6 +156,21 @@ def _draw(args, path: Path, out, names: dict[int, str]) -> None:
     atomic_write_bytes(Path(args.draw) / f"{path.stem}.png", buf.getvalue())
 
 
+def tasks_named_by(paths: list[Path]) -> set[str]:
+    """The registered task networks the containers' headers name (unreadable files are left to the decoder)."""
+    from mutualfc import bitstream
+    from mutualfc.errors import BitstreamError
+    from mutualfc.registry import task_name
+
+    names = set()
+    for p in paths:
+        try:
+            names.add(task_name(bitstream.unpack(p.read_bytes())[0].task_id))
+        except (BitstreamError, OSError):
+            pass
+    return names - {None}
+
+
 def cmd_decode(args) -> int:
     paths = expand(args.inputs, BITSTREAM_SUFFIXES, "bitstream files")
     for flag, folder in (("--features", args.features), ("--draw", args.draw)):
@@ -167,14 +182,16 @@ def cmd_decode(args) -> int:
     from mutualfc.pipeline import Decoder
 
     task = load_task(args)
-    decoder, batch, results = Decoder(task, **codec_options(args)), Batch(args.skip_errors), []
+    others = {n: load_task(args, n) for n in tasks_named_by(paths) if n != task.name}  # containers name their task
+    decoder, batch, results = Decoder(task, tasks=others, **codec_options(args)), Batch(args.skip_errors), []
     for path, image_id in zip(paths, image_ids(paths), strict=True):
         out = batch.run(path, lambda p=path: decoder.decode(p.read_bytes()))
         if out is None:
             continue
-        results += out.detections.to_coco(image_id, args.min_score, task.category_names, path.name)
+        names = out.codec.task.category_names
+        results += out.detections.to_coco(image_id, args.min_score, names, path.name)
         if args.draw:
-            _draw(args, path, out, task.category_names)
+            _draw(args, path, out, names)
         if args.features and out.features is not None:
             buf = io.BytesIO()
             np.savez(buf, **{k: v.numpy() for k, v in out.features.levels.items()})

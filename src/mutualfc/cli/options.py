@@ -112,8 +112,9 @@ def codec_options(args) -> dict:
     return {k: getattr(args, k) for k in CODEC_OPTIONS if getattr(args, k, None) is not None}
 
 
-def load_task(args):
-    """The task network the command names, on ``--device``; one-line error for a device that is not there."""
+def load_task(args, name: str | None = None):
+    """The task network the command names (or ``name``, with its default weights), on ``--device``; one-line error
+    for a device that is not there."""
     import torch
 
     from mutualfc.tasks import create_task
@@ -122,6 +123,8 @@ def load_task(args):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MutualFCError(f"--device {device}: no CUDA device is available here (torch {torch.__version__})")
     try:
+        if name is not None and name != args.task:
+            return create_task(name).to(device)
         return create_task(args.task, weights=args.weights).to(device)
     except RuntimeError as e:
         raise MutualFCError(f"--device {device}: {str(e).splitlines()[0]}") from None

@@ -31,8 +31,9 @@ from mutualfc import __version__, bitstream
 from mutualfc.codecs import CODECS, LearnedFeatureCodec
 from mutualfc.errors import MutualFCError
 from mutualfc.pipeline import Decoded, Decoder
+from mutualfc.registry import task_id
 from mutualfc.service.settings import ServiceSettings
-from mutualfc.tasks import create_task
+from mutualfc.tasks import create_task, list_tasks
 from mutualfc.zoo import ZOO
 
 log = logging.getLogger("mutualfc.service")
@@ -45,11 +46,24 @@ class _Server:
         self.settings = settings
         torch.set_num_threads(max(1, settings.threads))
         self.task = create_task(settings.task, weights=settings.weights).to(settings.device)
-        self.decoder = Decoder(self.task, **settings.codec_options)
-        for name, cls in CODECS.items():  # load every codec now, not on a client's time
-            if issubclass(cls, LearnedFeatureCodec) and (name, settings.task) not in ZOO:
-                continue
-            self.decoder.codec_for(bitstream.Header(cls.codec_id, 0, 0.0, 0, 1, 1))
+        others = {}
+        for name in list_tasks():  # every other task network whose weights are here: containers name their task
+            if name != settings.task:
+                try:
+                    others[name] = create_task(name).to(settings.device)
+                except MutualFCError as e:
+                    log.warning("not serving task %s: %s", name, e)
+        self.decoder = Decoder(self.task, tasks=others, **settings.codec_options)
+        for task in self.decoder.tasks.values():  # load every codec of every task now, not on a client's time
+            for name, cls in CODECS.items():
+                if issubclass(cls, LearnedFeatureCodec) and (name, task.name) not in ZOO:
+                    continue
+                try:
+                    self.decoder.codec_for(bitstream.Header(cls.codec_id, task_id(task.name), 0.0, 0, 1, 1))
+                except MutualFCError as e:
+                    if task is self.task:
+                        raise
+                    log.warning("not serving %s for task %s: %s", name, task.name, e)
         self.lock = threading.Lock()
         # own registry for the metrics; the one /metrics reads: with several workers (serve --workers N sets
         # PROMETHEUS_MULTIPROC_DIR) every worker's counters, summed (prometheus_client's multiprocess mode)
@@ -146,14 +160,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def detect(request: Request, min_score: float = Query(0.25, ge=0.0, le=1.0)) -> dict:
         out = await decoded(request)
         h = out.header
-        boxes = out.detections.to_coco(0, min_score, server.task.category_names)
+        boxes = out.detections.to_coco(0, min_score, out.codec.task.category_names)
         return {
             "image": {"width": h.width, "height": h.height},
             "codec": out.codec.name,
             "codec_id": h.codec_id,
             "param_name": out.codec.param_name,
             "param": h.param,
-            "task": server.task.name,
+            "task": out.codec.task.name,
             "min_score": min_score,
             "decode_ms": round(1000 * out.seconds["decode"], 2),
             "detections": [{k: b[k] for k in ("bbox", "score", "category_id", "category")} for b in boxes],
@@ -175,13 +189,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @app.get("/v1/codecs")
     async def codecs() -> dict:
         rows = []
-        for name, codec in server.decoder.codecs.items():
-            row = {"name": name, "id": codec.codec_id, "codes": codec.domain, "param": codec.param_help()}
+        for codec in server.decoder.built_codecs():
+            row = {"name": codec.name, "id": codec.codec_id, "task": codec.task.name, "codes": codec.domain,
+                   "param": codec.param_help()}  # fmt: skip
             if isinstance(codec, LearnedFeatureCodec):
                 row["checkpoint"] = codec.model.meta.get("name")
                 row["model_tag"] = f"{codec.model_tag:08x}"
             rows.append(row)
-        return {"task": server.task.name, "codecs": rows}
+        tasks = [{"name": t.name, "id": task_id(t.name)} for t in server.decoder.tasks.values()]
+        return {"task": server.task.name, "tasks": tasks, "codecs": rows}
 
     @app.get("/healthz")
     async def healthz() -> dict:
