@@ -24,12 +24,15 @@ from mutualfc.io import atomic_write_bytes, atomic_write_text
 from mutualfc.pipeline import Decoder
 from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet
+from mutualfc.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[3]
+HAS_YOLOX_CODECS = ("mutual", "yolox-nano-coco") in ZOO
 EXAMPLES = ROOT / "examples" / "coco-mini" / "images"
 MANIFEST = "manifest.json"
 
-# name, codec, parameter, codec options, image index, crop (rows, cols) or None
+# name, codec, parameter, codec options, image index, crop (rows, cols) or None; the task network is yolov5n-coco
+# unless the options name one ("task")
 CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
     ("mutual-q0", "mutual", 0, {}, 0, (192, 256)),
     ("mutual-q1", "mutual", 1, {}, 1, (192, 256)),
@@ -59,6 +62,20 @@ CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
     ("hevc-image-qp37", "hevc-image", 37, {}, 4, (97, 131)),
     ("jpeg-q50", "jpeg", 50, {}, 0, (97, 131)),
     ("webp-q50", "webp", 50, {}, 1, (97, 131)),
+    ("yolox-hevc-feature-qp30", "hevc-feature", 30, {"task": "yolox-nano-coco"}, 2, (192, 256)),
+    ("yolox-jpeg-q50", "jpeg", 50, {"task": "yolox-nano-coco"}, 3, (97, 131)),
+    *(
+        (f"yolox-{c}-q{q:g}{tag}", c, q, {"task": "yolox-nano-coco", **o}, i, crop)
+        for c, q, o, tag, i, crop in (
+            ("mutual", 1, {}, "", 0, (192, 256)),
+            ("mutual", 4, {}, "", 1, (256, 192)),
+            ("mutual", 6.5, {}, "-fractional-residual", 2, (224, 288)),
+            ("mutual", 7.75, {}, "-fidelity", 3, (224, 224)),
+            ("mutual", 4, {"skip_below": 0}, "-nothing-skipped", 4, (97, 131)),
+            ("separate", 3, {}, "", 0, (160, 224)),
+        )
+        if HAS_YOLOX_CODECS
+    ),
 )
 
 
@@ -82,14 +99,22 @@ def summary(detections) -> list[list]:
                                strict=True)]  # fmt: skip
 
 
-def write(folder: Path) -> dict:
-    """Encode every case to ``folder`` and record what decoding must give."""
-    task = create_task("yolov5n-coco")
+def _tasks(names) -> dict:
+    return {n: create_task(n) for n in sorted(set(names))}
+
+
+def write(folder: Path, only_new: bool = False) -> dict:
+    """Encode every case to ``folder`` and record what decoding must give; ``only_new``: keep the cases already in
+    the manifest as they are and add the others."""
+    old = json.loads((folder / MANIFEST).read_text()) if only_new and (folder / MANIFEST).is_file() else {}
+    todo = [c for c in CASES if c[0] not in old]
+    tasks = _tasks(["yolov5n-coco", *(c[3].get("task", "yolov5n-coco") for c in todo)])
     images = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
-    decoder, manifest = Decoder(task), {}
-    for name, codec_name, param, options, index, crop in CASES:
+    decoder, manifest = Decoder(tasks["yolov5n-coco"], tasks=tasks), dict(old)
+    for name, codec_name, param, options, index, crop in todo:
         image = images[index] if crop is None else images[index][: crop[0], : crop[1]]
-        codec = create_codec(codec_name, task, **options)
+        opts = {k: v for k, v in options.items() if k != "task"}
+        codec = create_codec(codec_name, tasks[options.get("task", "yolov5n-coco")], **opts)
         data = codec.encode(codec.prepare(image), param)
         atomic_write_bytes(folder / f"{name}.mfc", data)
         out = decoder.decode(data)
@@ -104,8 +129,8 @@ def write(folder: Path) -> dict:
 def check(folder: Path, detections: bool = True) -> list[str]:
     """Decode every stream of ``folder``; -> one line per difference from its manifest (empty: conformant)."""
     manifest = json.loads((folder / MANIFEST).read_text())
-    task = create_task("yolov5n-coco")
-    decoder, problems = Decoder(task), []
+    tasks = _tasks(["yolov5n-coco", *(m["options"].get("task", "yolov5n-coco") for m in manifest.values())])
+    decoder, problems = Decoder(tasks["yolov5n-coco"], tasks=tasks), []
     for name, want in manifest.items():
         out = decoder.decode((folder / want["file"]).read_bytes())
         got = digest(out.features if out.features is not None else out.image)
@@ -130,11 +155,12 @@ def main() -> int:
     group.add_argument("--write", metavar="FOLDER", help="encode the conformance streams into FOLDER")
     group.add_argument("--check", metavar="FOLDER", help="decode FOLDER's streams and compare with its manifest")
     ap.add_argument("--features-only", action="store_true", help="with --check: only the normative decoded values")
+    ap.add_argument("--only-new", action="store_true", help="with --write: add the cases not in the manifest yet")
     args = ap.parse_args()
     try:
         if args.write:
             Path(args.write).mkdir(parents=True, exist_ok=True)
-            print(f"{len(write(Path(args.write)))} streams written to {args.write}")
+            print(f"{len(write(Path(args.write), args.only_new))} streams in {args.write}")
             return 0
         problems = check(Path(args.check), detections=not args.features_only)
     except MutualFCError as e:  # missing weights, an unreadable manifest: one line, not a traceback
