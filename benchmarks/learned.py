@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated LABEL=CODEC[:CHECKPOINT][:auto|on|off]")
     ap.add_argument("--param", default="0,1,2,3,4,5,6,7,8", help="qualities; 8 = fidelity (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="first N images only")
+    ap.add_argument("--task", default="yolov5n-coco", help="task network (default: %(default)s)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the tables and plot")
     args = ap.parse_args()
     out = Path(args.out_dir)
@@ -52,7 +53,8 @@ def main() -> int:
         for spec in args.runs.split(","):
             label, _, rest = spec.partition("=")
             parts = rest.split(":")
-            cmd = [sys.executable, "-m", "mutualfc.cli.main", "eval", "--codec", parts[0], "--label", label,
+            cmd = [sys.executable, "-m", "mutualfc.cli.main", "eval", "--task", args.task, "--codec", parts[0],
+                   "--label", label,
                    "--param", args.param, "--images", str(data / "images"), "--annotations",
                    str(data / "instances.json"), "--out", str(jsonl), "--skip-existing"]  # fmt: skip
             modes = {"res": "on", "on": "on", "off": "off", "auto": "auto"}
@@ -66,11 +68,11 @@ def main() -> int:
             print("$", " ".join(cmd), flush=True)
             if subprocess.call(cmd) != 0:
                 return 1
-    report(jsonl, out / "anchors.jsonl", out)
+    report(jsonl, out / "anchors.jsonl", out, args.task)
     return 0
 
 
-def report(jsonl: Path, anchors: Path, out: Path) -> None:
+def report(jsonl: Path, anchors: Path, out: Path, task: str = "yolov5n-coco") -> None:
     own = read_jsonl(jsonl)
     learned = [r for r in own if r["codec"] != "none"]
     records = own + (read_jsonl(anchors) if anchors.is_file() else [])
@@ -79,7 +81,7 @@ def report(jsonl: Path, anchors: Path, out: Path) -> None:
     base = nones[-1] if nones else {"map": float("nan"), "n_images": n}
     keep = {"none", "hevc-feature", "hevc-image", "vvc-feature", "vvc-image", "webp", "jpeg"}
     shown = [r for r in records if (r["codec"] in keep or r in learned) and r["n_images"] == n]
-    plot_rd(shown, out / "rd_all.png", title=f"YOLOv5n split at P3/P4/P5, COCO val ({n} images)")
+    plot_rd(shown, out / "rd_all.png", title=f"{task} split at P3/P4/P5, COCO val ({n} images)")
     labels = list(dict.fromkeys(r["codec"] for r in learned))
     codecs = {r["codec"] for r in records}
     refs = ABLATION_REFERENCES if ABLATION_REFERENCES[0] in codecs else REFERENCES
