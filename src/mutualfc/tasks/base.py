@@ -114,3 +114,11 @@ class TaskMetric(Protocol):
     def head_error(self, levels: dict[str, torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
         """The weighted change of the head's outputs between ``levels`` and ``reference`` (summed)."""
         ...
+
+
+def split_front(net, image: np.ndarray) -> FeatureSet:
+    """The front half of a network with named parts (``transform``, ``body``, ``level_names``, ``device``): the
+    split features on the CPU (where codecs code), whatever device the network runs on."""
+    x, g = net.transform(image)
+    levels = net.body(x.to(net.device))
+    return FeatureSet({n: t.cpu() for n, t in zip(net.level_names, levels, strict=True)}, g)

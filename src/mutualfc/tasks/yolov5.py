@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry
+from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, split_front
 from mutualfc.tasks.layers import C3, SPPF, Concat, ConvBnAct, Upsample2x
 
 # COCO category ids of the 80 training classes, in class-index order.
@@ -236,9 +236,7 @@ class YOLOv5Detector(nn.Module):
     @torch.inference_mode()
     def front(self, image: np.ndarray) -> FeatureSet:
         """-> the split features, on the CPU (where codecs code) whatever device the network runs on."""
-        x, g = self.transform(image)
-        levels = self.body(x.to(self.device))
-        return FeatureSet({n: t.cpu() for n, t in zip(self.level_names, levels, strict=True)}, g)
+        return split_front(self, image)
 
     @torch.inference_mode()
     def back(self, features: FeatureSet) -> Detections:

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from mutualfc.errors import WeightsError
-from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry
+from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, split_front
 from mutualfc.tasks.metric import probed_sensitivity
 from mutualfc.tasks.yolov5 import COCO80_CATEGORY_IDS, COCO80_NAMES
 
@@ -277,9 +277,7 @@ class YOLOXDetector(nn.Module):
     @torch.inference_mode()
     def front(self, image: np.ndarray) -> FeatureSet:
         """-> the split features, on the CPU (where codecs code) whatever device the network runs on."""
-        x, g = self.transform(image)
-        levels = self.body(x.to(self.device))
-        return FeatureSet({n: t.cpu() for n, t in zip(self.level_names, levels, strict=True)}, g)
+        return split_front(self, image)
 
     @torch.inference_mode()
     def back(self, features: FeatureSet) -> Detections:
