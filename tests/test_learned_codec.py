@@ -269,3 +269,25 @@ def test_operating_points_travel_with_the_checkpoint(task, tmp_path):
     bad = _write_checkpoint(tmp_path / "bad.pt", schedule={"skip_bellow": 0.1})
     with pytest.raises(MutualFCError, match="unknown settings \\['skip_bellow'\\]"):
         create_codec("mutual", task, checkpoint=str(bad))
+
+
+def test_one_coding_plan_per_image_drives_compress(task, ckpt, features):
+    """The codec resolves an image's operating point and masks once into a ``CodingPlan``; the network carries it
+    out: the plan alone reproduces the codec's streams, the loose-option form gives the same plan, and explicit
+    fields override it."""
+    from mutualfc.models import CodingPlan
+
+    codec = create_codec("mutual", task, checkpoint=str(ckpt), residual="on")
+    for q in (1, codec.top + 0.5):
+        plan = codec.plan(features, q)
+        assert isinstance(plan, CodingPlan) and plan.keep is not None and plan.residual
+        assert codec.net.compress(features.levels, plan, reconstruct=False)[0] == codec.encode_streams(features, q)
+        same = CodingPlan.of(plan.quality, residual=plan.residual, keep=plan.keep, low_keep=plan.low_keep,
+                             low_step=plan.low_step, residual_rd=plan.residual_rd)  # fmt: skip
+        assert codec.net.compress(features.levels, same, reconstruct=False)[0] == codec.encode_streams(features, q)
+    plan = codec.plan(features, 1)
+    without = codec.net.compress(features.levels, plan, reconstruct=False, residual=False)[0]  # an override wins
+    assert len(without) == codec.net.stream_count() < len(codec.encode_streams(features, 1))
+    assert plan.describe()["keep"] == int(plan.keep.sum())
+    with pytest.raises(ValueError, match="no tiers and no residual"):
+        create_codec("separate", task).net.compress(features.levels, CodingPlan(1, low_keep=plan.keep, low_step=8))

@@ -22,7 +22,9 @@ from mutualfc.nn.sparse import context_at, conv_at, stack_at
 from mutualfc.tasks import create_task
 from mutualfc.zoo import pack_state, unpack_state
 
-SMALL = {"width": 32, "hyper": 16, "residual": 8, "qualities": 4, "init_samples": 2000}
+# the levels of the task these tests borrow (a codec config names its task's levels; none are built in)
+LEVELS = {"levels": ("p3", "p4", "p5"), "channels": (64, 128, 256)}
+SMALL = {"width": 32, "hyper": 16, "residual": 8, "qualities": 4, "init_samples": 2000} | LEVELS
 
 
 def random_levels(seed=0, h=15, w=20, n=1):
@@ -149,13 +151,13 @@ def test_task_metric_predicts_how_the_detector_output_moves():
 
 
 def test_retired_designs_are_refused_naming_the_release_that_reads_them():
-    old = MutualConfig().to_dict() | {"metric": "task", "transform": "linear", "min_width": 32}  # what 0.1.0 stored
-    assert MutualConfig.from_dict(old) == MutualConfig()
+    old = MutualConfig(**LEVELS).to_dict() | {"metric": "task", "transform": "linear", "min_width": 32}  # 0.1.0's
+    assert MutualConfig.from_dict(old) == MutualConfig(**LEVELS)
     pre_metric = {k: v for k, v in old.items() if k not in ("metric", "transform")}
     for legacy in (old | {"transform": "nonlinear"}, old | {"metric": "std"}, pre_metric):
         with pytest.raises(ValueError, match=LEGACY_RELEASE.replace("(", r"\(").replace(")", r"\)")):
             MutualConfig.from_dict(legacy)
-    assert MutualConfig.from_dict({"arch": "separate", "metric": "task"}).arch == "separate"
+    assert MutualConfig.from_dict({"arch": "separate", "metric": "task", **LEVELS}).arch == "separate"
 
 
 def _wide_bound(w, b, x, err, bits):
@@ -229,11 +231,16 @@ def test_residual_stream_is_a_rate_distortion_decision():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="predicted level"):
-        build_network(MutualConfig(base=("p3", "p4", "p5")))
+        build_network(MutualConfig(base=("p3", "p4", "p5"), **LEVELS))
     with pytest.raises(ValueError, match="unknown architecture"):
-        MutualConfig(arch="nope")
+        MutualConfig(arch="nope", **LEVELS)
     with pytest.raises(ValueError, match="must be positive"):
-        MutualConfig(groups=(1, 0))
+        MutualConfig(groups=(1, 0), **LEVELS)
+    with pytest.raises(ValueError, match="must name the task's levels"):
+        MutualConfig()  # no network of its own
+    with pytest.raises(ValueError, match="not among the levels"):
+        MutualConfig(base=("p6",), **LEVELS)
+    assert MutualConfig(**LEVELS).base == ("p4", "p5")  # the two coarsest by default
 
 
 def test_checkpoints_store_a_pca_analysis_as_the_transpose_of_its_synthesis():

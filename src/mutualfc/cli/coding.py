@@ -241,7 +241,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--quality",
         type=float,
         help="quality / QP (default: middle of the codec's sweep); learned codecs: 0..7 are the model's "
-        "rate points (fractions interpolate; the P3 residual stream is sent from 6), 7..8 raise fidelity: "
+        "rate points (fractions interpolate; the residual stream is sent from 6 by default), 7..8 raise fidelity: "
         "the skip threshold falls to 0.02 at 8 and the cells it adds are coded at a lower quality that rises "
         "to 7's at 8 (unless --residual / --skip-below are given)",
     )

@@ -40,7 +40,8 @@ def add_codec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--residual",
         choices=["auto", "on", "off"],
-        help="mutual codec: the P3 residual stream; default: 'off' below quality 6 (P3 is predicted from the decoded "
+        help="mutual codec: the finest level's residual stream; default: the model's schedule, e.g. 'off' below "
+        "quality 6 (the finest level is predicted from the decoded "
         "base alone: at low rates the base's bits buy more accuracy) and 'on' from 6 (measured trade-off, "
         "codecs.learned.RESIDUAL_FROM); 'auto' sends it for an image only when its bits buy more accuracy than the "
         "rate-distortion trade-off the model was trained for, 'on' always, 'off' never; given explicitly, it holds "

@@ -18,15 +18,16 @@ from mutualfc import bitstream
 from mutualfc.codecs.base import FeatureCodec
 from mutualfc.entropy import reproducible_threads
 from mutualfc.errors import BitstreamError, MutualFCError
-from mutualfc.models import TIER_STEP, FeatureCompressionModel
+from mutualfc.models import TIER_STEP, CodingPlan, FeatureCompressionModel
 from mutualfc.registry import CODEC_IDS
 from mutualfc.tasks.base import FeatureSet, TaskMetric
 from mutualfc.zoo import load_model
 
 RESIDUAL_MODES = ("auto", "on", "off")
-# Quality from which the P3 residual stream is sent by default (below it P3 is predicted from the decoded base
-# alone). At low rates the base's bits buy more accuracy than the residual's; from here on the residual is the
-# cheaper accuracy. Chosen on a fold of coco-train against pseudo-labels (docs/results.md). Explicit --residual wins.
+# Quality from which the finest level's residual stream is sent by default (below it that level is predicted from
+# the decoded base alone). At low rates the base's bits buy more accuracy than the residual's; from here on the
+# residual is the cheaper accuracy. Chosen on a fold of coco-train against pseudo-labels (docs/results.md).
+# Explicit --residual wins.
 RESIDUAL_FROM = 6.0
 # Where the schedule sends the residual, a kept cell carries it only where it removes at least this much squared
 # error (the codec's feature space) per estimated bit: a rate-distortion choice per cell, recorded in the residual's
@@ -38,7 +39,7 @@ RESIDUAL_RD = 0.25
 # no accuracy. The threshold follows the quality: (quality, threshold) knots, geometric between them and constant
 # beyond, chosen on a fold of coco-train against pseudo-labels (docs/results.md, results/skip-tune10.md).
 SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((2.0, 0.3), (5.0, 0.1))
-# Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the P3 residual stream is sent
+# Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the residual stream is sent
 # (as from RESIDUAL_FROM) and the skip threshold falls geometrically from the schedule's value at the top to this at
 # top + 1. Explicit --residual / --skip-below win.
 FIDELITY_SKIP_BELOW = 0.02  # 0.01 until this release: on the tuning fold 0.02 is more accurate at fewer bits
@@ -226,27 +227,30 @@ class LearnedFeatureCodec(FeatureCodec):
             return None
         return float(lo) * (float(hi) / float(lo)) ** (quality / max(self.net.cfg.qualities - 1, 1))
 
-    def _compress(self, x: FeatureSet, param: float, reconstruct: bool = True) -> tuple[list[bytes], dict]:
+    def plan(self, x: FeatureSet, param: float) -> CodingPlan:
+        """Every decision about coding ``x`` at ``param``, resolved once: the operating point (the model's schedule,
+        explicit options winning) and, where it skips, the cells the task's objectness keeps (and the second tier).
+        The residual mode "auto" is planned as on; ``_compress`` drops the stream where it does not pay."""
         op = self.operating_point(self._check_quality(float(np.float16(param))))  # the decoder only sees float16
-        q, residual, tau = op.quality, op.residual, op.skip_below
-        lam = self.rd_lambda(q) if residual == "auto" else None
-        use = residual == "on" or (residual == "auto" and lam is not None)
-        keep, tiers = None, {}
-        if tau > 0:
+        use = op.residual == "on" or (op.residual == "auto" and self.rd_lambda(op.quality) is not None)
+        plan = CodingPlan(op.quality, residual=use, residual_rd=op.residual_rd)
+        if op.skip_below > 0:
             objectness = self.task.objectness_map(x.levels)
-            keep = objectness >= tau
+            plan = plan.replace(keep=objectness >= op.skip_below)
             if op.tier_step:
-                high = objectness >= op.tier_below
-                tiers = {"low_keep": ~high, "low_step": op.tier_step}
-        if op.residual_rd:
-            tiers["residual_rd"] = op.residual_rd
-        strings, meta = self.net.compress(x.levels, q, residual=use, keep=keep, reconstruct=reconstruct, **tiers)
-        n = self.net.stream_count()
-        bits = 8 * sum(len(s) for s in strings[n:])
-        if use and lam is not None and not residual_pays(self.net, x.levels, meta, bits, lam):
-            strings, meta = strings[:n], meta | {"levels": meta["prediction"]}
-            use = False
-        return strings, meta | {"residual": use}
+                plan = plan.replace(low_keep=objectness < op.tier_below, low_step=op.tier_step)
+        return plan
+
+    def _compress(self, x: FeatureSet, param: float, reconstruct: bool = True) -> tuple[list[bytes], dict]:
+        plan = self.plan(x, param)
+        strings, meta = self.net.compress(x.levels, plan, reconstruct=reconstruct)
+        n, use = self.net.stream_count(), plan.residual
+        if use and self.residual == "auto":  # only an explicit "auto" weighs the stream after coding it
+            bits = 8 * sum(len(s) for s in strings[n:])
+            if not residual_pays(self.net, x.levels, meta, bits, self.rd_lambda(plan.quality)):
+                strings, meta = strings[:n], meta | {"levels": meta["prediction"]}
+                use = False
+        return strings, meta | {"residual": use, "plan": plan}
 
     def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
         return self._compress(x, param, reconstruct=False)[0]
@@ -294,8 +298,9 @@ class LearnedFeatureCodec(FeatureCodec):
 
 
 class MutualCodec(LearnedFeatureCodec):
-    """Learnt mutual feature codec (after Liu et al., ICASSP 2023): BFCNet codes P4 and P5, MFCNet predicts P3 from
-    them; an optional P3 residual stream (--residual off|auto|on) refines it."""
+    """Learnt mutual feature codec (after Liu et al., ICASSP 2023): BFCNet codes the task's base levels (its
+    coarsest), MFCNet predicts the finer ones from them; an optional residual stream of the finest level (--residual
+    off|auto|on) refines it."""
 
     name = "mutual"
     codec_id = CODEC_IDS["mutual"]

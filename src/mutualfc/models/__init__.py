@@ -16,6 +16,7 @@ from mutualfc.models.config import LEGACY_RELEASE, MutualConfig
 from mutualfc.models.gain import GainUnit
 from mutualfc.models.mfc import MFCNet
 from mutualfc.models.mutual import MutualFeatureNet
+from mutualfc.models.plan import CodingPlan
 from mutualfc.models.residual import MAX_BOOST, ResidualCoder, decode_residual_info, encode_residual_info
 from mutualfc.models.separate import SeparateFeatureNet
 
@@ -31,7 +32,8 @@ def is_linear_transform(name: str) -> bool:
     return any(part in {"lin_a", "lin_s", "lin"} for part in name.split("."))
 
 
-__all__ = ["ENTROPY_TABLES", "LEGACY_RELEASE", "MAX_BOOST", "TIER_STEP", "BFCNet", "FeatureCompressionModel",
-           "GainUnit", "MFCNet", "MutualConfig", "MutualFeatureNet", "ResidualCoder", "SeparateFeatureNet",
+__all__ = ["ENTROPY_TABLES", "LEGACY_RELEASE", "MAX_BOOST", "TIER_STEP", "BFCNet", "CodingPlan",
+           "FeatureCompressionModel", "GainUnit", "MFCNet", "MutualConfig", "MutualFeatureNet", "ResidualCoder",
+           "SeparateFeatureNet",
            "build_network", "decode_mask", "decode_residual_info", "decode_tiers", "encode_mask",
            "encode_residual_info", "encode_tiers", "is_entropy_table", "is_linear_transform"]  # fmt: skip

@@ -15,9 +15,11 @@ class MutualConfig:
     """Architecture of a mutual or separate feature codec."""
 
     arch: str = "mutual"  # "mutual" (BFCNet + MFCNet) or "separate" (one codec per level)
-    levels: tuple[str, ...] = ("p3", "p4", "p5")  # fine -> coarse, each level half the size of the previous
-    channels: tuple[int, ...] = (64, 128, 256)
-    base: tuple[str, ...] = ("p4", "p5")  # coded by BFCNet; the finer levels are predicted by MFCNet
+    # the task network's levels, fine -> coarse, each half the size of the previous, and their channels: required
+    # (the trainer takes them from the task, ``train.model_defaults``); a codec knows no network of its own
+    levels: tuple[str, ...] = ()
+    channels: tuple[int, ...] = ()
+    base: tuple[str, ...] = ()  # coded by BFCNet, the finer levels predicted by MFCNet; () = the two coarsest
     width: int = 128  # width of the trunk that gives the residual stream its context
     latent: int = 0  # latent channels; 0 = as many as the packed base has (a complete transform)
     hyper: int = 128
@@ -33,6 +35,16 @@ class MutualConfig:
     metric_scale: float = 50.0  # brings the whitened features to a range where quantisation steps of 1 are coarse
 
     def __post_init__(self) -> None:
+        if not self.levels or len(self.levels) != len(self.channels):
+            raise ValueError(
+                f"levels {self.levels} and channels {self.channels} must name the task's levels, one "
+                "channel count each (take them from the task: mutualfc.train.model_defaults)"
+            )
+        if not self.base:
+            self.base = tuple(self.levels[-2:])
+        unknown = [b for b in self.base if b not in self.levels]
+        if unknown:
+            raise ValueError(f"base levels {unknown} are not among the levels {self.levels}")
         if not self.groups or min(self.groups) <= 0:
             raise ValueError(f"channel groups {self.groups} must be positive")
         if self.arch not in ("mutual", "separate"):

@@ -10,6 +10,7 @@ from mutualfc.models.base import TIER_STEP, FeatureCompressionModel, decode_tier
 from mutualfc.models.bfc import SYNTHESIS_BITS, BFCNet, Tier
 from mutualfc.models.config import MutualConfig
 from mutualfc.models.mfc import MFCNet
+from mutualfc.models.plan import CodingPlan
 from mutualfc.models.residual import ResidualCoder, decode_residual_info, encode_residual_info
 from mutualfc.nn import exact
 from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
@@ -22,9 +23,9 @@ class MutualFeatureNet(FeatureCompressionModel):
 
     has_tiers = True
 
-    def __init__(self, cfg: MutualConfig | None = None):
+    def __init__(self, cfg: MutualConfig):
         super().__init__()
-        self.cfg = cfg = cfg or MutualConfig(arch="mutual")
+        self.cfg = cfg
         self.targets = tuple(k for k in cfg.levels if k not in cfg.base)
         if not self.targets:
             raise ValueError("the mutual codec needs at least one predicted level (base must not hold all levels)")
@@ -133,30 +134,20 @@ class MutualFeatureNet(FeatureCompressionModel):
 
     @torch.inference_mode()
     def compress(
-        self,
-        levels: dict[str, torch.Tensor],
-        quality: float,
-        residual: bool = True,
-        keep: torch.Tensor | None = None,
-        reconstruct: bool = True,
-        residual_keep: torch.Tensor | None = None,
-        boost: int = 0,
-        low_keep: torch.Tensor | None = None,
-        low_step: int = 0,
-        residual_rd: float = 0.0,
+        self, levels: dict[str, torch.Tensor], plan: CodingPlan | float, reconstruct: bool = True, **overrides
     ) -> tuple[list[bytes], dict]:
-        """-> byte strings (skip mask, the latent's stream, then the residual stream if ``residual``, then its
+        """Code one image as ``plan`` says (a ``CodingPlan``, or a quality with the plan's fields as ``overrides``)
+        -> byte strings (skip mask, the latent's stream, then the residual stream if the plan sends it, then its
         settings if they are not the defaults) and what decoding needs besides them: the coarsest level's ``size``;
         also the encoder's own reconstruction under ``"levels"`` and the prediction-only one under ``"prediction"``
-        (None if not ``reconstruct`` and the residual did not need them). ``keep`` ((1, 1, H, W) at the coarsest
-        level) skips the positions where it is 0: their latents (base and residual) are not coded, so they decode to
-        the mean features; the mask is the first stream (``encode_mask``). ``residual_keep`` (the same shape)
-        limits the residual stream to the kept cells where it is nonzero, and ``boost`` raises the residual's gains
-        by 2 ** (boost / 2); both go into a fourth stream (``encode_residual_info``). ``low_keep`` (the same shape)
-        marks kept cells whose base is coded at the lower quality ``quality - low_step / TIER_STEP``, a second tier
-        signalled in the mask stream (``encode_tiers``). ``residual_rd`` > 0 lets a cell carry the residual only where
-        it removes at least that much squared error (codec feature space) per estimated bit (``ResidualCoder.worth``),
-        an encoder's choice the cell map records."""
+        (None if not ``reconstruct`` and the residual did not need them). Skipped cells' latents (base and residual)
+        are not coded, so they decode to the mean features; the mask is the first stream (``encode_mask``); the
+        residual's cell map and boost go into a fourth stream (``encode_residual_info``); the second tier is
+        signalled in the mask stream (``encode_tiers``). With ``residual_rd`` the residual's cells are the encoder's
+        rate-distortion choice (``ResidualCoder.worth``), which the cell map records."""
+        plan = CodingPlan.of(plan, **overrides)
+        quality, keep, residual_keep, boost = plan.quality, plan.keep, plan.residual_keep, plan.boost
+        low_keep, low_step, residual_rd = plan.low_keep, plan.low_step, plan.residual_rd
         x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
         mask = self.coded_mask(keep, size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
@@ -175,7 +166,7 @@ class MutualFeatureNet(FeatureCompressionModel):
         lc = self.bfc.latent_codec.compress(y, mask)  # exact arithmetic from here on: any thread count
         head = encode_mask(keep) if low is None else encode_tiers(keep, size, in_low, low_step)
         strings = [head, lc["strings"][0]]
-        use = residual and self.res is not None
+        use = plan.residual and self.res is not None
         if not (use or reconstruct):
             return strings, {"size": size, "levels": None, "prediction": None}
         y_hat = lc["y_hat"]

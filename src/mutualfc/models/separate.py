@@ -9,6 +9,7 @@ from mutualfc.entropy import reproducible_threads
 from mutualfc.models.base import FeatureCompressionModel, decode_mask, encode_mask
 from mutualfc.models.bfc import BFCNet
 from mutualfc.models.config import MutualConfig
+from mutualfc.models.plan import CodingPlan
 from mutualfc.nn.packing import crop_levels, pad_levels
 from mutualfc.nn.sparse import positions
 
@@ -17,9 +18,9 @@ class SeparateFeatureNet(FeatureCompressionModel):
     """One BFCNet (packing, PCA transforms, masked hyperprior) per level: the "existing approach" the mutual design
     has to beat."""
 
-    def __init__(self, cfg: MutualConfig | None = None):
+    def __init__(self, cfg: MutualConfig):
         super().__init__()
-        self.cfg = cfg = cfg or MutualConfig(arch="separate")
+        self.cfg = cfg
         self.codecs = nn.ModuleDict({k: BFCNet(cfg, (k,), shared=False) for k in cfg.levels})
         self.latent_count = len(self.codecs)
 
@@ -48,15 +49,14 @@ class SeparateFeatureNet(FeatureCompressionModel):
 
     @torch.inference_mode()
     def compress(
-        self,
-        levels: dict[str, torch.Tensor],
-        quality: float,
-        residual: bool = False,
-        keep: torch.Tensor | None = None,
-        reconstruct: bool = True,
+        self, levels: dict[str, torch.Tensor], plan: CodingPlan | float, reconstruct: bool = True, **overrides
     ) -> tuple[list[bytes], dict]:
-        """-> byte strings and the encoder's reconstruction (None if not ``reconstruct``); there is no residual
-        stream here (``residual`` has no effect); ``keep`` as for the mutual network, applied to every level."""
+        """-> byte strings and the encoder's reconstruction (None if not ``reconstruct``); of the plan this network
+        uses the quality and ``keep`` (applied to every level): it has no residual stream and no tiers."""
+        plan = CodingPlan.of(plan, **overrides)
+        if plan.low_step or plan.boost or plan.residual_keep is not None:
+            raise ValueError("the separate network codes no tiers and no residual stream")
+        quality, keep = plan.quality, plan.keep
         x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
         mask = self.coded_mask(keep, size)
         kept = positions(mask)

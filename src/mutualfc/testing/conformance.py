@@ -141,6 +141,30 @@ def check(folder: Path, detections: bool = True) -> list[str]:
     return problems
 
 
+def reencode(folder: Path) -> list[str]:
+    """Encode every case of ``folder``'s manifest again; -> one line per container that differs from the recorded
+    one. The encoder's float analysis may round differently on another CPU, so this is a check of an encoder change
+    on the machine that wrote the streams, not a conformance requirement (decoding is)."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    cases = {c[0]: c for c in CASES}
+    tasks = _tasks(["yolov5n-coco", *(m["options"].get("task", "yolov5n-coco") for m in manifest.values())])
+    images = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    problems = []
+    for name, want in manifest.items():
+        if name not in cases:
+            problems.append(f"{name}: no such case in this release")
+            continue
+        _, codec_name, param, options, index, crop = cases[name]
+        image = images[index] if crop is None else images[index][: crop[0], : crop[1]]
+        codec = create_codec(codec_name, tasks[options.get("task", "yolov5n-coco")],
+                             **{k: v for k, v in options.items() if k != "task"})  # fmt: skip
+        got = hashlib.sha256(codec.encode(codec.prepare(image), param)).hexdigest()
+        if got != want["sha256_container"]:
+            was = want["sha256_container"][:16]
+            problems.append(f"{name}: re-encoded container {got[:16]}... differs from {was}...")
+    return problems
+
+
 def _close(a: list, b: list) -> bool:
     """Same boxes to the floating-point back half's rounding (scores within 1e-3, boxes within 0.5 pixel)."""
     if len(a) != len(b):
@@ -154,6 +178,12 @@ def main() -> int:
     group = ap.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", metavar="FOLDER", help="encode the conformance streams into FOLDER")
     group.add_argument("--check", metavar="FOLDER", help="decode FOLDER's streams and compare with its manifest")
+    group.add_argument(
+        "--reencode",
+        metavar="FOLDER",
+        help="encode FOLDER's cases again and compare the containers (an encoder change's check on "
+        "the machine that wrote them; the float analysis may round differently elsewhere)",
+    )
     ap.add_argument("--features-only", action="store_true", help="with --check: only the normative decoded values")
     ap.add_argument("--only-new", action="store_true", help="with --write: add the cases not in the manifest yet")
     args = ap.parse_args()
@@ -162,6 +192,10 @@ def main() -> int:
             Path(args.write).mkdir(parents=True, exist_ok=True)
             print(f"{len(write(Path(args.write), args.only_new))} streams in {args.write}")
             return 0
+        if args.reencode:
+            problems = reencode(Path(args.reencode))
+            print("\n".join(problems) if problems else f"every container of {args.reencode} re-encodes identically")
+            return 1 if problems else 0
         problems = check(Path(args.check), detections=not args.features_only)
     except MutualFCError as e:  # missing weights, an unreadable manifest: one line, not a traceback
         print(f"mutualfc.testing.conformance: error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""MPEG-VCM style feature anchor: P3/P4/P5 -> 10-bit global-range quantisation -> channel tiling into one
+"""MPEG-VCM style feature anchor: the task's levels -> 10-bit global-range quantisation -> channel tiling into one
 monochrome picture -> HEVC (libx265, 4:0:0 10-bit) or VVC intra -> decode -> dequantise -> untile."""
 
 from __future__ import annotations
