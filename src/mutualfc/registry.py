@@ -17,7 +17,7 @@ CODEC_IDS: dict[str, int] = {
     "separate": 17,
 }
 
-TASK_IDS: dict[str, int] = {"yolov5n-coco": 1, "yolox-nano-coco": 2}
+TASK_IDS: dict[str, int] = {"yolov5n-coco": 1, "yolox-nano-coco": 2, "fasterrcnn-r50-fpn-coco": 3}
 
 
 def check_unique(table: dict[str, int], what: str) -> None:

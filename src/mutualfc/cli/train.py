@@ -34,7 +34,8 @@ def cmd_train_run(args) -> int:
         model["base"] = [x.strip() for x in args.base.split(",")]
     if args.residual is not None:
         model["residual"] = args.residual
-    cfg = TrainConfig(cache=args.cache, task=args.task, model=model, steps=args.steps, batch=args.batch, crop=args.crop,
+    cfg = TrainConfig(cache=args.cache, task=args.task, weights=args.weights or "", model=model, steps=args.steps,
+                      batch=args.batch, crop=args.crop,
                       lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
                       seed=args.seed, snapshot_every=args.snapshot_every, init_from=args.init_from or "",
                       skip_below=args.skip_below,

@@ -19,7 +19,7 @@ class MutualConfig:
     # (the trainer takes them from the task, ``train.model_defaults``); a codec knows no network of its own
     levels: tuple[str, ...] = ()
     channels: tuple[int, ...] = ()
-    base: tuple[str, ...] = ()  # coded by BFCNet, the finer levels predicted by MFCNet; () = the two coarsest
+    base: tuple[str, ...] = ()  # coded by BFCNet, the finer levels predicted by MFCNet; () = the 2 coarsest (1 of 2)
     width: int = 128  # width of the trunk that gives the residual stream its context
     latent: int = 0  # latent channels; 0 = as many as the packed base has (a complete transform)
     hyper: int = 128
@@ -40,8 +40,8 @@ class MutualConfig:
                 f"levels {self.levels} and channels {self.channels} must name the task's levels, one "
                 "channel count each (take them from the task: mutualfc.train.model_defaults)"
             )
-        if not self.base:
-            self.base = tuple(self.levels[-2:])
+        if not self.base:  # the two coarsest levels, or the coarsest when there are only two
+            self.base = tuple(self.levels[-min(2, max(len(self.levels) - 1, 1)) :])
         unknown = [b for b in self.base if b not in self.levels]
         if unknown:
             raise ValueError(f"base levels {unknown} are not among the levels {self.levels}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mutualfc.errors import WeightsError
 from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, SplitNetwork, TaskMetric
+from mutualfc.tasks.rcnn import FasterRCNNDetector
 from mutualfc.tasks.weights import WeightsSpec, read_weights, resolve_weights
 from mutualfc.tasks.yolov5 import YOLOv5Detector
 from mutualfc.tasks.yolox import YOLOXDetector
@@ -49,10 +50,37 @@ YOLOX_NANO_COCO_WEIGHTS = WeightsSpec(
     },  # fmt: skip
 )
 
+FASTERRCNN_R50_FPN_COCO_WEIGHTS = WeightsSpec(
+    state_dict_file="fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+    upstream_file="fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+    url="https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+    sha256="258fb6c6",  # torchvision names its files by their hash's first hex digits: a prefix is what it publishes
+    meta={
+        "dataset": "COCO train2017",
+        "classes": 91,
+        "license": "BSD-3-Clause (torchvision)",
+        "params": 41_808_406,
+        "metrics": {},  # not measured here: the weights cannot be downloaded on this project's machines
+    },
+)
+
 _REGISTRY: dict[str, TaskEntry] = {
     "yolov5n-coco": TaskEntry(lambda: YOLOv5Detector("yolov5n-coco", width=0.25, depth=0.33), YOLOV5N_COCO_WEIGHTS),
     "yolox-nano-coco": TaskEntry(lambda: YOLOXDetector("yolox-nano-coco"), YOLOX_NANO_COCO_WEIGHTS),
+    "fasterrcnn-r50-fpn-coco": TaskEntry(
+        lambda: FasterRCNNDetector("fasterrcnn-r50-fpn-coco"), FASTERRCNN_R50_FPN_COCO_WEIGHTS
+    ),
 }
+
+
+def register_task(name: str, builder: Callable[[], SplitNetwork], weights: WeightsSpec | None = None) -> None:
+    """Make a split network creatable by name (``create_task``, ``--task``, training): one registration per task.
+    ``builder`` returns the network without weights; ``weights`` says where its weights file is found (None: only
+    an explicit ``weights=`` file). A container names its task by the id in ``mutualfc.registry.TASK_IDS`` (0 for a
+    task without one, which a decoder then takes to be its own)."""
+    if name in _REGISTRY:
+        raise WeightsError(f"task network {name!r} is already registered")
+    _REGISTRY[name] = TaskEntry(builder, weights)
 
 
 def list_tasks() -> list[str]:
@@ -66,6 +94,8 @@ def create_task(name: str = "yolov5n-coco", pretrained: bool = True, weights: st
     entry = _REGISTRY[name]
     net = entry.builder()
     if pretrained or weights:
+        if entry.weights is None and not weights:
+            raise WeightsError(f"{name} declares no weights file: pass one (weights=FILE, --weights FILE)")
         path = resolve_weights(entry.weights, weights)
         try:
             if hasattr(net, "load_weights_file"):  # a format of its own (e.g. ONNX)
@@ -91,12 +121,20 @@ def describe_task(name: str) -> dict:
             {"name": n, "channels": c, "stride": s}
             for n, c, s in zip(net.level_names, net.level_channels, net.level_strides, strict=True)
         ],
-        "input": f"{type(net.transform).__name__} {net.transform.size}",
+        "input": _input_of(net),
         "weights": None if spec is None else spec.state_dict_file,
         "license": None if spec is None else spec.meta.get("license"),
         "params": None if spec is None else spec.meta.get("params"),
         "metrics": {} if spec is None else spec.meta.get("metrics", {}),
     }
+
+
+def _input_of(net) -> str:
+    """The pre-processing a network declares (its ``transform`` and size), or its input size."""
+    t = getattr(net, "transform", None)
+    if t is not None and hasattr(t, "size"):
+        return f"{type(t).__name__} {t.size}"
+    return str(getattr(net, "size", "not declared"))
 
 
 def task_entry(name: str) -> TaskEntry:
@@ -114,5 +152,6 @@ __all__ = [
     "create_task",
     "describe_task",
     "list_tasks",
+    "register_task",
     "task_entry",
 ]

@@ -29,7 +29,7 @@ class WeightsSpec:
     state_dict_file: str  # plain state dict in upstream key layout (preferred)
     upstream_file: str  # upstream pickled full model
     url: str
-    sha256: str  # of the upstream file
+    sha256: str  # of the upstream file (or the prefix of it that the publisher names the file by)
     meta: dict
 
 
@@ -164,8 +164,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a plain state dict: try the upstream full-model layout
         return load_upstream_checkpoint(path)
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
+    for key in ("state_dict", "model"):  # training checkpoints (torchvision's references keep it under "model")
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return obj
@@ -201,7 +202,7 @@ def resolve_weights(spec: WeightsSpec, explicit: str | Path | None = None, downl
             with urllib.request.urlopen(spec.url, timeout=10) as r, open(tmp, "wb") as f:  # noqa: S310 - fixed URL
                 f.write(r.read())
             digest = sha256_of(tmp)
-            if digest != spec.sha256:
+            if not digest.startswith(spec.sha256):  # a full digest, or the prefix a publisher names files by
                 tmp.unlink(missing_ok=True)
                 raise WeightsError(f"downloaded {spec.url} has sha256 {digest}, expected {spec.sha256}")
             tmp.replace(target)

@@ -40,6 +40,7 @@ class TrainConfig:
 
     cache: str = ""
     task: str = "yolov5n-coco"
+    weights: str = ""  # the task network's weights file; "" = the task's own (MUTUALFC_WEIGHTS_DIR, cache, download)
     model: dict = field(default_factory=dict)  # MutualConfig fields
     steps: int = 20000
     batch: int = 8
@@ -123,15 +124,14 @@ def _seed(seed: int) -> None:
 
 
 def model_defaults(task_name: str) -> dict:
-    """The codec's geometry as the task declares it: its levels and channels, the two coarsest levels as the base
-    (a model config given explicitly overrides any of them)."""
+    """The codec's geometry as the task declares it: its levels and channels (the base follows from them,
+    ``MutualConfig``; a model config given explicitly overrides any of them)."""
     shape = create_task(task_name, pretrained=False)  # no weights needed for its shape
-    names = list(shape.level_names)
-    return {"levels": names, "channels": list(shape.level_channels), "base": names[-2:]}
+    return {"levels": list(shape.level_names), "channels": list(shape.level_channels)}
 
 
 def _task_for(cfg: TrainConfig, model_cfg: MutualConfig, device: str):
-    task = create_task(cfg.task, pretrained=True).eval()
+    task = create_task(cfg.task, pretrained=True, weights=cfg.weights or None).eval()
     if tuple(task.level_names) != tuple(model_cfg.levels):
         raise MutualFCError(f"model levels {model_cfg.levels} do not match {cfg.task} levels {task.level_names}")
     if not isinstance(task, TaskMetric):
