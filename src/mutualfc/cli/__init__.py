@@ -1,5 +1,5 @@
 """The ``mutualfc`` command line: ``main`` builds the parser from each command module's ``register``."""
 
-from mutualfc.cli import coding, commands, service, train
+from mutualfc.cli import coding, commands, complexity, service, train
 
-__all__ = ["coding", "commands", "service", "train"]
+__all__ = ["coding", "commands", "complexity", "service", "train"]

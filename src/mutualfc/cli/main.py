@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--version", action="version", version=f"mutualfc {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cli.coding, cli.service, cli.commands, cli.train):
+    for module in (cli.coding, cli.service, cli.commands, cli.complexity, cli.train):
         module.register(sub)
     return ap
 

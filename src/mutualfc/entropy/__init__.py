@@ -8,8 +8,9 @@ from mutualfc.entropy.rans import (
     SymbolReader,
     SymbolWriter,
     cdf_tables,
+    count_symbols,
     reproducible_threads,  # fmt: skip
 )
 
-__all__ = ["FLAG_TABLES", "SymbolCoder", "SymbolReader", "SymbolWriter", "cdf_tables", "code_gaussian",
+__all__ = ["FLAG_TABLES", "SymbolCoder", "SymbolReader", "SymbolWriter", "cdf_tables", "code_gaussian", "count_symbols",
            "gaussian_bits", "medians", "reproducible_threads", "scale_indexes", "split_params"]  # fmt: skip

@@ -19,6 +19,30 @@ from mutualfc.nn.caching import stamps
 Tables = tuple[list[list[int]], list[int], list[int]]
 
 
+class _Count:
+    value = 0
+
+
+_COUNTERS: list[_Count] = []
+
+
+@contextlib.contextmanager
+def count_symbols() -> Iterator[_Count]:
+    """Counts the symbols every ``SymbolReader`` decodes inside the block (``.value``): the entropy decoder's work,
+    which complexity figures report apart from multiply-accumulates."""
+    c = _Count()
+    _COUNTERS.append(c)
+    try:
+        yield c
+    finally:
+        _COUNTERS.remove(c)
+
+
+def _counted(n: int) -> None:
+    for c in _COUNTERS:
+        c.value += n
+
+
 @contextlib.contextmanager
 def reproducible_threads() -> Iterator[None]:
     """For the encoder's float steps (analysis transforms, residual decisions): intra-op parallelism changes float
@@ -114,9 +138,11 @@ class SymbolReader:
         cdfs, lengths, offsets = cdf_tables(model)
         n = int(indexes.max()) + 1 if indexes.numel() else 0
         symbols = self._dec.decode_stream(indexes.int().tolist(), cdfs[:n], lengths[:n], offsets[:n])
+        _counted(len(symbols))
         return torch.from_numpy(np.fromiter(symbols, np.int32, len(symbols))).to(means.dtype) + means
 
     def flag(self, value=None) -> bool:
+        _counted(1)
         return self._dec.decode_stream([0], *FLAG_TABLES)[0] == 1
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 import mutualfc
 from mutualfc.codecs import Codec
 from mutualfc.eval.coco import CocoDataset
+from mutualfc.eval.complexity import measure as measure_complexity
 from mutualfc.eval.executors import CodecSpec, executor_info, run_inline, run_processes, run_ray
 from mutualfc.images import load_image
 from mutualfc.io import atomic_write_bytes
@@ -112,6 +113,9 @@ def evaluate_point(
                 done.append(d)
                 bar.update(1)
     results = [r for d in done for r in d["results"]]
+    # MPEG's complexity units, counted on the first image (the parts scale with its size, not with its content)
+    first = [load_image(dataset.records[0].path)] if dataset.records else []
+    kmac = measure_complexity(task, codec, param, first).to_dict() if first else None
     bits, pixels = sum(d["bits"] for d in done), sum(d["pixels"] for d in done)
     t_enc, t_dec, t_task = (sum(d[k] for d in done) for k in ("encode", "decode", "task"))
     n = len(dataset)
@@ -134,4 +138,5 @@ def evaluate_point(
         "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "executor": executor_info(kind, jobs if parallel else 1, done),
+        "kmac_per_pixel": kmac,
     } | ({} if codec is None else {"codec_info": codec.describe(param)})
