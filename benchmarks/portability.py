@@ -39,7 +39,7 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="file", mininterval=10, file=sys.stderr)
 
 
-def encode_worker(data: Path, images: int, out: Path, points: list[tuple[str, float]]) -> None:
+def encode_worker(data: Path, images: int, out: Path, points: list[tuple[str, float]], task_name: str) -> None:
     """Encode ``images`` images of ``data`` at every point into ``out/<codec>-q<q>/<stem>.mfc`` (skipping files
     already there)."""
     import torch
@@ -51,7 +51,7 @@ def encode_worker(data: Path, images: int, out: Path, points: list[tuple[str, fl
     from mutualfc.tasks import create_task
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    task = create_task("yolov5n-coco")
+    task = create_task(task_name)
     codecs = {name: create_codec(name, task) for name in {c for c, _ in points}}
     records = CocoDataset(data / "images").subset(images).records
     bar = _progress(len(records) * len(points), f"encode {out.name}")
@@ -67,7 +67,7 @@ def encode_worker(data: Path, images: int, out: Path, points: list[tuple[str, fl
     bar.close()
 
 
-def decode_worker(streams: Path, out: Path) -> None:
+def decode_worker(streams: Path, out: Path, task_name: str) -> None:
     """Decode every stream under ``streams``; append ``{"file", "sha256"}`` lines to ``out`` (skipping files
     already there)."""
     import torch
@@ -80,7 +80,7 @@ def decode_worker(streams: Path, out: Path) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     done = {json.loads(line)["file"] for line in out.read_text().splitlines()} if out.exists() else set()
     files = sorted(str(p.relative_to(streams)) for p in streams.rglob("*.mfc"))
-    decoder = Decoder(create_task("yolov5n-coco"))
+    decoder = Decoder(create_task(task_name))
     bar = _progress(len(files), f"decode {out.stem}")
     bar.update(len(done))
     with out.open("a") as f:
@@ -127,7 +127,8 @@ def compare(work: Path) -> dict:
 
 
 def report(result: dict, meta: dict) -> str:
-    lines = [f"# Portability matrix ({meta['images']} images of {meta['data']})", "",
+    task = meta.get("task", "yolov5n-coco")
+    lines = [f"# Portability matrix: {task} ({meta['images']} images of {meta['data']})", "",
              "Streams encoded with each kernel set, decoded in separate processes under native and generic "
              "(`ATEN_CPU_CAPABILITY=default`) kernels with 1 and 2 threads; a file *differs* when the SHA-256 of "
              "its decoded features is not the same for all four decoders.", "",
@@ -155,20 +156,23 @@ def main() -> int:
     enc.add_argument("--data", type=Path, required=True)
     enc.add_argument("--images", type=int, required=True)
     enc.add_argument("--out", type=Path, required=True)
+    enc.add_argument("--task", default="yolov5n-coco")
     dec = sub.add_parser("decode-worker", help="(internal) decode in this process")
     dec.add_argument("--streams", type=Path, required=True)
     dec.add_argument("--out", type=Path, required=True)
+    dec.add_argument("--task", default="yolov5n-coco")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder with images/")
     ap.add_argument("--images", type=int, default=212, help="number of images (default: %(default)s)")
+    ap.add_argument("--task", default="yolov5n-coco", help="task network whose zoo codecs code (default: %(default)s)")
     ap.add_argument("--work", default="/tmp/mutualfc-portability", help="streams and digests (resumable)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes at a time (default: %(default)s)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
     if args.role == "encode-worker":
-        encode_worker(args.data, args.images, args.out, POINTS)
+        encode_worker(args.data, args.images, args.out, POINTS, args.task)
         return 0
     if args.role == "decode-worker":
-        decode_worker(args.streams, args.out)
+        decode_worker(args.streams, args.out, args.task)
         return 0
     work, t0 = Path(args.work), time.time()
     work.mkdir(parents=True, exist_ok=True)
@@ -176,21 +180,25 @@ def main() -> int:
     print(f"workers log to {log}", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda e: _run(["encode-worker", "--data", args.data, "--images", str(args.images), "--out",
-                                      str(work / f"streams-{e}")], ENCODERS[e], log), ENCODERS))  # fmt: skip
+                                      str(work / f"streams-{e}"), "--task", args.task], ENCODERS[e], log),
+                      ENCODERS))  # fmt: skip
         jobs = [(e, d) for e in ENCODERS for d in DECODERS]
-        decode = ["decode-worker", "--streams", "{work}/streams-{0}", "--out", "{work}/{0}-by-{1}.jsonl"]
+        decode = ["decode-worker", "--streams", "{work}/streams-{0}", "--out", "{work}/{0}-by-{1}.jsonl", "--task",
+                  args.task]  # fmt: skip
         list(pool.map(lambda ed: _run([a.format(*ed, work=work) for a in decode], DECODERS[ed[1]], log), jobs))
     import torch
 
     result = compare(work)
     meta = {"data": args.data, "images": args.images, "torch": torch.__version__, "minutes": (time.time() - t0) / 60,
-            "command": "python benchmarks/portability.py" + (f" --images {args.images}" if args.images != 212 else ""),
+            "command": "python benchmarks/portability.py" + (f" --images {args.images}" if args.images != 212 else "")
+            + (f" --task {args.task}" if args.task != "yolov5n-coco" else ""), "task": args.task,
             "decoders": DECODERS, "encoders": ENCODERS}  # fmt: skip
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "portability.json").write_text(json.dumps({"meta": meta} | result, indent=1) + "\n")
+    stem = "portability" if args.task == "yolov5n-coco" else f"portability-{args.task}"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta} | result, indent=1) + "\n")
     text = report(result, meta)
-    (out / "portability.md").write_text(text)
+    (out / f"{stem}.md").write_text(text)
     print(text)
     return 1 if any(r["differ"] for r in result["rows"]) else 0
 

@@ -72,6 +72,24 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
                 "map_range": (0.0814, 0.3036),
             },  # fmt: skip
         ),
+        ZooEntry(
+            "mutual",
+            "yolox-nano-coco",
+            "mutual_yolox-nano-coco.pt",
+            "4435a043e96b3ee4cd271cd3de2ff5ba1cb8fa426db3d1103a1ba164fc42624e",
+            "BFCNet {P4,P5} + MFCNet P3 (+ 512-component P3 residual); task metric from YOLOX-Nano's decoupled head "
+            "(autograd probes); 1,200 + 3,000 steps on 1,755 coco-train images; skip thresholds tuned on coco-train "
+            "fold 0/8 (the checkpoint's schedule)",
+            {},  # filled from results/yolox/learned_bdrate.json once measured
+        ),
+        ZooEntry(
+            "separate",
+            "yolox-nano-coco",
+            "separate_yolox-nano-coco.pt",
+            "4c9dd12586a544c0a5dbd6730890dd85e113abf6c15d1eb36e96e58012aebb6a",
+            "one codec per level; task metric from YOLOX-Nano's head; 800 steps on 1,755 coco-train images",
+            {},
+        ),
     )
 }
 
