@@ -49,15 +49,19 @@ def main() -> int:
         default=3,
         help="passes over the images; per image and step the fastest counts (default: %(default)s)",
     )
+    ap.add_argument(
+        "--tasks",
+        default="yolov5n-coco",
+        help="comma-separated task networks, side by side in one run (default: %(default)s)",
+    )
     ap.add_argument("--checkpoint", help="mutual codec: this checkpoint instead of the zoo's (mutualfc train export)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    task = create_task("yolov5n-coco")
     ds = CocoDataset(Path(args.data) / "images").subset(args.images)
     images = [load_image(r.path) for r in ds.records]
     rows = []
-    for spec in args.codecs.split(","):
+    for task, spec in ((create_task(t), c) for t in args.tasks.split(",") for c in args.codecs.split(",")):
         name, _, p = spec.partition("=")
         param = float(p) if p else POINTS.get(name, 0)
         codec = create_codec(
@@ -78,7 +82,7 @@ def main() -> int:
                     pixels += im.shape[0] * im.shape[1]
         front, enc, dec, back = (sum(b[j] for b in best) for j in range(4))
         n = len(images)
-        row = {"codec": name, "param": param, "images": n, "bpp": round(8 * nbytes / pixels, 4),
+        row = {"task": task.name, "codec": name, "param": param, "images": n, "bpp": round(8 * nbytes / pixels, 4),
                "encode_ms": round(enc / n, 1), "decode_ms": round(dec / n, 1),
                "codec_ms": round((enc + dec) / n, 1), "front_ms": round(front / n, 1), "back_ms": round(back / n, 1),
                "end_to_end_ms": round((enc + dec + front + back) / n, 1)}  # fmt: skip
@@ -89,11 +93,12 @@ def main() -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = ["| codec | param | bpp | encode ms | decode ms | codec enc+dec ms | + front/back (detector) ms |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| task | codec | param | bpp | front ms | encode ms | decode ms | back ms | codec enc+dec ms | "
+             "+ front/back (detector) ms |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['codec']} | {r['param']:g} | {r['bpp']} | {r['encode_ms']} | {r['decode_ms']} | "
-                     f"{r['codec_ms']} | {r['end_to_end_ms']} |")  # fmt: skip
+        lines.append(f"| {r['task']} | {r['codec']} | {r['param']:g} | {r['bpp']} | {r['front_ms']} | "
+                     f"{r['encode_ms']} | {r['decode_ms']} | {r['back_ms']} | {r['codec_ms']} | "
+                     f"{r['end_to_end_ms']} |")  # fmt: skip
     atomic_write_text(out / "speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -291,3 +291,17 @@ def test_one_coding_plan_per_image_drives_compress(task, ckpt, features):
     assert plan.describe()["keep"] == int(plan.keep.sum())
     with pytest.raises(ValueError, match="no tiers and no residual"):
         create_codec("separate", task).net.compress(features.levels, CodingPlan(1, low_keep=plan.keep, low_step=8))
+
+
+def test_every_zoo_entry_loads_checked_and_brings_its_own_operating_points():
+    """Each shipped checkpoint matches its declared SHA-256 and task; the YOLOX-Nano mutual model carries the
+    schedule tuned for it, not YOLOv5n's defaults."""
+    from mutualfc.codecs.learned import Schedule
+    from mutualfc.zoo import ZOO, load_model
+
+    assert {t for _, t in ZOO} == {"yolov5n-coco", "yolox-nano-coco"}
+    for name, task_name in ZOO:
+        model = load_model(name, task_name)
+        assert model.meta["task"] == task_name
+    own = Schedule.from_meta(load_model("mutual", "yolox-nano-coco").meta)
+    assert own != Schedule() and own.source.startswith("yolox-nano-coco")
