@@ -1,0 +1,124 @@
+"""Where each millisecond of the learned codecs goes: a profile table per stage (cProfile's cumulative time of the
+functions that make up each stage), per image, for encode and decode. Writes results/profile.md and
+results/profile.json.
+
+    python benchmarks/stages.py --images 10 --points mutual=4,mutual=7.75 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+from pathlib import Path
+
+import torch
+
+from mutualfc.codecs import create_codec
+from mutualfc.eval.coco import CocoDataset
+from mutualfc.images import load_image
+from mutualfc.io import atomic_write_text
+from mutualfc.tasks import create_task
+
+ROOT = Path(__file__).resolve().parents[1]
+# stage -> (file suffix, function name): cumulative time of the function; stages nest as the code does (the rows
+# are not exclusive: "latent coding" includes its rANS calls)
+STAGES = {
+    "encode": [
+        ("objectness map (skip mask)", "mutualfc/tasks/", "objectness_map"),
+        ("analysis (float, 1 thread)", "models/bfc.py", "analysis"),
+        ("latent coding (hyperprior, groups)", "latent_codecs/hyperprior.py", "compress"),
+        ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
+        ("  channel context (exact)", "nn/sparse.py", "stack_at"),
+        ("  spatial context (exact)", "nn/sparse.py", "context_at"),
+        ("  entropy parameters (exact)", "nn/sparse.py", "apply_columns"),
+        ("  Gaussian coding", "entropy/gaussian.py", "code_gaussian"),
+        ("  rANS encoder", "entropy/rans.py", "finish"),
+        ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
+        ("MFCNet prediction (exact)", "models/mfc.py", "predict_cells"),
+        ("residual decision (rate-distortion)", "models/residual.py", "worth"),
+        ("residual coding", "models/residual.py", "compress"),
+        ("residual context (exact)", "models/bfc.py", "context"),
+        ("container", "bitstream.py", "pack"),
+    ],
+    "decode": [
+        ("latent decoding (hyperprior, groups)", "latent_codecs/hyperprior.py", "decompress"),
+        ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
+        ("  channel context (exact)", "nn/sparse.py", "stack_at"),
+        ("  spatial context (exact)", "nn/sparse.py", "context_at"),
+        ("  entropy parameters (exact)", "nn/sparse.py", "apply_columns"),
+        ("  Gaussian coding", "entropy/gaussian.py", "code_gaussian"),
+        ("  rANS decoder", "entropy/rans.py", "code"),
+        ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
+        ("MFCNet prediction (exact)", "models/mfc.py", "predict_cells"),
+        ("residual context (exact)", "models/bfc.py", "context"),
+        ("residual decoding", "models/residual.py", "decompress"),
+        ("residual correction (exact)", "models/residual.py", "correction_cells"),
+        ("painting the levels", "nn/packing.py", "paint"),
+    ],
+}
+
+
+def _cumulative(stats: pstats.Stats, where: str, name: str) -> float:
+    """Seconds spent in (and under) function ``name`` of files whose path contains ``where``."""
+    return sum(v[3] for (file, _, func), v in stats.stats.items() if where in file and func == name)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder with images/")
+    ap.add_argument("--images", type=int, default=10, help="number of images (default: %(default)s)")
+    ap.add_argument("--points", default="mutual=4,mutual=7.75", help="codec=quality pairs (default: %(default)s)")
+    ap.add_argument("--task", default="yolov5n-coco", help="task network (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    task = create_task(args.task)
+    images = [load_image(r.path) for r in CocoDataset(Path(args.data) / "images").subset(args.images).records]
+    rows = []
+    for spec in args.points.split(","):
+        name, _, q = spec.partition("=")
+        codec, q = create_codec(name, task), float(q)
+        xs = [codec.prepare(im) for im in images]
+        codec.decode(codec.encode(xs[0], q))  # warm-up: integer weights, tables
+        for side in ("encode", "decode"):
+            data = [codec.encode(x, q) for x in xs]
+            prof = cProfile.Profile()
+            prof.enable()
+            for x, d in zip(xs, data, strict=True):
+                if side == "encode":
+                    codec.encode(x, q)
+                else:
+                    codec.decode(d)
+            prof.disable()
+            stats = pstats.Stats(prof)
+            whole = _cumulative(stats, "codecs/base.py", side)
+            n = len(xs)
+            stages = {label: 1000 * _cumulative(stats, f, fn) / n for label, f, fn in STAGES[side]}
+            row = {"task": task.name, "codec": name, "quality": q, "side": side, "ms_per_image": 1000 * whole / n,
+                   "stages": stages}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = Path(args.out_dir)
+    atomic_write_text(out / "profile.json", json.dumps({"threads": args.threads, "rows": rows}, indent=1) + "\n")
+    lines = [f"# Profile of the learned codecs ({args.images} images, {args.threads} threads, cProfile)", "",
+             f"`python benchmarks/stages.py --images {args.images} --points {args.points} --threads {args.threads}`"
+             "; ms per image, cumulative per stage (an indented row is part of the unindented row above it; "
+             "stages nested in one another count in each; cProfile adds its own overhead to every call, so the "
+             "sum is above benchmarks/speed.py's figures).", ""]  # fmt: skip
+    for r in rows:
+        lines += [f"## {r['codec']} quality {r['quality']:g}, {r['side']}: {r['ms_per_image']:.1f} ms", "",
+                  "| stage | ms | share |", "|---|---|---|"]  # fmt: skip
+        for label, ms in r["stages"].items():
+            if ms > 0:
+                lines.append(f"| {label} | {ms:.1f} | {100 * ms / r['ms_per_image']:.0f}% |")
+        lines.append("")
+    atomic_write_text(out / "profile.md", "\n".join(lines))
+    print(f"wrote {out / 'profile.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
