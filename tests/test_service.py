@@ -146,9 +146,10 @@ def test_codecs_health_and_metrics(server):
     client = Client(server)
     health = client.health()
     assert health["status"] == "ok" and health["threads"] == 2  # --threads reaches the worker
-    listed = {c["name"]: c for c in client.codecs()["codecs"]}
-    assert {"mutual", "separate", "hevc-feature", "jpeg"} <= set(listed)
-    assert listed["mutual"]["checkpoint"] == "mutual_yolov5n-coco"
+    listed = {(c["name"], c["task"]): c for c in client.codecs()["codecs"]}  # every codec of every task
+    assert {"mutual", "separate", "hevc-feature", "jpeg"} <= {n for n, t in listed if t == "yolov5n-coco"}
+    assert listed["mutual", "yolov5n-coco"]["checkpoint"] == "mutual_yolov5n-coco"
+    assert listed["mutual", "yolox-nano-coco"]["checkpoint"] == "mutual_yolox-nano-coco"
     with urllib.request.urlopen(server + "/metrics", timeout=10) as r:
         text = r.read().decode()
     assert 'mutualfc_requests_total{route="/healthz",status="200"}' in text

@@ -49,8 +49,8 @@ class _Server:
         others = {}
         for name in list_tasks():  # every other task network whose weights are here: containers name their task
             if name != settings.task:
-                try:
-                    others[name] = create_task(name).to(settings.device)
+                try:  # only weights already on this machine: a server does not fetch networks nobody asked for
+                    others[name] = create_task(name, download=False).to(settings.device)
                 except MutualFCError as e:
                     log.warning("not serving task %s: %s", name, e)
         self.decoder = Decoder(self.task, tasks=others, **settings.codec_options)

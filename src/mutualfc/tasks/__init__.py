@@ -87,8 +87,11 @@ def list_tasks() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_task(name: str = "yolov5n-coco", pretrained: bool = True, weights: str | Path | None = None):
-    """Build a split network by name; with ``pretrained`` its weights are resolved and loaded."""
+def create_task(
+    name: str = "yolov5n-coco", pretrained: bool = True, weights: str | Path | None = None, download: bool = True
+):
+    """Build a split network by name; with ``pretrained`` its weights are resolved and loaded (``download``: the
+    upstream file may be fetched when no local one is found)."""
     if name not in _REGISTRY:
         raise WeightsError(f"unknown task network {name!r}; choose from {', '.join(list_tasks())}")
     entry = _REGISTRY[name]
@@ -96,7 +99,7 @@ def create_task(name: str = "yolov5n-coco", pretrained: bool = True, weights: st
     if pretrained or weights:
         if entry.weights is None and not weights:
             raise WeightsError(f"{name} declares no weights file: pass one (weights=FILE, --weights FILE)")
-        path = resolve_weights(entry.weights, weights)
+        path = resolve_weights(entry.weights, weights, download=download)
         try:
             if hasattr(net, "load_weights_file"):  # a format of its own (e.g. ONNX)
                 net.load_weights_file(path)

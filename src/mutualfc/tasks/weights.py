@@ -191,7 +191,7 @@ def resolve_weights(spec: WeightsSpec, explicit: str | Path | None = None, downl
         for name in (spec.state_dict_file, spec.upstream_file):
             if (d / name).is_file():
                 return d / name
-    failed = "downloads are off (MUTUALFC_OFFLINE)"
+    failed = "downloads are off (MUTUALFC_OFFLINE)" if download else "no download was asked for"
     if os.environ.get("MUTUALFC_WEIGHTS_DIR"):  # the user said where weights live: look there, fetch nothing
         failed, download = "not in MUTUALFC_WEIGHTS_DIR, so no download was tried", False
     if download and not os.environ.get("MUTUALFC_OFFLINE"):
