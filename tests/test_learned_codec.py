@@ -305,3 +305,14 @@ def test_every_zoo_entry_loads_checked_and_brings_its_own_operating_points():
         assert model.meta["task"] == task_name
     own = Schedule.from_meta(load_model("mutual", "yolox-nano-coco").meta)
     assert own != Schedule() and own.source.startswith("yolox-nano-coco")
+
+
+def test_the_residual_threshold_may_follow_the_quality(task, tmp_path):
+    """A schedule's residual threshold as (quality, threshold) knots: geometric between them, as the skip's."""
+    need_shared_weights()
+    own = {"residual_from": 0.0, "residual_rd": [[1.0, 0.02], [3.0, 0.002]], "source": "knots"}
+    codec = create_codec("mutual", task, checkpoint=str(_write_checkpoint(tmp_path / "k.pt", schedule=own)))
+    assert codec.operating_point(0).residual_rd == pytest.approx(0.02)
+    assert codec.operating_point(2).residual_rd == pytest.approx((0.02 * 0.002) ** 0.5)
+    assert codec.operating_point(3).residual_rd == pytest.approx(0.002)
+    assert create_codec("mutual", task, checkpoint=str(tmp_path / "k.pt"), residual_rd=0.5).operating_point(2)[5] == 0.5

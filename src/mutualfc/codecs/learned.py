@@ -53,13 +53,14 @@ FIDELITY_TIER_SPAN = 3.0
 @dataclass(frozen=True)
 class Schedule:
     """The operating-point policy of one model: where the residual stream starts (``residual_from``), its per-cell
-    rate-distortion threshold (``residual_rd``), the skip thresholds (``skip``: (quality, threshold) knots), and the
+    rate-distortion threshold (``residual_rd``: one value, or (quality, threshold) knots like ``skip``), the skip
+    thresholds (``skip``: (quality, threshold) knots), and the
     fidelity range's lowest threshold and tier span. It travels in the checkpoint (``meta["schedule"]``), so a model
     brings its own tuning; a checkpoint without one gets these defaults (the ones tuned for the YOLOv5n zoo model,
     above)."""
 
     residual_from: float = RESIDUAL_FROM
-    residual_rd: float = RESIDUAL_RD
+    residual_rd: float | tuple[tuple[float, float], ...] = RESIDUAL_RD
     skip: tuple[tuple[float, float], ...] = SKIP_SCHEDULE
     fidelity_skip_below: float = FIDELITY_SKIP_BELOW
     fidelity_tier_span: float = FIDELITY_TIER_SPAN
@@ -72,9 +73,15 @@ class Schedule:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise MutualFCError(f"checkpoint schedule has unknown settings {unknown}; known: {sorted(known)}")
-        if "skip" in raw:
-            raw = raw | {"skip": tuple((float(q), float(t)) for q, t in raw["skip"])}
+        for key in ("skip", "residual_rd"):
+            if isinstance(raw.get(key), list | tuple):
+                raw = raw | {key: tuple((float(q), float(t)) for q, t in raw[key])}
         return cls(**raw)
+
+    def residual_rd_at(self, quality: float) -> float:
+        """The residual's per-cell threshold at ``quality`` (knots: geometric between them, as the skip's)."""
+        rd = self.residual_rd
+        return float(rd) if isinstance(rd, int | float) else scheduled_skip_below(quality, rd)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,7 +211,7 @@ class LearnedFeatureCodec(FeatureCodec):
         if residual is None:
             wanted = quality >= sc.residual_from or quality > self.top
             residual = "on" if wanted and self.net.has_residual else "off"
-        rd = sc.residual_rd if self.residual is None else 0.0  # explicit "on": every kept cell, unless set
+        rd = sc.residual_rd_at(min(quality, self.top)) if self.residual is None else 0.0  # explicit "on": all cells
         rd = (rd if self.residual_rd is None else self.residual_rd) if residual == "on" else 0.0
         if quality <= self.top:
             tau = scheduled_skip_below(quality, sc.skip) if self.skip_below is None else self.skip_below

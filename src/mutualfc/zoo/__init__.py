@@ -76,7 +76,7 @@ ZOO: dict[tuple[str, str], ZooEntry] = {
             "mutual",
             "yolox-nano-coco",
             "mutual_yolox-nano-coco.pt",
-            "4435a043e96b3ee4cd271cd3de2ff5ba1cb8fa426db3d1103a1ba164fc42624e",
+            "e703bf65f1be20f4d288096856045913c14d404b5286d1ff2357861cb4eee0f9",
             "BFCNet {P4,P5} + MFCNet P3 (+ 512-component P3 residual); task metric from YOLOX-Nano's decoupled head "
             "(autograd probes); 1,200 + 3,000 steps on 1,755 coco-train images; skip thresholds tuned on coco-train "
             "fold 0/8 (the checkpoint's schedule)",
