@@ -116,6 +116,13 @@ class TaskMetric(Protocol):
         ...
 
 
+def strided_shapes(net, geometry: LetterboxGeometry) -> dict[str, tuple[int, int, int]]:
+    """Each level's (channels, height, width) for a network whose levels are its input divided by their strides."""
+    h, w = geometry.input_hw
+    return {n: (c, h // s, w // s) for n, c, s in zip(net.level_names, net.level_channels, net.level_strides,
+                                                       strict=True)}  # fmt: skip
+
+
 def split_front(net, image: np.ndarray) -> FeatureSet:
     """The front half of a network with named parts (``transform``, ``body``, ``level_names``, ``device``): the
     split features on the CPU (where codecs code), whatever device the network runs on."""

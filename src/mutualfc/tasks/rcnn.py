@@ -23,7 +23,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import misc
 
-from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry
+from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, strided_shapes
 from mutualfc.tasks.metric import probed_sensitivity
 
 
@@ -92,9 +92,7 @@ class FasterRCNNDetector(nn.Module):
         return self.transform.geometry(orig_hw)
 
     def level_shapes(self, geometry: LetterboxGeometry) -> dict[str, tuple[int, int, int]]:
-        h, w = geometry.input_hw
-        return {n: (c, h // s, w // s) for n, c, s in zip(self.level_names, self.level_channels, self.level_strides,
-                                                           strict=True)}  # fmt: skip
+        return strided_shapes(self, geometry)
 
     @torch.inference_mode()
     def front(self, image: np.ndarray) -> FeatureSet:

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, split_front
+from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, split_front, strided_shapes
 from mutualfc.tasks.layers import C3, SPPF, Concat, ConvBnAct, Upsample2x
 
 # COCO category ids of the 80 training classes, in class-index order.
@@ -223,11 +223,7 @@ class YOLOv5Detector(nn.Module):
         return self.transform.geometry(orig_hw)
 
     def level_shapes(self, geometry: LetterboxGeometry) -> dict[str, tuple[int, int, int]]:
-        ih, iw = geometry.input_hw
-        return {
-            n: (c, ih // s, iw // s)
-            for n, c, s in zip(self.level_names, self.level_channels, self.level_strides, strict=True)
-        }
+        return strided_shapes(self, geometry)
 
     @property
     def device(self) -> torch.device:

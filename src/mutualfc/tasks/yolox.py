@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from mutualfc.errors import WeightsError
-from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, split_front
+from mutualfc.tasks.base import Detections, FeatureSet, LetterboxGeometry, split_front, strided_shapes
 from mutualfc.tasks.metric import probed_sensitivity
 from mutualfc.tasks.yolov5 import COCO80_CATEGORY_IDS, COCO80_NAMES
 
@@ -270,9 +270,7 @@ class YOLOXDetector(nn.Module):
         return self.transform.geometry(orig_hw)
 
     def level_shapes(self, geometry: LetterboxGeometry) -> dict[str, tuple[int, int, int]]:
-        h, w = geometry.input_hw
-        return {n: (c, h // s, w // s) for n, c, s in zip(self.level_names, self.level_channels, self.level_strides,
-                                                           strict=True)}  # fmt: skip
+        return strided_shapes(self, geometry)
 
     @torch.inference_mode()
     def front(self, image: np.ndarray) -> FeatureSet:
