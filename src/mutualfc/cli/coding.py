@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mutualfc.cli.inputs import BITSTREAM_SUFFIXES, IMAGE_SUFFIXES, Batch, expand, image_ids, outputs
 from mutualfc.cli.options import (
+    add_batch,
     add_codec_options,
     add_decoder_options,
     add_device,
@@ -36,12 +37,16 @@ def cmd_detect(args) -> int:
     good = batch.readable(paths)  # every unreadable file named now, before the detector is loaded
     from mutualfc.images import load_image
     from mutualfc.io import atomic_write_text, report_stream
+    from mutualfc.tasks.batching import detect_many, in_chunks
 
     task, results = load_task(args), []
-    for path, image_id in tqdm([(p, ids[p]) for p in good], desc="detect", unit="img", disable=not progress(args)):
-        image = batch.run(path, lambda p=path: load_image(p, args.exif_transpose == "on"))
-        if image is not None:
-            results += task.detect(image).to_coco(image_id, args.min_score, task.category_names, path.name)
+    with tqdm(total=len(good), desc="detect", unit="img", disable=not progress(args)) as bar:
+        for chunk in in_chunks(good, args.batch):
+            loaded = [(p, batch.run(p, lambda p=p: load_image(p, args.exif_transpose == "on"))) for p in chunk]
+            loaded = [(p, im) for p, im in loaded if im is not None]
+            for (path, _), det in zip(loaded, detect_many(task, [im for _, im in loaded], args.batch), strict=True):
+                results += det.to_coco(ids[path], args.min_score, task.category_names, path.name)
+            bar.update(len(chunk))
     atomic_write_text(args.out, json.dumps(results))
     print(
         f"{len(results)} detections (score >= {args.min_score:g}) on {len(paths) - batch.skipped} images -> {args.out}",
@@ -90,13 +95,17 @@ def load_encoder(args):
 
 
 def encode_file(args, codec, param: float, path: Path) -> tuple[bytes, float, int]:
-    """One image file -> (container, the parameter used, original pixels); with --target-bpp, the highest quality
-    within budget, and a warning (or with --strict-budget an error) when even quality 0 is over it."""
+    """One image file -> ``encode_prepared``'s (container, parameter used, original pixels)."""
     from mutualfc.images import load_image
 
     image = load_image(path, args.exif_transpose == "on")
-    pixels = image.shape[0] * image.shape[1]
-    x = codec.prepare(image)
+    return encode_prepared(args, codec, param, path, codec.prepare(image), image.shape[0] * image.shape[1])
+
+
+def encode_prepared(args, codec, param: float, path: Path, x, pixels: int) -> tuple[bytes, float, int]:
+    """One prepared image (``codec.prepare_many``) -> (container, the parameter used, original pixels); with
+    --target-bpp, the highest quality within budget, and a warning (or with --strict-budget an error) when even
+    quality 0 is over it."""
     if args.target_bpp is None:
         return codec.encode(x, param), param, pixels
     q, data = codec.quality_for_bpp(x, args.target_bpp, pixels)
@@ -116,13 +125,20 @@ def cmd_encode(args) -> int:
     targets = dict(zip(paths, outputs(paths, args.out_dir, ".mfc"), strict=True))
     batch, coded = Batch(args.skip_errors), []
     good = batch.readable(paths)  # every unreadable file named now, before the codec is loaded
+    from mutualfc.images import load_image
     from mutualfc.io import atomic_write_bytes
+    from mutualfc.tasks.batching import in_chunks
 
     _, codec, param = load_encoder(args)
-    for path, out in ((p, targets[p]) for p in good):  # everything is coded before anything is written
-        result = batch.run(path, lambda p=path: encode_file(args, codec, param, p))
-        if result is not None:
-            coded.append((path, out, *result))
+    for chunk in in_chunks(good, args.batch):  # everything is coded before anything is written
+        loaded = [(p, batch.run(p, lambda p=p: load_image(p, args.exif_transpose == "on"))) for p in chunk]
+        loaded = [(p, im) for p, im in loaded if im is not None]
+        prepared = codec.prepare_many([im for _, im in loaded], args.batch)
+        for (path, image), x in zip(loaded, prepared, strict=True):
+            pixels = image.shape[0] * image.shape[1]
+            result = batch.run(path, lambda p=path, x=x, n=pixels: encode_prepared(args, codec, param, p, x, n))
+            if result is not None:
+                coded.append((path, targets[path], *result))
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     total_bits = total_px = 0
     for path, out, data, q, pixels in coded:
@@ -176,36 +192,45 @@ def cmd_decode(args) -> int:
     for flag, folder in (("--features", args.features), ("--draw", args.draw)):
         if folder and Path(folder).is_file():
             raise MutualFCError(f"{flag} {folder}: is a file, not a folder")
-    import numpy as np
-
-    from mutualfc.io import atomic_write_bytes, atomic_write_text, report_stream
+    from mutualfc.io import atomic_write_text
     from mutualfc.pipeline import Decoder
+    from mutualfc.tasks.batching import in_chunks
 
     task = load_task(args)
     others = {n: load_task(args, n) for n in tasks_named_by(paths) if n != task.name}  # containers name their task
     decoder, batch, results = Decoder(task, tasks=others, **codec_options(args)), Batch(args.skip_errors), []
-    for path, image_id in zip(paths, image_ids(paths), strict=True):
-        out = batch.run(path, lambda p=path: decoder.decode(p.read_bytes()))
-        if out is None:
-            continue
-        names = out.codec.task.category_names
-        results += out.detections.to_coco(image_id, args.min_score, names, path.name)
-        if args.draw:
-            _draw(args, path, out, names)
-        if args.features and out.features is not None:
-            buf = io.BytesIO()
-            np.savez(buf, **{k: v.numpy() for k, v in out.features.levels.items()})
-            atomic_write_bytes(Path(args.features) / f"{path.stem}.npz", buf.getvalue())
-        h = out.header
-        kept = int((out.detections.scores >= args.min_score).sum())
-        print(
-            f"{path}: {out.codec.name} {out.codec.param_name}={h.param:g} {h.width}x{h.height} -> {kept} "
-            f"detections (score >= {args.min_score:g})",
-            file=report_stream(args.detections),
-        )
+    ids = dict(zip(paths, image_ids(paths), strict=True))
+    for chunk in in_chunks(paths, args.batch):
+        payloads = [(p, batch.run(p, lambda p=p: decoder.decode_payload(p.read_bytes()))) for p in chunk]
+        payloads = [(p, d) for p, d in payloads if d is not None]
+        for (path, _), out in zip(payloads, decoder.finish([d for _, d in payloads], args.batch), strict=True):
+            results += _report_decoded(args, path, ids[path], out)
     if args.detections:
         atomic_write_text(args.detections, json.dumps(results))
     return batch.exit_code
+
+
+def _report_decoded(args, path: Path, image_id: int, out) -> list[dict]:
+    """One decoded file's outputs (drawing, features, a line) -> its COCO results."""
+    import numpy as np
+
+    from mutualfc.io import atomic_write_bytes, report_stream
+
+    names = out.codec.task.category_names
+    if args.draw:
+        _draw(args, path, out, names)
+    if args.features and out.features is not None:
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v.numpy() for k, v in out.features.levels.items()})
+        atomic_write_bytes(Path(args.features) / f"{path.stem}.npz", buf.getvalue())
+    h = out.header
+    kept = int((out.detections.scores >= args.min_score).sum())
+    print(
+        f"{path}: {out.codec.name} {out.codec.param_name}={h.param:g} {h.width}x{h.height} -> {kept} "
+        f"detections (score >= {args.min_score:g})",
+        file=report_stream(args.detections),
+    )
+    return out.detections.to_coco(image_id, args.min_score, names, path.name)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -230,6 +255,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_exif(p)
     add_skip_errors(p)
+    add_batch(p)
     add_device(p)
     p.set_defaults(func=cmd_detect)
 
@@ -260,6 +286,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_codec_options(p)
     add_exif(p)
     add_skip_errors(p)
+    add_batch(p)
     add_device(p)
     p.set_defaults(func=cmd_encode)
 
@@ -284,5 +311,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_decoder_options(p)
     add_exif(p)
     add_skip_errors(p)
+    add_batch(p)
     add_device(p)
     p.set_defaults(func=cmd_decode)

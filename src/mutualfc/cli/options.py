@@ -84,6 +84,24 @@ def add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def add_batch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="run the task network on up to N images at once, grouped by input shape (default: %(default)s); "
+        "the results are identical to --batch 1, which is slower per image but holds one image in memory",
+    )
+
+
 def add_exif(p: argparse.ArgumentParser, default: str = "on") -> None:
     p.add_argument(
         "--exif-transpose",

@@ -18,6 +18,7 @@ from mutualfc import bitstream
 from mutualfc.errors import BitstreamError, DatasetError, MutualFCError
 from mutualfc.registry import task_id
 from mutualfc.tasks.base import Detections, FeatureSet, SplitNetwork
+from mutualfc.tasks.batching import back_many, detect_many, front_many
 
 
 class Codec(ABC):
@@ -112,6 +113,14 @@ class Codec(ABC):
     def detections(self, decoded) -> Detections:
         """The task's result on what ``decode`` returned."""
 
+    @abstractmethod
+    def prepare_many(self, images: list[np.ndarray], batch_size: int = 8) -> list:
+        """``prepare`` of every image, the task network run on batches (identical results: ``tasks.batching``)."""
+
+    @abstractmethod
+    def detections_many(self, decoded: list, batch_size: int = 8) -> list[Detections]:
+        """``detections`` of every decoded item (identical results; where batches are used: ``tasks.batching``)."""
+
     # -- what subclasses implement --------------------------------------------------------------------
     @abstractmethod
     def encode_streams(self, x, param: float) -> list[bytes]: ...
@@ -134,6 +143,12 @@ class ImageCodec(Codec):
     def detections(self, decoded: np.ndarray) -> Detections:
         return self.task.detect(decoded)
 
+    def prepare_many(self, images: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+        return list(images)
+
+    def detections_many(self, decoded: list[np.ndarray], batch_size: int = 8) -> list[Detections]:
+        return detect_many(self.task, decoded, batch_size)
+
 
 class FeatureCodec(Codec):
     """Codes the task network's split features; the server runs only the back half."""
@@ -148,3 +163,9 @@ class FeatureCodec(Codec):
 
     def detections(self, decoded: FeatureSet) -> Detections:
         return self.task.back(decoded)
+
+    def prepare_many(self, images: list[np.ndarray], batch_size: int = 8) -> list[FeatureSet]:
+        return front_many(self.task, images, batch_size)
+
+    def detections_many(self, decoded: list[FeatureSet], batch_size: int = 8) -> list[Detections]:
+        return back_many(self.task, decoded, batch_size)
