@@ -48,9 +48,9 @@ def front_many(net: SplitNetwork, images: Sequence[np.ndarray], batch_size: int 
     with torch.inference_mode():
         for chunk in grouped_chunks([tuple(x.shape) for x, _ in inputs], batch_size):
             levels = net.body(torch.cat([inputs[i][0] for i in chunk]).to(net.device))
-            for j, i in enumerate(chunk):
-                out[i] = FeatureSet({n: t[j : j + 1].cpu() for n, t in zip(net.level_names, levels, strict=True)},
-                                    inputs[i][1])  # fmt: skip
+            for j, i in enumerate(chunk):  # each image's own copy (a view would keep the whole batch alive)
+                own = {n: t[j : j + 1].to("cpu", copy=True) for n, t in zip(net.level_names, levels, strict=True)}
+                out[i] = FeatureSet(own, inputs[i][1])
     return out
 
 
