@@ -25,6 +25,14 @@ from mutualfc.cli.options import (
 from mutualfc.errors import MutualFCError
 
 
+def load_chunk(args, batch: Batch, paths: list[Path]) -> list:
+    """(path, image) for each of ``paths`` that loads (``batch`` reports or raises for the others)."""
+    from mutualfc.images import load_image
+
+    loaded = [(p, batch.run(p, lambda p=p: load_image(p, args.exif_transpose == "on"))) for p in paths]
+    return [(p, im) for p, im in loaded if im is not None]
+
+
 def cmd_detect(args) -> int:
     from tqdm import tqdm
 
@@ -35,15 +43,13 @@ def cmd_detect(args) -> int:
     paths = expand(args.inputs + ([args.images] if args.images else []), IMAGE_SUFFIXES, "images")[: args.limit]
     batch, ids = Batch(args.skip_errors), dict(zip(paths, image_ids(paths), strict=True))
     good = batch.readable(paths)  # every unreadable file named now, before the detector is loaded
-    from mutualfc.images import load_image
     from mutualfc.io import atomic_write_text, report_stream
     from mutualfc.tasks.batching import detect_many, in_chunks
 
     task, results = load_task(args), []
     with tqdm(total=len(good), desc="detect", unit="img", disable=not progress(args)) as bar:
         for chunk in in_chunks(good, args.batch):
-            loaded = [(p, batch.run(p, lambda p=p: load_image(p, args.exif_transpose == "on"))) for p in chunk]
-            loaded = [(p, im) for p, im in loaded if im is not None]
+            loaded = load_chunk(args, batch, chunk)
             for (path, _), det in zip(loaded, detect_many(task, [im for _, im in loaded], args.batch), strict=True):
                 results += det.to_coco(ids[path], args.min_score, task.category_names, path.name)
             bar.update(len(chunk))
@@ -125,14 +131,12 @@ def cmd_encode(args) -> int:
     targets = dict(zip(paths, outputs(paths, args.out_dir, ".mfc"), strict=True))
     batch, coded = Batch(args.skip_errors), []
     good = batch.readable(paths)  # every unreadable file named now, before the codec is loaded
-    from mutualfc.images import load_image
     from mutualfc.io import atomic_write_bytes
     from mutualfc.tasks.batching import in_chunks
 
     _, codec, param = load_encoder(args)
     for chunk in in_chunks(good, args.batch):  # everything is coded before anything is written
-        loaded = [(p, batch.run(p, lambda p=p: load_image(p, args.exif_transpose == "on"))) for p in chunk]
-        loaded = [(p, im) for p, im in loaded if im is not None]
+        loaded = load_chunk(args, batch, chunk)
         prepared = codec.prepare_many([im for _, im in loaded], args.batch)
         for (path, image), x in zip(loaded, prepared, strict=True):
             pixels = image.shape[0] * image.shape[1]

@@ -2,11 +2,11 @@
 
 Images are grouped by network input shape (so nothing is padded to a common size) and each group runs in chunks.
 The shipped networks' front halves compute each sample of a CPU batch with the kernels one image gets (checked by
-tests/test_batching.py, also with oneDNN held to AVX2 and SSE4.1), with one exception that ``chunk_limit`` steps
-around: with a single thread, ATen runs 1x1 convolutions of fewer than 16 samples on its own kernels and larger
-batches on oneDNN, whose sums are ordered differently. On CUDA, cuDNN may pick another algorithm per batch size;
-there the equality is not promised. Networks without named parts (``transform`` + ``body``) run one image at a time,
-and so does every back half (``back_many``).
+tests/test_batching.py; by hand also with ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``SSE41``), with one exception that
+``chunk_limit`` steps around: with a single thread, ATen runs 1x1 convolutions of fewer than 16 samples on its own
+kernels and larger batches on oneDNN, whose sums are ordered differently. On CUDA, cuDNN may pick another algorithm
+per batch size; there the equality is not promised. Networks without named parts (``transform`` + ``body``) run one
+image at a time, and so does every back half (``back_many``).
 """
 
 from __future__ import annotations
