@@ -255,6 +255,29 @@ def test_checkpoints_store_a_pca_analysis_as_the_transpose_of_its_synthesis():
     assert "bfc.lin_a.weight" in pack_state(state)
 
 
+def test_seeded_tensors_travel_as_their_seed_and_draw_the_same_values_everywhere():
+    """A seeded tensor is stored as (seed, exponent, shape) and unpacked to the very values ``seeded_tensor`` drew
+    (numpy's frozen legacy stream: the first values are fixed forever); a tensor the seed does not draw is refused;
+    a PCA analysis derived from a seeded synthesis still unpacks."""
+    from mutualfc.zoo.packing import seeded_tensor
+
+    assert seeded_tensor((5,), 0, 0).tolist() == [684.0, 559.0, -395.0, 1216.0, -1213.0]
+    state = _net().state_dict()
+    shape = tuple(state["bfc.lin_s.weight"].shape)
+    state["bfc.lin_s.weight"] = seeded_tensor(shape, 7, -14)
+    state["bfc.lin_a.weight"] = state["bfc.lin_s.weight"].flatten(1).T.reshape(state["bfc.lin_a.weight"].shape)
+    state["bfc.lin_a.bias"], state["bfc.lin_s.bias"] = (
+        torch.zeros_like(state[f"bfc.{k}.bias"]) for k in ("lin_a", "lin_s")
+    )
+    packed = pack_state(state, {"bfc.lin_s.weight": (7, -14)})
+    assert packed["bfc.lin_s.weight::seeded"].tolist() == [7, -14, *shape] and "bfc.lin_s.weight" not in packed
+    back = unpack_state(packed)
+    assert torch.equal(back["bfc.lin_s.weight"], state["bfc.lin_s.weight"])
+    assert torch.equal(back["bfc.lin_a.weight"], state["bfc.lin_a.weight"])
+    with pytest.raises(ValueError, match="not the tensor seed 8 draws"):
+        pack_state(state, {"bfc.lin_s.weight": (8, -14)})
+
+
 @pytest.mark.parametrize("arch", ["mutual", "separate"])
 def test_skipped_cells_cost_almost_nothing_and_decode_to_the_mean(arch):
     net, lv = _net(arch), random_levels(7, h=8, w=10)
@@ -346,10 +369,10 @@ def test_wide_linear_is_exact_on_both_of_its_paths():
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(48, 300, generator=g), torch.randn(48, generator=g)
     weights = wide_weights(w, b, 14)
-    hi, lo, b_int, e, full, row_bound = weights
+    b_int, e, full = weights.bias, weights.shift, weights.whole
     for peak in (2.0**10, ACT_LIMIT):  # the first takes one product, the second must split
         x = torch.round((torch.rand(300, 7, generator=g, dtype=torch.float64) * 2 - 1) * peak)
-        assert (float(x.abs().amax()) * row_bound < 2.0**53) == (peak < 2**20)
+        assert (int(x.abs().amax()) * weights.row_bound < weights.fast_bound) == (peak < 2**20)
         acc = [sum(int(full[o, i]) * int(x[i, n]) for i in range(300)) + int(b_int[o]) for o in range(48) for n in
                range(7)]  # fmt: skip
         ref = [(a + ((1 << (int(e[o]) - 1)) if e[o] > 0 else 0)) >> int(e[o]) for o, a in

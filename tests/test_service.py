@@ -4,9 +4,11 @@
 import http.client
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -183,16 +185,22 @@ def test_metrics_of_several_workers_are_summed_and_each_worker_says_it_is_ready(
     cmd = [sys.executable, "-m", "mutualfc.cli.main", "serve", "--port", str(port), "--workers", "2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    lines: queue.Queue[str] = queue.Queue()  # read by a thread: a blocking readline cannot hang the test
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
     try:
-        ready = []
+        ready, seen = [], []
         deadline = time.time() + 180
         while len(ready) < 2 and time.time() < deadline:
-            line = proc.stderr.readline()
-            if not line and proc.poll() is not None:
-                pytest.fail("server exited")
-            if "ready" in line:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited: {''.join(seen)[-2000:]}")
+                continue
+            seen.append(line)
+            if " ready (" in line:
                 ready.append(line)
-        assert len(ready) == 2 and all(f"yolov5n-coco, {url})" in x for x in ready), ready
+        assert len(ready) == 2 and all(f"yolov5n-coco, {url})" in x for x in ready), "".join(seen)[-2000:]
         client = Client(url, timeout=30)
         for _ in range(12):
             client.health()

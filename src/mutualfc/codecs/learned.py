@@ -260,7 +260,8 @@ class LearnedFeatureCodec(FeatureCodec):
         return strings, meta | {"residual": use, "plan": plan}
 
     def encode_streams(self, x: FeatureSet, param: float) -> list[bytes]:
-        return self._compress(x, param, reconstruct=False)[0]
+        # only an explicit "auto" residual weighs the encoder's two reconstructions (``residual_pays``)
+        return self._compress(x, param, reconstruct=self.residual == "auto")[0]
 
     def reconstruct(self, x: FeatureSet, param: float) -> tuple[list[bytes], FeatureSet]:
         """Encode and return the encoder's own reconstruction (identical to what ``decode`` yields)."""

@@ -84,6 +84,49 @@ def cdf_tables(model: EntropyModel) -> Tables:
 FLAG_TABLES: Tables = ([[0, 65000, 65534, 65536]], [4], [0])
 
 
+# CompressAI's ``BufferedRansEncoder.flush`` gives its output one 32-bit word per coded symbol and writes two for the
+# final state: a stream of one symbol (a residual stream whose only symbol is its floor-scale flag) writes past the
+# buffer and corrupts the heap. Streams this short are encoded by ``encode_short``: the same bytes, no overflow.
+SHORT_STREAM = 8
+_PRECISION, _BYPASS_BITS, _RANS_L = 16, 4, 1 << 31
+_BYPASS_MAX = (1 << _BYPASS_BITS) - 1
+
+
+def encode_short(symbols: list[int], indexes: list[int], cdfs: list[list[int]], lengths: list[int],
+                 offsets: list[int]) -> bytes:  # fmt: skip
+    """CompressAI's ``BufferedRansEncoder`` (``encode_with_indexes`` then ``flush``: 64-bit rANS, 16-bit
+    probabilities, 4-bit bypass coding of values outside a table) in Python integers, with an output of any length.
+    ``tests/test_bitstream.py`` checks that it gives CompressAI's bytes."""
+    syms: list[tuple[int, int, bool]] = []  # (start, range, bypass), in coding order
+    for symbol, i in zip(symbols, indexes, strict=True):
+        cdf, top = cdfs[i], lengths[i] - 2
+        value, raw = symbol - offsets[i], 0
+        if value < 0:
+            raw, value = (-2 * value - 1) & 0xFFFFFFFF, top
+        elif value >= top:
+            raw, value = (2 * (value - top)) & 0xFFFFFFFF, top
+        syms.append((cdf[value] & 0xFFFF, (cdf[value + 1] - cdf[value]) & 0xFFFF, False))
+        if value == top:
+            n = 0
+            while raw >> (n * _BYPASS_BITS):
+                n += 1
+            count = n
+            while count >= _BYPASS_MAX:
+                syms.append((_BYPASS_MAX, 0, True))
+                count -= _BYPASS_MAX
+            syms.append((count, 0, True))
+            syms += [((raw >> (j * _BYPASS_BITS)) & _BYPASS_MAX, 0, True) for j in range(n)]
+    x, emitted = _RANS_L, []
+    for start, freq, bypass in reversed(syms):  # rANS codes last-in first-out
+        limit = ((_RANS_L >> _PRECISION) << 32) * (1 << (_PRECISION - _BYPASS_BITS) if bypass else freq)
+        if x >= limit:
+            emitted.append(x & 0xFFFFFFFF)
+            x >>= 32
+        x = (x << _BYPASS_BITS) | start if bypass else ((x // freq) << _PRECISION) + x % freq + start
+    words = [x & 0xFFFFFFFF, x >> 32, *reversed(emitted)]  # the buffer from the final state to its end
+    return np.asarray(words, dtype="<u4").tobytes()
+
+
 class SymbolWriter:
     """Encoder side of one rANS stream (CompressAI's ``BufferedRansEncoder``): the symbols of every coding step are
     collected in decoding order and handed to the coder in one call at ``finish`` (each call converts the CDF tables
@@ -120,6 +163,8 @@ class SymbolWriter:
                 cdfs, lengths, offsets = cdfs + tables[0], lengths + tables[1], offsets + tables[2]
         symbols = torch.cat([s for _, s, _ in self._parts]).tolist()
         indexes = torch.cat([i + start[id(t)] for t, _, i in self._parts]).tolist()
+        if len(symbols) < SHORT_STREAM:
+            return encode_short(symbols, indexes, cdfs, lengths, offsets)
         enc = BufferedRansEncoder()
         enc.encode_with_indexes(symbols, indexes, cdfs, lengths, offsets)
         return enc.flush()

@@ -4,6 +4,7 @@ aware of the skip mask, with real coding that evaluates every network at the cod
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import (
     ChannelGroupsLatentCodec,
@@ -16,8 +17,19 @@ from torch import nn
 
 from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian
 from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
+from mutualfc.nn import exact
 from mutualfc.nn.layers import conv, upconv
-from mutualfc.nn.sparse import apply_columns, columns, context_at, positions, put_columns, stack_at, take_columns
+from mutualfc.nn.sparse import (
+    activate,
+    affine,
+    affine_parts,
+    columns,
+    context_at,
+    positions,
+    put_columns,
+    stack_at,
+    take_columns,
+)
 
 
 class MaskedParams(nn.Sequential):
@@ -80,15 +92,19 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 side = torch.cat([channel_ctx, side])
             cb = cg.latent_codec[f"y{k}"]
             gcl = cb.latent_codec["y"]
+            # the entropy parameters' first layer on [spatial context; side]: the side's part once for every cell
+            first, act, last = cb.entropy_parameters
+            w_ctx, w_side, b, inv = affine_parts(first, cb.context_prediction.out_channels)
+            side_acc = F.linear(side.T, w_side, b)  # (K, C): exact integers, bias included
             for step, sel in enumerate(steps):
                 if not sel.numel():
                     continue
                 idx = idxs[step]
-                if step == 0:  # anchors: no spatial context
-                    ctx = side.new_zeros(cb.context_prediction.out_channels, sel.numel())
-                else:  # non-anchors: this group's map holds its decoded anchors only
+                acc = side_acc.index_select(0, sel)
+                if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
-                p = apply_columns(cb.entropy_parameters, torch.cat([ctx, take_columns(side, sel)]))
+                    acc += F.linear(ctx.T, w_ctx)
+                p = affine(last, activate(act, exact.requantize(acc.T, inv)))
                 values = None if y is None else take_columns(y_[k], sel)
                 put_columns(y_hat_[k], idx, code_gaussian(coder, gcl, values, p))
         return y_hat

@@ -140,7 +140,7 @@ class MutualFeatureNet(FeatureCompressionModel):
         -> byte strings (skip mask, the latent's stream, then the residual stream if the plan sends it, then its
         settings if they are not the defaults) and what decoding needs besides them: the coarsest level's ``size``;
         also the encoder's own reconstruction under ``"levels"`` and the prediction-only one under ``"prediction"``
-        (None if not ``reconstruct`` and the residual did not need them). Skipped cells' latents (base and residual)
+        (None if not ``reconstruct``). Skipped cells' latents (base and residual)
         are not coded, so they decode to the mean features; the mask is the first stream (``encode_mask``); the
         residual's cell map and boost go into a fourth stream (``encode_residual_info``); the second tier is
         signalled in the mask stream (``encode_tiers``). With ``residual_rd`` the residual's cells are the encoder's
@@ -171,7 +171,9 @@ class MutualFeatureNet(FeatureCompressionModel):
             return strings, {"size": size, "levels": None, "prediction": None}
         y_hat = lc["y_hat"]
         base, target = self._packed_cells(y_hat, kept, quality, low)
-        pred = rec = LevelPacker.paint(self._blocks(base, self._uncorrected(target)), kept, padded)
+        pred = rec = None  # the encoder paints levels only when asked to (the streams do not need them)
+        if reconstruct:
+            pred = rec = LevelPacker.paint(self._blocks(base, self._uncorrected(target)), kept, padded)
         if use:
             p, k = self.res.pack, self.finest
             pred_r = (target[: p.channels] * 2.0**-SYNTHESIS_BITS).float()  # the finest level, packed codec space
@@ -196,6 +198,8 @@ class MutualFeatureNet(FeatureCompressionModel):
             string, r_hat = self.res.compress(r, params)
             info = encode_residual_info(boost, coded)
             strings += [string, info] if info else [string]
+            if not reconstruct:
+                return strings, {"size": size, "levels": None, "prediction": None}
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
             corrected = self._with_residual(target, correction, cells)
             rec = LevelPacker.paint(self._blocks(base, corrected), kept, padded)

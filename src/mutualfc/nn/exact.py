@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -129,42 +130,70 @@ def to_fixed(x: torch.Tensor, bits: int = ACT_BITS) -> torch.Tensor:
 
 
 WIDE_SPLIT = 12  # wide weights: two float64 products of 12-bit halves, combined in int64
+_FLOAT_EXACT = 2**52  # integers whose every partial sum stays within this are exact in float64 (with a margin of 2)
 
 
-def wide_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, ...]:
+class WideWeights(NamedTuple):
+    """``wide_weights``: a layer's 23-bit integer weights and what each path of ``wide_linear`` needs of them."""
+
+    hi: torch.Tensor  # high 12-bit halves (split path)
+    lo: torch.Tensor  # low halves
+    bias: torch.Tensor  # int64 bias at the accumulator's scale
+    shift: torch.Tensor  # int64 per-output shifts e
+    whole: torch.Tensor  # the whole integer weights (one-product path)
+    row_bound: int  # largest row sum of |weights|
+    bias_low: torch.Tensor  # (out, 1) float64: (bias mod 2**e) + the rounding offset 2**(e - 1), below 2**(e + 1)
+    bias_high: torch.Tensor  # (out, 1) float64: bias >> e (floor), added after the shift
+    inv_scale: torch.Tensor  # (out, 1) float64: 2**-e
+    fast_bound: int  # the float64 path is exact while max|x| * row_bound < fast_bound (0: never)
+
+
+def wide_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> WideWeights:
     """Like ``int_weights`` with 23-bit weights, for the linear synthesis and prediction, whose least-squares and
-    whitening matrices need more precision than an entropy model: -> (high half, low half, bias as int64, shifts,
-    whole weights, largest row sum of |weights|)."""
+    whitening matrices need more precision than an entropy model."""
     w = weight.detach().double().reshape(weight.shape[0], -1)
     if w.shape[1] > 2**FAN_IN_BITS:
         raise ValueError(f"fan-in {w.shape[1]} over the exact limit of {2**FAN_IN_BITS}")
     bias = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
     _, w_exp = torch.frexp(w.abs().amax(1).clamp_min(2.0**-60))
     _, b_exp = torch.frexp(bias.abs().clamp_min(1.0))
-    e = torch.minimum(2 * WIDE_SPLIT - 1 - w_exp, 60 - bits - b_exp).clamp(min=0)  # |w int| < 2**23
+    e = torch.minimum(2 * WIDE_SPLIT - 1 - w_exp, 60 - bits - b_exp).clamp(min=0).long()  # |w int| < 2**23
     w_int = torch.round(w * torch.pow(2.0, e.double()).view(-1, 1))
     hi = torch.floor(w_int * 2.0**-WIDE_SPLIT)
     b_int = torch.round(bias * torch.pow(2.0, (e + bits).double())).long()
-    # the whole weights and their largest row sum of magnitudes (exact: < 2**35) serve the one-product path
-    row_bound = float(w_int.abs().sum(1).amax()) if w_int.numel() else 0.0
-    return hi, w_int - hi * 2**WIDE_SPLIT, b_int, e.long(), w_int, row_bound
+    row_bound = int(w_int.abs().sum(1).amax()) if w_int.numel() else 0  # exact: < 2**35
+    # the one-product path: floor((acc + b + half) / 2**e) = (b >> e) + floor((acc + (b mod 2**e) + half) / 2**e),
+    # every term an integer float64 holds exactly while |acc| + 2**(e + 1) <= 2**52 and |b >> e| <= 2**52
+    high = torch.bitwise_right_shift(b_int, e)
+    half = torch.where(e > 0, torch.pow(2.0, (e - 1).double()), 0.0)
+    low = (b_int - torch.bitwise_left_shift(high, e)).double() + half
+    top_e = int(e.max()) if e.numel() else 0
+    fits = top_e <= 50 and (not high.numel() or int(high.abs().max()) <= _FLOAT_EXACT)
+    return WideWeights(
+        hi, w_int - hi * 2**WIDE_SPLIT, b_int, e, w_int, row_bound, low.view(-1, 1), high.double().view(-1, 1),
+        torch.pow(2.0, -e.double()).view(-1, 1), _FLOAT_EXACT - 2 ** (top_e + 1) if fits else 0,
+    )  # fmt: skip
 
 
-def wide_params(conv: nn.Conv2d, bits: int) -> tuple[torch.Tensor, ...]:
+def wide_params(conv: nn.Conv2d, bits: int) -> WideWeights:
     """``wide_weights`` of a 1x1 convolution, cached until its weights change."""
     return cached(conv, f"wide{bits}", (conv.weight, conv.bias), lambda: wide_weights(conv.weight, conv.bias, bits))
 
 
-def wide_linear(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
-    """``wide_weights`` applied to fixed-point columns (in, N) -> (out, N), exactly. When ``max|x|`` times the
-    largest row sum of ``|w|`` is below 2**53, no partial sum of one float64 product can leave the exact range and one
-    product suffices; otherwise each 12-bit half's product is exact and they are combined in int64. Both give the same
-    integers, so the choice cannot make two machines disagree."""
-    hi, lo, b, e, full, row_bound = weights
-    if x.numel() and float(x.abs().amax()) * row_bound < 2.0**53:
-        acc = F.linear(x.T, full).T.long() + b.view(-1, 1)
-    else:
-        acc = F.linear(x.T, hi).T.long() * 2**WIDE_SPLIT + F.linear(x.T, lo).T.long() + b.view(-1, 1)
+def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
+    """``wide_weights`` applied to fixed-point columns (in, N) -> (out, N), exactly. While ``max|x|`` times the
+    largest row sum of ``|w|`` keeps every partial sum (and the low part of the bias) within 2**52, one float64
+    product with the shift in float64 suffices; otherwise each 12-bit half's product is exact and they are combined
+    in int64. Both give the same integers, so the choice cannot make two machines disagree."""
+    if not x.numel():
+        return x.new_zeros(weights.whole.shape[0], x.shape[1])
+    lo_x, hi_x = torch.aminmax(x)
+    peak = int(max(-float(lo_x), float(hi_x)))  # an integer: the product below is Python's, exact
+    if peak * weights.row_bound < weights.fast_bound:
+        acc = torch.addmm(weights.bias_low, weights.whole, x)
+        return acc.mul_(weights.inv_scale).floor_().add_(weights.bias_high).clamp_(-ACT_LIMIT, ACT_LIMIT)
+    hi, lo, b, e = weights.hi, weights.lo, weights.bias, weights.shift
+    acc = F.linear(x.T, hi).T.long() * 2**WIDE_SPLIT + F.linear(x.T, lo).T.long() + b.view(-1, 1)
     half = torch.where(e > 0, torch.ones_like(e) << (e - 1).clamp(min=0), torch.zeros_like(e)).view(-1, 1)
     return torch.bitwise_right_shift(acc + half, e.view(-1, 1)).double().clamp_(-ACT_LIMIT, ACT_LIMIT)
 

@@ -96,6 +96,23 @@ def affine(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return _linear(conv, x.T)  # F.linear is faster than addmm in this layout
 
 
+def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 1x1 convolution's exact integer weights (``exact.int_params``) split at input channel ``split`` -> (weights
+    of the first inputs (out, split), of the others, bias, inverse scale). Applied to the two input blocks apart and
+    summed before ``exact.requantize`` they give exactly what ``affine`` of the concatenation gives (every partial
+    sum is an integer below 2**53), so a block that is all zeros can be left out and one shared by several steps
+    computed once."""
+
+    def build():
+        w, b, inv = exact.int_params(conv)
+        w = w.reshape(w.shape[0], -1)
+        return w[:, :split].contiguous(), w[:, split:].contiguous(), b, inv
+
+    params, mask = conv._parameters, exact.conv_mask(conv)
+    key = tuple(t for t in (params["weight"], params.get("bias"), mask) if t is not None)
+    return cached(conv, f"parts{split}", key, build)
+
+
 def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
     """A (masked, grouped, one input channel per group) context convolution of ``x`` (1, C, H, W) evaluated at
     raster positions ``idx`` only -> (C_out, K): the taps the mask zeroes are not read at all."""

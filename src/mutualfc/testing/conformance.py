@@ -24,6 +24,7 @@ from mutualfc.io import atomic_write_bytes, atomic_write_text
 from mutualfc.pipeline import Decoder
 from mutualfc.tasks import create_task
 from mutualfc.tasks.base import FeatureSet
+from mutualfc.testing import four_level
 from mutualfc.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,7 +33,10 @@ EXAMPLES = ROOT / "examples" / "coco-mini" / "images"
 MANIFEST = "manifest.json"
 
 # name, codec, parameter, codec options, image index, crop (rows, cols) or None; the task network is yolov5n-coco
-# unless the options name one ("task")
+# unless the options name one ("task"); a "checkpoint" option names a codec file in the conformance folder (the
+# four-level test codec: random weights, ``testing.four_level``), whose streams record decoded features only
+_FOUR = {"task": four_level.TASK, "checkpoint": four_level.CHECKPOINT}
+_RESIDUAL_SKIP = {"residual": "on", "skip_below": 0.9}
 CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
     ("mutual-q0", "mutual", 0, {}, 0, (192, 256)),
     ("mutual-q1", "mutual", 1, {}, 1, (192, 256)),
@@ -62,6 +66,10 @@ CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
     ("hevc-image-qp37", "hevc-image", 37, {}, 4, (97, 131)),
     ("jpeg-q50", "jpeg", 50, {}, 0, (97, 131)),
     ("webp-q50", "webp", 50, {}, 1, (97, 131)),
+    # four levels (P2-P5): strips whose short side the R-CNN resize brings to 50 rows, so P5 is 2 x 42 cells
+    ("four-level-mutual-q2-residual-skipped-cells", "mutual", 2, _FOUR | _RESIDUAL_SKIP, 3, (24, 640)),
+    ("four-level-mutual-q1.5-fractional", "mutual", 1.5, _FOUR, 2, (24, 640)),
+    ("four-level-mutual-q3.5-fidelity", "mutual", 3.5, _FOUR | {"skip_below": 0.97}, 3, (24, 640)),
     ("yolox-hevc-feature-qp30", "hevc-feature", 30, {"task": "yolox-nano-coco"}, 2, (192, 256)),
     ("yolox-jpeg-q50", "jpeg", 50, {"task": "yolox-nano-coco"}, 3, (97, 131)),
     *(
@@ -99,8 +107,25 @@ def summary(detections) -> list[list]:
                                strict=True)]  # fmt: skip
 
 
-def _tasks(names) -> dict:
-    return {n: create_task(n) for n in sorted(set(names))}
+def _tasks(names, encoding: bool = False) -> dict:
+    """The task networks by name; the four-level one with its random weights to encode, without weights to decode
+    (decoding features needs only its levels)."""
+
+    def build(n):
+        if n != four_level.TASK:
+            return create_task(n)
+        return four_level.random_weight_task() if encoding else create_task(n, pretrained=False)
+
+    return {n: build(n) for n in sorted(set(names))}
+
+
+def _own_codec(folder: Path, codec_name: str, task, options: dict, encoding: bool = False):
+    """The codec of a case whose options name a checkpoint in ``folder`` (encoder options only when ``encoding``)."""
+    path = folder / options["checkpoint"]
+    if encoding and options["checkpoint"] == four_level.CHECKPOINT and not path.is_file():
+        four_level.build_checkpoint(path)
+    opts = {k: v for k, v in options.items() if encoding and k not in ("task", "checkpoint")}
+    return create_codec(codec_name, task, checkpoint=str(path), **opts)
 
 
 def write(folder: Path, only_new: bool = False) -> dict:
@@ -108,20 +133,30 @@ def write(folder: Path, only_new: bool = False) -> dict:
     the manifest as they are and add the others."""
     old = json.loads((folder / MANIFEST).read_text()) if only_new and (folder / MANIFEST).is_file() else {}
     todo = [c for c in CASES if c[0] not in old]
-    tasks = _tasks(["yolov5n-coco", *(c[3].get("task", "yolov5n-coco") for c in todo)])
+    names = ["yolov5n-coco", *(c[3].get("task", "yolov5n-coco") for c in todo)]
+    tasks, decoding = _tasks(names, encoding=True), _tasks(names)
     images = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
     decoder, manifest = Decoder(tasks["yolov5n-coco"], tasks=tasks), dict(old)
     for name, codec_name, param, options, index, crop in todo:
         image = images[index] if crop is None else images[index][: crop[0], : crop[1]]
-        opts = {k: v for k, v in options.items() if k != "task"}
-        codec = create_codec(codec_name, tasks[options.get("task", "yolov5n-coco")], **opts)
+        task = tasks[options.get("task", "yolov5n-coco")]
+        if "checkpoint" in options:
+            codec = _own_codec(folder, codec_name, task, options, encoding=True)
+        else:
+            codec = create_codec(codec_name, task, **{k: v for k, v in options.items() if k != "task"})
         data = codec.encode(codec.prepare(image), param)
         atomic_write_bytes(folder / f"{name}.mfc", data)
-        out = decoder.decode(data)
+        if "checkpoint" in options:  # decoded as ``check`` does it: features only, the task without weights
+            task = decoding[options["task"]]
+            out = Decoder(task, codecs={codec_name: _own_codec(folder, codec_name, task, options)}).decode_payload(data)
+            dets = None
+        else:
+            out = decoder.decode(data)
+            dets = summary(out.detections)
         manifest[name] = {"file": f"{name}.mfc", "codec": codec_name, "param": param, "options": options,
                           "bytes": len(data), "sha256_container": hashlib.sha256(data).hexdigest(),
                           "sha256_decoded": digest(out.features if out.features is not None else out.image),
-                          "detections": summary(out.detections)}  # fmt: skip
+                          "detections": dets}  # fmt: skip
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -132,11 +167,17 @@ def check(folder: Path, detections: bool = True) -> list[str]:
     tasks = _tasks(["yolov5n-coco", *(m["options"].get("task", "yolov5n-coco") for m in manifest.values())])
     decoder, problems = Decoder(tasks["yolov5n-coco"], tasks=tasks), []
     for name, want in manifest.items():
-        out = decoder.decode((folder / want["file"]).read_bytes())
+        data, options = (folder / want["file"]).read_bytes(), want["options"]
+        if "checkpoint" in options:  # a codec file of the folder: decoded features only
+            task = tasks[options["task"]]
+            own = Decoder(task, codecs={want["codec"]: _own_codec(folder, want["codec"], task, options)})
+            out = own.decode_payload(data)
+        else:
+            out = decoder.decode(data)
         got = digest(out.features if out.features is not None else out.image)
         if got != want["sha256_decoded"]:
             problems.append(f"{name}: decoded SHA-256 {got[:16]}... differs from {want['sha256_decoded'][:16]}...")
-        if detections and not _close(summary(out.detections), want["detections"]):
+        if detections and want["detections"] is not None and not _close(summary(out.detections), want["detections"]):
             problems.append(f"{name}: detections differ from the recorded ones")
     return problems
 
@@ -147,7 +188,7 @@ def reencode(folder: Path) -> list[str]:
     on the machine that wrote the streams, not a conformance requirement (decoding is)."""
     manifest = json.loads((folder / MANIFEST).read_text())
     cases = {c[0]: c for c in CASES}
-    tasks = _tasks(["yolov5n-coco", *(m["options"].get("task", "yolov5n-coco") for m in manifest.values())])
+    tasks = _tasks(["yolov5n-coco", *(m["options"].get("task", "yolov5n-coco") for m in manifest.values())], True)
     images = [load_image(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
     problems = []
     for name, want in manifest.items():
@@ -156,8 +197,11 @@ def reencode(folder: Path) -> list[str]:
             continue
         _, codec_name, param, options, index, crop = cases[name]
         image = images[index] if crop is None else images[index][: crop[0], : crop[1]]
-        codec = create_codec(codec_name, tasks[options.get("task", "yolov5n-coco")],
-                             **{k: v for k, v in options.items() if k != "task"})  # fmt: skip
+        task = tasks[options.get("task", "yolov5n-coco")]
+        if "checkpoint" in options:
+            codec = _own_codec(folder, codec_name, task, options, encoding=True)
+        else:
+            codec = create_codec(codec_name, task, **{k: v for k, v in options.items() if k != "task"})
         got = hashlib.sha256(codec.encode(codec.prepare(image), param)).hexdigest()
         if got != want["sha256_container"]:
             was = want["sha256_container"][:16]

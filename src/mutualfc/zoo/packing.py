@@ -1,8 +1,9 @@
 """Zoo checkpoint packing: what a trained network needs to code, in a small file (int8 / float16 weights, the
-entropy-bottleneck tables the encoder used)."""
+entropy-bottleneck tables the encoder used; a random-weight test codec's large tensors as the seed that draws them)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from compressai.entropy_models import GaussianConditional
 
@@ -11,6 +12,16 @@ from mutualfc.models import ENTROPY_TABLES, FeatureCompressionModel, is_entropy_
 _INT8 = "::int8"
 _SCALE = "::scale"
 _DERIVED = "::transpose_of_synthesis"  # marker: this analysis transform is the transpose of its synthesis (PCA)
+_SEEDED = "::seeded"  # int64 [seed, exponent, *shape]: the tensor ``seeded_tensor`` draws from them
+SEEDED_BITS = 12  # a seeded tensor's integers lie in [-2**11, 2**11)
+
+
+def seeded_tensor(shape: tuple[int, ...], seed: int, exponent: int) -> torch.Tensor:
+    """Integers from numpy's frozen legacy generator (``RandomState``, the same stream on every platform and
+    release) times ``2**exponent``: float32 values every machine draws alike, so that a random-weight codec's large
+    tensors (a four-level test codec's prediction map is 26M weights) travel as two numbers."""
+    draw = np.random.RandomState(seed).randint(-(2 ** (SEEDED_BITS - 1)), 2 ** (SEEDED_BITS - 1), size=shape)
+    return torch.from_numpy(draw.astype(np.float32) * np.float32(2.0**exponent))
 
 
 def _quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,13 +45,23 @@ def _is_pca_pair(state: dict[str, torch.Tensor], analysis: str) -> bool:
     return torch.allclose(ba, -(wa.flatten(1) @ mean), rtol=1e-4, atol=1e-5)
 
 
-def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def pack_state(
+    state: dict[str, torch.Tensor], seeded: dict[str, tuple[int, int]] | None = None
+) -> dict[str, torch.Tensor]:
     """Large non-linear weights as int8 + per-channel scale, other floats (the closed-form linear transforms
     included) as float16; integer tables as they are. A PCA analysis transform is not stored: it is the transpose
-    of its synthesis (only the encoder uses it, so rounding in re-deriving its bias cannot desynchronise decoding)."""
+    of its synthesis (only the encoder uses it, so rounding in re-deriving its bias cannot desynchronise decoding).
+    ``seeded``: tensors that ``seeded_tensor`` drew, by name -> (seed, exponent), stored as those two numbers
+    (ValueError if a tensor is not what they draw)."""
     out = {}
+    for k, (seed, exponent) in (seeded or {}).items():
+        if not torch.equal(state[k], seeded_tensor(tuple(state[k].shape), seed, exponent)):
+            raise ValueError(f"{k} is not the tensor seed {seed} draws")
+        out[k + _SEEDED] = torch.tensor([seed, exponent, *state[k].shape], dtype=torch.int64)
     derived = {k[: -len(".weight")] for k in state if k.endswith("lin_a.weight") and _is_pca_pair(state, k[:-7])}
     for k, v in state.items():
+        if k in (seeded or {}):
+            continue
         prefix = k.rpartition(".")[0]
         if prefix in derived:
             out[prefix + _DERIVED] = torch.ones(())
@@ -56,6 +77,12 @@ def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def unpack_state(packed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    drawn = {}  # seeded tensors first: a derived analysis transform may read one
+    for k, v in packed.items():
+        if k.endswith(_SEEDED):
+            seed, exponent, *shape = v.tolist()
+            drawn[k[: -len(_SEEDED)]] = seeded_tensor(tuple(shape), seed, exponent)
+    packed = {k: v for k, v in packed.items() if not k.endswith(_SEEDED)} | drawn
     out = {}
     for k, v in packed.items():
         if k.endswith(_DERIVED):
@@ -85,11 +112,14 @@ def gaussian_tables(net: FeatureCompressionModel) -> dict[str, torch.Tensor]:
     return {GAUSSIAN_TABLES + name: getattr(gc, name).clone() for name in ENTROPY_TABLES}
 
 
-def export_state(net: FeatureCompressionModel) -> dict[str, torch.Tensor]:
+def export_state(
+    net: FeatureCompressionModel, seeded: dict[str, tuple[int, int]] | None = None
+) -> dict[str, torch.Tensor]:
     """Packed weights plus every entropy table built from exactly the unpacked weights: the bottlenecks' tables and
     one copy of the Gaussian conditionals' (shared by all of them). Tables are part of the format: a decoder uses the
-    stored ones rather than computing them again in floating point, which another machine might round otherwise."""
-    packed = pack_state({k: v for k, v in net.state_dict().items() if not is_entropy_table(k)})
+    stored ones rather than computing them again in floating point, which another machine might round otherwise.
+    ``seeded``: as ``pack_state`` takes it."""
+    packed = pack_state({k: v for k, v in net.state_dict().items() if not is_entropy_table(k)}, seeded)
     net.load_state_dict(unpack_state(packed), strict=False)
     net.update(force=True)
     tables = {k: v for k, v in net.state_dict().items() if is_entropy_table(k) and ".entropy_bottleneck." in k}
