@@ -92,9 +92,14 @@ def int_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, tor
     offset (see ``int_weights``), and the per-output scale 2**-e that brings the accumulator back to activations
     with ``bits`` fractional bits. Deterministic: scaling by powers of two and rounding are exact operations on the
     stored float32 values."""
+    build = lambda: int_weights(effective_weight(conv), conv.bias, bits)  # noqa: E731
+    return cached(conv, f"int_params{bits}", weight_tensors(conv), build)
+
+
+def weight_tensors(conv: nn.Conv2d) -> tuple[torch.Tensor, ...]:
+    """The tensors a convolution's exact weights derive from (weight, bias, mask): the key of caches built on them."""
     params, mask = conv._parameters, conv_mask(conv)
-    key = tuple(t for t in (params["weight"], params.get("bias"), mask) if t is not None)
-    return cached(conv, f"int_params{bits}", key, lambda: int_weights(effective_weight(conv), conv.bias, bits))
+    return tuple(t for t in (params["weight"], params.get("bias"), mask) if t is not None)
 
 
 def int_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> tuple[torch.Tensor, ...]:

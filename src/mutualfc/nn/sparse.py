@@ -108,9 +108,7 @@ def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tenso
         w = w.reshape(w.shape[0], -1)
         return w[:, :split].contiguous(), w[:, split:].contiguous(), b, inv
 
-    params, mask = conv._parameters, exact.conv_mask(conv)
-    key = tuple(t for t in (params["weight"], params.get("bias"), mask) if t is not None)
-    return cached(conv, f"parts{split}", key, build)
+    return cached(conv, f"parts{split}", exact.weight_tensors(conv), build)
 
 
 def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
