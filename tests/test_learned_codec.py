@@ -316,3 +316,47 @@ def test_the_residual_threshold_may_follow_the_quality(task, tmp_path):
     assert codec.operating_point(2).residual_rd == pytest.approx((0.02 * 0.002) ** 0.5)
     assert codec.operating_point(3).residual_rd == pytest.approx(0.002)
     assert create_codec("mutual", task, checkpoint=str(tmp_path / "k.pt"), residual_rd=0.5).operating_point(2)[5] == 0.5
+
+
+def test_a_schedule_may_stop_the_model_quality_below_its_top(task, features, tmp_path):
+    """``fidelity_from``: above it a quality buys fidelity (more cells in a second tier, then all of them) at its
+    gains rather than a finer quantiser; the decoder reads the same schedule from the checkpoint and decodes there.
+    Re-tuning a checkpoint's schedule keeps its weights but gives it a new model tag, so that a stream coded under
+    the old schedule is refused rather than decoded at another quality."""
+    from mutualfc.codecs.learned import scheduled_skip_below
+    from mutualfc.train.checkpoints import store_schedule
+
+    need_shared_weights()
+    own = {"residual_from": 0.0, "skip": [[0.0, 0.2]], "fidelity_skip_below": 0.01, "fidelity_from": 1.5,
+           "source": "capped for test"}  # fmt: skip
+    path = _write_checkpoint(tmp_path / "capped.pt", schedule=own)
+    codec = create_codec("mutual", task, checkpoint=str(path))
+    top = codec.top
+    assert top > 2 and codec.operating_point(1.5).quality == 1.5 and codec.operating_point(1.0).quality == 1.0
+    assert {codec.operating_point(q).quality for q in (2.0, top, top + 1)} == {1.5}
+    t = (2.5 - 1.5) / (top + 1 - 1.5)
+    mid = codec.operating_point(2.5)
+    assert mid.skip_below == pytest.approx(0.2 ** (1 - t) * 0.01**t)
+    assert mid.tier_below == scheduled_skip_below(1.5, own["skip"])
+    assert mid.tier_step > 0 and codec.operating_point(top + 1).skip_below == pytest.approx(0.01)
+    for q in (1.0, 2.5, top + 1):
+        data = codec.encode(features, q)
+        assert bitstream.unpack(data)[0].param == q  # the container keeps the user's quality
+        _, rec = codec.reconstruct(features, q)
+        out = codec.decode(data)
+        assert all(torch.equal(out.levels[k], rec.levels[k]) for k in rec.levels)
+    old = codec.encode(features, top)
+    meta = store_schedule(path, tmp_path / "retuned.pt", own | {"fidelity_from": None})
+    assert meta["schedule"]["fidelity_from"] is None
+    retuned = create_codec("mutual", task, checkpoint=str(tmp_path / "retuned.pt"))
+    assert retuned.model_tag != codec.model_tag and retuned.operating_point(top).quality == top
+    same, was = retuned.net.state_dict(), codec.net.state_dict()
+    assert same.keys() == was.keys() and all(torch.equal(same[k], was[k]) for k in same)  # the weights unchanged
+    with pytest.raises(BitstreamError, match="tag"):
+        retuned.decode(old)
+    with pytest.raises(MutualFCError, match="fidelity_from 5 is not a model quality"):
+        bad = _write_checkpoint(tmp_path / "bad.pt", schedule={"fidelity_from": 5})
+        create_codec("mutual", task, checkpoint=str(bad))
+    with pytest.raises(MutualFCError, match="unknown settings"):
+        store_schedule(path, tmp_path / "x.pt", {"fidelity_form": 2})
+    assert not (tmp_path / "x.pt").exists()

@@ -136,3 +136,25 @@ def test_user_checkpoints_are_read_without_running_code(cache, tmp_path):
         export_checkpoint(run, tmp_path / "out.pt", "x")
     assert cli(["encode", str(evil), "--codec", "mutual", "--checkpoint", str(evil), "--out-dir", str(tmp_path)]) == 2
     assert not marker.exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_cli_train_schedule_restamps_a_checkpoint_and_refuses_bad_input(tmp_path, capsys):
+    """``mutualfc train schedule``: the shipped weights with new operating points in a new file; a file that is
+    not JSON, or a schedule with unknown settings, is refused with one line naming it and nothing is written."""
+    from mutualfc.zoo import CHECKPOINTS, ZOO, read_checkpoint
+
+    src = CHECKPOINTS / ZOO[("mutual", "yolox-nano-coco")].file
+    good = tmp_path / "s.json"
+    good.write_text('{"fidelity_from": 6.0, "source": "test"}')
+    assert cli(["-q", "train", "schedule", str(src), "--schedule", str(good), "--out", str(tmp_path / "o.pt")]) == 0
+    new, _ = read_checkpoint(tmp_path / "o.pt")
+    old, _ = read_checkpoint(src)
+    assert new["meta"]["schedule"]["fidelity_from"] == 6.0 and new["meta"]["schedule"]["source"] == "test"
+    assert new["meta"]["name"] == old["meta"]["name"] and new["model"].keys() == old["model"].keys()
+    for text, why in (("not json", "cannot read a JSON object"), ('{"skip_bellow": 1}', "unknown settings")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        rc = cli(["-q", "train", "schedule", str(src), "--schedule", str(bad), "--out", str(tmp_path / "no.pt")])
+        err = capsys.readouterr().err
+        assert rc != 0 and why in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "no.pt").exists()

@@ -46,19 +46,34 @@ def cmd_train_run(args) -> int:
     return 0
 
 
+def _read_schedule(path: str | None) -> dict | None:
+    if not path:
+        return None
+    import json
+
+    try:
+        schedule = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise MutualFCError(f"--schedule {path}: cannot read a JSON object ({e})") from None
+    if not isinstance(schedule, dict):
+        raise MutualFCError(f"--schedule {path}: not a JSON object")
+    return schedule
+
+
 def cmd_train_export(args) -> int:
     from mutualfc.train import export_checkpoint
 
-    schedule = None
-    if args.schedule:
-        import json
-
-        try:
-            schedule = json.loads(Path(args.schedule).read_text())
-        except (OSError, ValueError) as e:
-            raise MutualFCError(f"--schedule {args.schedule}: cannot read a JSON object ({e})") from None
+    schedule = _read_schedule(args.schedule)
     meta = export_checkpoint(args.run_dir, args.out, args.name or Path(args.out).stem, args.checkpoint, schedule)
     print(f"exported {meta['model_cfg']['arch']} (step {meta['step']}, task {meta['task']}) -> {args.out}")
+    return 0
+
+
+def cmd_train_schedule(args) -> int:
+    from mutualfc.train.checkpoints import store_schedule
+
+    meta = store_schedule(args.checkpoint, args.out, _read_schedule(args.schedule))
+    print(f"{args.checkpoint} with the schedule of {args.schedule} ({meta['schedule']['source']}) -> {args.out}")
     return 0
 
 
@@ -129,9 +144,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--schedule",
         metavar="JSON",
         help="the model's operating points (residual_from, residual_rd, skip knots, fidelity_skip_below, "
-        "fidelity_tier_span, source), stored in the checkpoint; default: none stored, so the codec uses the "
+        "fidelity_tier_span, fidelity_from: the highest model quality used, source), stored in the checkpoint; "
+        "default: none stored, so the codec uses the "
         "defaults tuned for yolov5n-coco and says so in every record",
     )
     q.add_argument("--out", required=True, help="output checkpoint file")
     q.add_argument("--name", help="name recorded in the checkpoint (default: file stem)")
     q.set_defaults(func=cmd_train_export)
+    q = tsub.add_parser(
+        "schedule",
+        help="store new operating points in an exported checkpoint (same weights; a new file, so a new model tag)",
+    )
+    q.add_argument("checkpoint", help="exported codec checkpoint (a zoo file or mutualfc train export's output)")
+    q.add_argument("--schedule", required=True, metavar="JSON", help="the operating points, as for export")
+    q.add_argument("--out", required=True, help="output checkpoint file")
+    q.set_defaults(func=cmd_train_schedule)

@@ -39,9 +39,9 @@ RESIDUAL_RD = 0.25
 # no accuracy. The threshold follows the quality: (quality, threshold) knots, geometric between them and constant
 # beyond, chosen on a fold of coco-train against pseudo-labels (docs/results.md, results/skip-tune10.md).
 SKIP_SCHEDULE: tuple[tuple[float, float], ...] = ((2.0, 0.3), (5.0, 0.1))
-# Qualities above the model's top one (top .. top + 1) buy fidelity rather than rate: the residual stream is sent
-# (as from RESIDUAL_FROM) and the skip threshold falls geometrically from the schedule's value at the top to this at
-# top + 1. Explicit --residual / --skip-below win.
+# Qualities above the model's top one (top .. top + 1; from a schedule's ``fidelity_from`` where it sets one) buy
+# fidelity rather than rate: the residual stream is sent (as from RESIDUAL_FROM) and the skip threshold falls
+# geometrically from the schedule's value at the top to this at top + 1. Explicit --residual / --skip-below win.
 FIDELITY_SKIP_BELOW = 0.02  # 0.01 until this release: on the tuning fold 0.02 is more accurate at fewer bits
 # ... and the cells it adds (objectness between the threshold and the top's) form a second tier whose base is coded
 # at a lower quality: FIDELITY_TIER_SPAN below the top at top + 0, rising linearly to the top at top + 1 (no tier).
@@ -54,8 +54,11 @@ FIDELITY_TIER_SPAN = 3.0
 class Schedule:
     """The operating-point policy of one model: where the residual stream starts (``residual_from``), its per-cell
     rate-distortion threshold (``residual_rd``: one value, or (quality, threshold) knots like ``skip``), the skip
-    thresholds (``skip``: (quality, threshold) knots), and the
-    fidelity range's lowest threshold and tier span. It travels in the checkpoint (``meta["schedule"]``), so a model
+    thresholds (``skip``: (quality, threshold) knots), the fidelity range's lowest threshold and tier span, and
+    ``fidelity_from``: the highest model quality used (None: the model's top). Above it a quality buys fidelity
+    (more cells, the residual) rather than a finer quantiser: a model whose top qualities cost more bits than they
+    return stops there, and the decoder, reading the schedule from the same checkpoint, decodes at it.
+    It travels in the checkpoint (``meta["schedule"]``), so a model
     brings its own tuning; a checkpoint without one gets these defaults (the ones tuned for the YOLOv5n zoo model,
     above)."""
 
@@ -64,6 +67,7 @@ class Schedule:
     skip: tuple[tuple[float, float], ...] = SKIP_SCHEDULE
     fidelity_skip_below: float = FIDELITY_SKIP_BELOW
     fidelity_tier_span: float = FIDELITY_TIER_SPAN
+    fidelity_from: float | None = None
     source: str = "defaults (tuned for yolov5n-coco's mutual model)"
 
     @classmethod
@@ -168,6 +172,10 @@ class LearnedFeatureCodec(FeatureCodec):
             raise MutualFCError(f"{task.name} gives no objectness map; use a skip threshold of 0")
         self.schedule = Schedule.from_meta(self.model.meta)  # the model's own operating-point policy
         self.top = self.net.cfg.qualities - 1  # the model's highest quality; top + 1 is the fidelity point
+        cap = self.schedule.fidelity_from
+        if cap is not None and not 0 <= cap <= self.top:
+            raise MutualFCError(f"checkpoint schedule: fidelity_from {cap:g} is not a model quality (0..{self.top})")
+        self.cap = float(self.top if cap is None else cap)  # the highest model quality the schedule uses
         self.default_params = tuple(float(x) for x in range(self.top + 2))
         self._level = task.level_names[-1]
 
@@ -200,30 +208,31 @@ class LearnedFeatureCodec(FeatureCodec):
         return q
 
     def operating_point(self, quality: float) -> OperatingPoint:
-        """What ``quality`` stands for: up to the model's top quality the codec's settings (the threshold from
-        SKIP_SCHEDULE, the residual stream from RESIDUAL_FROM, unless set explicitly); above it (fidelity) the top
-        quality's gains with the residual stream on and the threshold moving geometrically from the schedule's
-        value at the top to FIDELITY_SKIP_BELOW, unless set explicitly; the cells below the top's threshold form
-        the second tier (FIDELITY_TIER_SPAN). Where the schedule sends the residual, its cells are a
+        """What ``quality`` stands for: up to the cap (the model's top quality, or the schedule's ``fidelity_from``)
+        the codec's settings (the threshold from SKIP_SCHEDULE, the residual stream from RESIDUAL_FROM, unless set
+        explicitly); above it (fidelity, up to top + 1) the cap's gains with the residual stream on and the
+        threshold moving geometrically from the schedule's value at the cap to FIDELITY_SKIP_BELOW, unless set
+        explicitly; the cells below the cap's threshold form the second tier (FIDELITY_TIER_SPAN). Where the
+        schedule sends the residual, its cells are a
         rate-distortion choice (RESIDUAL_RD); an explicit "on" sends it in every kept cell. An explicit
         ``residual_rd`` sets the threshold wherever the residual is on."""
-        residual, sc = self.residual, self.schedule
+        residual, sc, cap = self.residual, self.schedule, self.cap
         if residual is None:
-            wanted = quality >= sc.residual_from or quality > self.top
+            wanted = quality >= sc.residual_from or quality > cap
             residual = "on" if wanted and self.net.has_residual else "off"
-        rd = sc.residual_rd_at(min(quality, self.top)) if self.residual is None else 0.0  # explicit "on": all cells
+        rd = sc.residual_rd_at(min(quality, cap)) if self.residual is None else 0.0  # explicit "on": all cells
         rd = (rd if self.residual_rd is None else self.residual_rd) if residual == "on" else 0.0
-        if quality <= self.top:
+        if quality <= cap:
             tau = scheduled_skip_below(quality, sc.skip) if self.skip_below is None else self.skip_below
             return OperatingPoint(quality, residual, tau, residual_rd=rd)
-        t = quality - self.top
-        tau, top_tau = self.skip_below, scheduled_skip_below(self.top, sc.skip)
+        t = (quality - cap) / (self.top + 1 - cap)  # 0 at the cap, 1 at the fidelity point
+        tau, top_tau = self.skip_below, scheduled_skip_below(cap, sc.skip)
         if tau is None:
             tau = top_tau ** (1 - t) * sc.fidelity_skip_below**t
-        step = min(round(sc.fidelity_tier_span * TIER_STEP * (1 - t)), self.top * TIER_STEP)
-        if tau >= top_tau or not step or not self.net.has_tiers:  # no cells below the top's threshold
-            return OperatingPoint(float(self.top), residual, tau, residual_rd=rd)
-        return OperatingPoint(float(self.top), residual, tau, top_tau, step, rd)
+        step = min(round(sc.fidelity_tier_span * TIER_STEP * (1 - t)), round(cap * TIER_STEP))
+        if tau >= top_tau or not step or not self.net.has_tiers:  # no cells below the cap's threshold
+            return OperatingPoint(cap, residual, tau, residual_rd=rd)
+        return OperatingPoint(cap, residual, tau, top_tau, step, rd)
 
     def rd_lambda(self, quality: float) -> float | None:
         """The Lagrange multiplier the checkpoint was trained with at ``quality`` (geometric between qualities);
@@ -271,7 +280,7 @@ class LearnedFeatureCodec(FeatureCodec):
     def decode_streams(self, header: bitstream.Header, streams: list[bytes]) -> FeatureSet:
         if not 0 <= header.param <= self.top + 1:
             raise BitstreamError(f"quality {header.param:g} outside 0..{self.top + 1}")
-        q = min(header.param, float(self.top))  # above the top: the top's gains (the rest is in the streams)
+        q = min(header.param, self.cap)  # above the schedule's cap: its gains (the rest is in the streams)
         if not (1 <= header.width <= 16384 and 1 <= header.height <= 16384):
             raise BitstreamError(f"implausible image size {header.width}x{header.height}")
         geometry = self.task.geometry((header.height, header.width))

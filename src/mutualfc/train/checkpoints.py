@@ -51,10 +51,27 @@ def export_checkpoint(
     meta = {"name": name, "task": ck["task"], "model_cfg": ck["model_cfg"], "train_cfg": ck["train_cfg"],
             "step": ck["step"]}  # fmt: skip
     if schedule:
-        from mutualfc.codecs.learned import Schedule
-
-        meta["schedule"] = Schedule.from_meta({"schedule": schedule}).to_dict()  # checked: unknown keys refused
+        meta["schedule"] = checked_schedule(schedule)
     atomic_write_bytes(out, state_bytes({"meta": meta, "model": export_state(net)}))
+    return meta
+
+
+def checked_schedule(schedule: dict) -> dict:
+    """``schedule`` as the checkpoint stores it; unknown keys refused with one line."""
+    from mutualfc.codecs.learned import Schedule
+
+    return Schedule.from_meta({"schedule": schedule}).to_dict()
+
+
+def store_schedule(checkpoint: str | Path, out: str | Path, schedule: dict) -> dict:
+    """Re-tune an exported checkpoint's operating points without its training run: the same weights with
+    ``schedule`` in place of the stored one. The file changes, so does the model tag written into bitstreams:
+    streams coded under the old schedule are refused, not decoded at another quality. -> the new meta."""
+    ck = read_training_file(checkpoint)
+    if not isinstance(ck.get("meta"), dict):
+        raise MutualFCError(f"{checkpoint} is not an exported codec checkpoint (mutualfc train export writes one)")
+    meta = ck["meta"] | {"schedule": checked_schedule(schedule)}
+    atomic_write_bytes(out, state_bytes({"meta": meta, "model": ck["model"]}))
     return meta
 
 
