@@ -77,7 +77,8 @@ CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
         for c, q, o, tag, i, crop in (
             ("mutual", 1, {}, "", 0, (192, 256)),
             ("mutual", 4, {}, "", 1, (256, 192)),
-            ("mutual", 6.5, {}, "-fractional-residual", 2, (224, 288)),
+            ("mutual", 5.5, {}, "-fractional-residual", 2, (224, 288)),
+            ("mutual", 6.5, {}, "-fidelity-above-the-cap", 0, (160, 224)),
             ("mutual", 7.75, {}, "-fidelity", 3, (224, 224)),
             ("mutual", 4, {"skip_below": 0}, "-nothing-skipped", 4, (97, 131)),
             ("separate", 3, {}, "", 0, (160, 224)),
