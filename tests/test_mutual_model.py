@@ -17,8 +17,8 @@ from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network, encode_
 from mutualfc.models.base import unpack_bits
 from mutualfc.models.bfc import SYNTHESIS_BITS
 from mutualfc.models.gain import INV_GAIN_BITS, boost_factor
-from mutualfc.nn.exact import ACT_BITS, wide_weights
-from mutualfc.nn.sparse import context_at, conv_at, stack_at
+from mutualfc.nn.exact import ACT_BITS, to_fixed, wide_weights
+from mutualfc.nn.sparse import context_at, conv_at, stack_at, trunk_at
 from mutualfc.tasks import create_task
 from mutualfc.zoo import pack_state, unpack_state
 
@@ -335,6 +335,26 @@ def test_networks_evaluated_at_coded_cells_equal_the_whole_map():
     torch.testing.assert_close(stack_at(stack, x, idx), stack(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
     ctx = CheckerboardMaskedConv2d(6, 12, kernel_size=5, stride=1, padding=2, groups=6)
     torch.testing.assert_close(context_at(ctx, x, idx), ctx(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
+
+
+def test_trunks_with_residual_blocks_evaluated_at_cells_equal_the_whole_map():
+    """``trunk_at`` (the residual stream's context, computed only where its entropy parameters read it) gives the
+    whole map's values there: to float tolerance on float inputs, the same integers on fixed-point ones."""
+    from mutualfc.nn.layers import ResBlock
+
+    torch.manual_seed(1)
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(6, 8, 1), ResBlock(8), ResBlock(8)).eval()
+    x = torch.randn(1, 6, 9, 11)
+    idx = torch.tensor([0, 5, 17, 40, 98])
+    with torch.no_grad():
+        torch.testing.assert_close(trunk_at(trunk, x, idx), trunk(x).flatten(2)[0][:, idx], rtol=1e-4, atol=1e-5)
+    net = _net()
+    y_hat = to_fixed(torch.randn(1, net.bfc.lin_a.out_channels, 6, 7) * 4)
+    whole = net.bfc.context(y_hat, 2).flatten(2)[0]
+    for at in (idx[idx < 42], torch.arange(42), torch.tensor([20])):
+        part = net.bfc.context(y_hat, 2, at=at).flatten(2)[0]
+        assert torch.equal(part[:, at], whole[:, at])
+        assert not part.flatten(1)[:, torch.ones(42, dtype=torch.bool).index_fill_(0, at, False)].any()
 
 
 def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():

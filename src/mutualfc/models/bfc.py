@@ -15,7 +15,7 @@ from mutualfc.nn.caching import cached
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import ResBlock, conv
 from mutualfc.nn.packing import LevelPacker
-from mutualfc.nn.sparse import columns, positions, scatter
+from mutualfc.nn.sparse import columns, positions, scatter, trunk_at
 
 Tier = tuple[float, torch.Tensor]  # (quality, indexes of the cells coded at it)
 SYNTHESIS_BITS = 14  # fractional bits of the decoder's synthesis and prediction (features to about 6e-5)
@@ -79,13 +79,17 @@ class BFCNet(nn.Module):
         return exact.wide_linear(exact.wide_params(self.lin_s, SYNTHESIS_BITS), y)
 
     def context(
-        self, y_hat: torch.Tensor, quality: float, kept: torch.Tensor | None = None, low: Tier | None = None
-    ) -> torch.Tensor:
+        self, y_hat: torch.Tensor, quality: float, kept: torch.Tensor | None = None, low: Tier | None = None,
+        at: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """The residual stream's context: the trunk on the dequantized latent map, exactly (fixed point); ``low``
-        as for ``packed_cells`` (indexes among the cells ``kept``)."""
+        as for ``packed_cells`` (indexes among the cells ``kept``). ``at``: the raster positions where the context
+        is read: it is computed there only (the same integers), the rest of the map is 0; None: everywhere."""
         c, h, w = y_hat.shape[1:]
         low = None if low is None else (low[0], kept[low[1]])
         x = self.dequantize(y_hat.reshape(c, -1), quality, exact.ACT_BITS, low).view(1, c, h, w)
+        if at is not None:
+            return scatter(trunk_at(self.g_s, x, at), at, (h, w))
         first, *blocks = self.g_s
         x = exact.conv2d(first, x)
         for block in blocks:

@@ -14,7 +14,7 @@ from mutualfc.models.plan import CodingPlan
 from mutualfc.models.residual import ResidualCoder, decode_residual_info, encode_residual_info
 from mutualfc.nn import exact
 from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
-from mutualfc.nn.sparse import affine, positions
+from mutualfc.nn.sparse import affine, positions, put_columns
 
 
 class MutualFeatureNet(FeatureCompressionModel):
@@ -97,13 +97,17 @@ class MutualFeatureNet(FeatureCompressionModel):
         return {k: v.repeat(b, 1, h, w) for k, v in one.items()}
 
     # -- real bits (exact integer arithmetic from the decoded symbols on: every machine decodes alike) ---------
-    def _packed_cells(
-        self, y_hat: torch.Tensor, kept: torch.Tensor, quality: float, low: Tier | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        """The decoded base and the predicted levels in the packed codec space, fixed-point columns (1 + K):
-        column 0 stands for all skipped cells (they decode to the same blocks), the others for the cells ``kept``."""
-        base = self.bfc.packed_cells(y_hat, kept, quality, low)
-        return base, self.mfc.predict_cells(base, SYNTHESIS_BITS)
+    def _prediction(self, base: torch.Tensor, carry: torch.Tensor | None) -> torch.Tensor:
+        """MFCNet's prediction from the decoded base (packed fixed-point columns, 1 + K: column 0 stands for all
+        skipped cells, the others for the kept ones) as the decoder uses it. With ``cfg.predict_uncorrected`` off, a
+        kept cell that carries no residual takes column 0 (the mean features), so only column 0 and the cells
+        ``carry`` (indexes among the kept cells; None: none) are predicted: each column is predicted on its own and
+        exactly, so leaving the others out changes no value."""
+        if self.cfg.predict_uncorrected or (carry is not None and carry.numel() == base.shape[1] - 1):
+            return self._uncorrected(self.mfc.predict_cells(base, SYNTHESIS_BITS), carry)
+        cols = torch.zeros(1, dtype=torch.long) if carry is None else torch.cat([carry.new_zeros(1), carry + 1])
+        pred = self.mfc.predict_cells(base.index_select(1, cols), SYNTHESIS_BITS)
+        return put_columns(pred[:, :1].expand(-1, base.shape[1]).clone(), cols, pred)
 
     def _uncorrected(self, target: torch.Tensor, coded: torch.Tensor | None = None) -> torch.Tensor:
         """The predicted columns as the decoder uses them: with ``cfg.predict_uncorrected`` off, every kept cell
@@ -116,6 +120,16 @@ class MutualFeatureNet(FeatureCompressionModel):
         if coded is not None:
             keep[coded + 1] = True
         return torch.where(keep, target, target[:, :1])
+
+    def _residual_params(
+        self, y_hat: torch.Tensor, quality: float, kept: torch.Tensor, low: Tier | None, at: torch.Tensor
+    ) -> torch.Tensor:
+        """The residual latent's Gaussians at the cells ``at``, from the base's context computed only where they
+        read it."""
+        if not at.numel():
+            return self.res.entropy_params(y_hat, at)  # no cell: no context to compute
+        reads = self.res.context_positions(at, tuple(y_hat.shape[-2:]))
+        return self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low, at=reads), at)
 
     def _blocks(self, base: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Packed fixed-point columns -> every level's blocks (C, f, f, 1 + K) in feature units."""
@@ -170,19 +184,20 @@ class MutualFeatureNet(FeatureCompressionModel):
         if not (use or reconstruct):
             return strings, {"size": size, "levels": None, "prediction": None}
         y_hat = lc["y_hat"]
-        base, target = self._packed_cells(y_hat, kept, quality, low)
+        base = self.bfc.packed_cells(y_hat, kept, quality, low)
         pred = rec = None  # the encoder paints levels only when asked to (the streams do not need them)
         if reconstruct:
-            pred = rec = LevelPacker.paint(self._blocks(base, self._uncorrected(target)), kept, padded)
+            pred = rec = LevelPacker.paint(self._blocks(base, self._prediction(base, None)), kept, padded)
         if use:
             p, k = self.res.pack, self.finest
-            pred_r = (target[: p.channels] * 2.0**-SYNTHESIS_BITS).float()  # the finest level, packed codec space
             coded = None
             if residual_keep is not None:
                 coded = self.coded_mask(residual_keep, size).flatten()[kept] > 0
             cells = None if coded is None or bool(coded.all()) else coded.nonzero().squeeze(1)
             at = kept if cells is None else kept[cells]
-            params = self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low), at)
+            target = self._prediction(base, torch.arange(kept.numel()) if cells is None else cells)
+            pred_r = (target[: p.channels] * 2.0**-SYNTHESIS_BITS).float()  # the finest level, packed codec space
+            params = self._residual_params(y_hat, quality, kept, low, at)
             with reproducible_threads():
                 pred_at = pred_r[:, 1:] if cells is None else pred_r[:, 1:][:, cells]
                 d = p.features_to_cells(p.gather_cells({k: x[k]}, at, padded[1])) - pred_at
@@ -223,15 +238,14 @@ class MutualFeatureNet(FeatureCompressionModel):
         info = strings[n + 1] if len(strings) > n + 1 else b""  # not rANS: not padded
         strings = self.guarded(strings[: n + 1], size)
         y_hat = self.bfc.latent_codec.decompress([strings[1]], mask)["y_hat"]
-        base, target = self._packed_cells(y_hat, kept, quality, low)
+        base = self.bfc.packed_cells(y_hat, kept, quality, low)
         if len(strings) > n:
             boost, cells = decode_residual_info(info, kept.numel())
             at = kept if cells is None else kept[cells]
-            r_hat = self.res.decompress(
-                strings[n], self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low), at)
-            )
+            r_hat = self.res.decompress(strings[n], self._residual_params(y_hat, quality, kept, low, at))
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
+            target = self._prediction(base, torch.arange(kept.numel()) if cells is None else cells)
             target = self._with_residual(target, correction, cells)
         else:
-            target = self._uncorrected(target)
+            target = self._prediction(base, None)
         return crop_levels(LevelPacker.paint(self._blocks(base, target), kept, padded), self.cfg.levels, size)

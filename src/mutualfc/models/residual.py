@@ -15,7 +15,7 @@ from mutualfc.nn import exact
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import conv
 from mutualfc.nn.packing import LevelPacker
-from mutualfc.nn.sparse import affine, stack_at
+from mutualfc.nn.sparse import affine, dilated, radius, stack_at
 
 MAX_BOOST = 8  # the residual stream's finest step: its quality's gains times 2 ** (MAX_BOOST / 2)
 
@@ -67,6 +67,10 @@ class ResidualCoder(nn.Module):
         if not kept.numel():
             return context.new_zeros(2 * self.lin_a.out_channels, 0)
         return stack_at(self.codec.entropy_parameters, context, kept)
+
+    def context_positions(self, kept: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Where ``entropy_params`` at the cells ``kept`` reads its context map (of ``size``)."""
+        return dilated(kept, size, radius(self.codec.entropy_parameters))
 
     def code(self, coder: SymbolCoder, r: torch.Tensor | None, params: torch.Tensor) -> torch.Tensor:
         """Codes (``SymbolWriter``, ``r`` given) or decodes (``SymbolReader``) the residual latent with the Gaussians

@@ -199,3 +199,43 @@ def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: di
         else:
             out, prev = conv_at(m, x if prev is None else scatter(out, need[prev], (h, w)), need[i], memo), i
     return out
+
+
+def radius(layers: nn.Module) -> int:
+    """How many cells around an output cell a stack of stride-1 "same" convolutions, element-wise modules and
+    residual blocks reads."""
+    if isinstance(layers, nn.Conv2d):
+        return layers.kernel_size[0] // 2
+    return sum(radius(m) for m in layers.children())
+
+
+def dilated(idx: torch.Tensor, size: tuple[int, int], r: int) -> torch.Tensor:
+    """Raster positions within ``r`` cells (Chebyshev distance) of ``idx`` in a map of ``size``: what a (2r+1)-wide
+    stack reads to give its outputs at ``idx``. ``idx`` itself when ``r`` is 0."""
+    return idx if not r else positions(F.max_pool2d(cell_map(idx, size), 2 * r + 1, 1, r))
+
+
+def trunk_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``stack_at`` for a stack that also holds residual blocks (modules with a ``body`` stack whose output is
+    added to their input; clamped for fixed-point inputs, as the whole-map exact path does): ``x`` (1, C, H, W)
+    -> (C_out, K) at raster positions ``idx``, each part run only where a later part reads it."""
+    size = tuple(x.shape[-2:])
+    need = [idx]  # need[i]: where layer i's output is read, built from the last layer back
+    for m in reversed(layers[1:]):
+        need.append(dilated(need[-1], size, radius(m)))
+    need.reverse()
+    fixed = x.dtype == torch.float64
+    out, at = None, None  # columns of the last output, at positions ``at``
+    for m, where in zip(layers, need, strict=True):
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and at is where:
+            out = affine(m, out)
+        elif isinstance(m, nn.Conv2d):
+            out = conv_at(m, x if out is None else scatter(out, at, size), where)
+        elif hasattr(m, "body"):
+            src = x if out is None else scatter(out, at, size)
+            out = columns(src, where) + stack_at(m.body, src, where)
+            out = out.clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT) if fixed else out
+        else:
+            out = activate(m, columns(x, where) if out is None else out)  # reads where it writes (``where is at``)
+        at = where
+    return out
