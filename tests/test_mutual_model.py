@@ -416,9 +416,10 @@ def test_exact_gelu_is_the_rounded_gelu_everywhere():
 
 
 def test_integer_layers_round_half_up_exactly():
-    """An entropy-model layer (``int_params`` + ``requantize``) gives floor(acc * 2**-e + 1/2), clamped, for the
-    integer accumulator computed in Python integers, whatever the weights' exponent (e >= 1 and e <= 0)."""
-    from mutualfc.nn.exact import ACT_LIMIT, int_params
+    """An entropy-model layer (``scaled_params`` + ``floor_activations``) gives floor(acc * 2**-e + 1/2), clamped,
+    as ``requantize`` defines it, for the integer accumulator computed in Python integers, whatever the weights'
+    exponent (e >= 1 and e <= 0)."""
+    from mutualfc.nn.exact import ACT_LIMIT, int_params, requantize
     from mutualfc.nn.sparse import affine
 
     g = torch.Generator().manual_seed(1)
@@ -439,6 +440,8 @@ def test_integer_layers_round_half_up_exactly():
                 acc = sum(int(w[o, i]) * int(x[i, n]) for i in range(40)) + bias
                 ref = (2 * acc + 2**ee) // 2 ** (ee + 1) if ee >= 1 else acc * 2 ** (-ee)
                 assert out[o, n] == max(-ACT_LIMIT, min(ACT_LIMIT, ref)), (peak, o, n)
+        _, b_int, inv = int_params(conv)  # the folded scales give the reference form's integers
+        assert torch.equal(out, requantize(torch.nn.functional.linear(x.T, w.flatten(1), b_int).T, inv))
 
 
 def test_tiers_residual_cells_and_boost_round_trip_and_trade_bits_for_error():

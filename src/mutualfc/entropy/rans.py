@@ -155,12 +155,15 @@ class SymbolWriter:
     def finish(self) -> bytes:
         if not self._parts:
             return b""
-        start: dict[int, int] = {}  # table set (by identity) -> its first index in the combined tables
+        used: dict[int, int] = {}  # table set (by identity) -> how many of its tables the symbols use
+        for tables, _, idx in self._parts:
+            used[id(tables)] = max(used.get(id(tables), 0), int(idx.max()) + 1 if idx.numel() else 0)
+        start: dict[int, int] = {}  # table set -> its first index in the combined tables
         cdfs, lengths, offsets = [], [], []
-        for tables, _, _ in self._parts:
+        for tables, _, _ in self._parts:  # only the tables used: the coder converts every table it is given
             if id(tables) not in start:
-                start[id(tables)] = len(cdfs)
-                cdfs, lengths, offsets = cdfs + tables[0], lengths + tables[1], offsets + tables[2]
+                start[id(tables)], n = len(cdfs), used[id(tables)]
+                cdfs, lengths, offsets = cdfs + tables[0][:n], lengths + tables[1][:n], offsets + tables[2][:n]
         symbols = torch.cat([s for _, s, _ in self._parts]).tolist()
         indexes = torch.cat([i + start[id(t)] for t, _, i in self._parts]).tolist()
         if len(symbols) < SHORT_STREAM:

@@ -94,7 +94,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
             gcl = cb.latent_codec["y"]
             # the entropy parameters' first layer on [spatial context; side]: the side's part once for every cell
             first, act, last = cb.entropy_parameters
-            w_ctx, w_side, b, inv = affine_parts(first, cb.context_prediction.out_channels)
+            w_ctx, w_side, b = affine_parts(first, cb.context_prediction.out_channels)
             side_acc = F.linear(side.T, w_side, b)  # (K, C): exact integers, bias included
             for step, sel in enumerate(steps):
                 if not sel.numel():
@@ -104,7 +104,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
                     acc += F.linear(ctx.T, w_ctx)
-                p = affine(last, activate(act, exact.requantize(acc.T, inv)))
+                p = affine(last, activate(act, exact.floor_activations(acc.T)))
                 values = None if y is None else take_columns(y_[k], sel)
                 put_columns(y_hat_[k], idx, code_gaussian(coder, gcl, values, p))
         return y_hat

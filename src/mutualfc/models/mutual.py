@@ -13,6 +13,7 @@ from mutualfc.models.mfc import MFCNet
 from mutualfc.models.plan import CodingPlan
 from mutualfc.models.residual import ResidualCoder, decode_residual_info, encode_residual_info
 from mutualfc.nn import exact
+from mutualfc.nn.caching import stamps
 from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
 from mutualfc.nn.sparse import affine, positions, put_columns
 
@@ -105,9 +106,22 @@ class MutualFeatureNet(FeatureCompressionModel):
         exactly, so leaving the others out changes no value."""
         if self.cfg.predict_uncorrected or (carry is not None and carry.numel() == base.shape[1] - 1):
             return self._uncorrected(self.mfc.predict_cells(base, SYNTHESIS_BITS), carry)
-        cols = torch.zeros(1, dtype=torch.long) if carry is None else torch.cat([carry.new_zeros(1), carry + 1])
+        if carry is None:  # column 0 alone: the synthesis of a latent of 0, the same in every image
+            return self._mean_prediction(base[:, :1]).expand(-1, base.shape[1]).clone()
+        cols = torch.cat([carry.new_zeros(1), carry + 1])
         pred = self.mfc.predict_cells(base.index_select(1, cols), SYNTHESIS_BITS)
         return put_columns(pred[:, :1].expand(-1, base.shape[1]).clone(), cols, pred)
+
+    def _mean_prediction(self, column: torch.Tensor) -> torch.Tensor:
+        """MFCNet's prediction of one packed base column, kept for the next call with the same column and weights
+        (the skipped cells' column does not change from image to image; reading the whole prediction matrix for it
+        costs more than the rest of the prediction at low qualities)."""
+        key = (stamps(exact.weight_tensors(self.mfc.lin)), column.numpy().tobytes())
+        hit = self.__dict__.get("_mutualfc_mean_prediction")
+        if hit is None or hit[0] != key:
+            hit = (key, self.mfc.predict_cells(column, SYNTHESIS_BITS))
+            self.__dict__["_mutualfc_mean_prediction"] = hit
+        return hit[1]
 
     def _uncorrected(self, target: torch.Tensor, coded: torch.Tensor | None = None) -> torch.Tensor:
         """The predicted columns as the decoder uses them: with ``cfg.predict_uncorrected`` off, every kept cell

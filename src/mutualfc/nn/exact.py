@@ -96,6 +96,26 @@ def int_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, tor
     return cached(conv, f"int_params{bits}", weight_tensors(conv), build)
 
 
+def scaled_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``int_params`` with each output's scale folded in: weights ``w_int * 2**-e`` (the weight's shape) and bias
+    ``b_int * 2**-e``, so that a layer is ``floor_activations(x @ w.T + b)``: the same integers as ``requantize``
+    with one pass less. Exact: every product is the integer ``x * w_int`` times the output's power of two, and every
+    partial sum its integer partial sum (below 2**53) times the same power, so float64 holds each one exactly in
+    any summation order (the smallest power is 2**-71, far above the subnormals)."""
+
+    def build():
+        w, b, inv = int_params(conv, bits)
+        return w * inv.view(-1, *([1] * (w.dim() - 1))), b * inv.view(-1)
+
+    return cached(conv, f"scaled_params{bits}", weight_tensors(conv), build)
+
+
+def floor_activations(acc: torch.Tensor) -> torch.Tensor:
+    """An accumulator of ``scaled_params`` (bias and rounding offset included) -> activations: floor, clamped; in
+    place."""
+    return acc.floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
 def weight_tensors(conv: nn.Conv2d) -> tuple[torch.Tensor, ...]:
     """The tensors a convolution's exact weights derive from (weight, bias, mask): the key of caches built on them."""
     params, mask = conv._parameters, conv_mask(conv)
@@ -125,7 +145,8 @@ def int_weights(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> t
 def requantize(acc: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
     """Accumulator (out, N) of integers at activation x weight scale, ``int_params``' bias (with its rounding offset)
     included -> activation scale: floor(acc * 2**-e + 1/2), clamped. ``inv_scale``: (out, 1). Works in place:
-    ``acc`` is consumed."""
+    ``acc`` is consumed. The layers fold the scale into their weights (``scaled_params``); this is the reference
+    they are tested against."""
     return acc.mul_(inv_scale).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
@@ -203,12 +224,6 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     return torch.bitwise_right_shift(acc + half, e.view(-1, 1)).double().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
-def linear(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
-    """``int_weights`` (out, in) applied to fixed-point columns (in, N) -> (out, N), exactly."""
-    w, b, inv = weights
-    return requantize(F.linear(x.T, w.reshape(w.shape[0], -1), b).T, inv)
-
-
 def rescale(x: torch.Tensor, multiplier: torch.Tensor, shift: int) -> torch.Tensor:
     """floor(x * multiplier / 2**shift + 1/2) for fixed-point integers ``x`` (C, N) and integer multipliers (C,)."""
     return torch.floor(x * multiplier.view(-1, 1) * 2.0**-shift + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
@@ -216,7 +231,7 @@ def rescale(x: torch.Tensor, multiplier: torch.Tensor, shift: int) -> torch.Tens
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A whole-map convolution of fixed-point integers (1, C, H, W), as unfold + matrix product (exact)."""
-    w, b, inv = int_params(conv)
+    w, b = scaled_params(conv)
     k, s, p = conv.kernel_size, conv.stride, conv.padding
     h_out = (x.shape[-2] + 2 * p[0] - k[0]) // s[0] + 1
     w_out = (x.shape[-1] + 2 * p[1] - k[1]) // s[1] + 1
@@ -224,4 +239,4 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         raise ValueError("whole-map exact convolutions are ungrouped")
     cols = F.unfold(x, k, padding=p, stride=s)[0]  # (C k k, H W)
     acc = F.linear(cols.T, w.reshape(w.shape[0], -1), b).T
-    return requantize(acc, inv).view(1, -1, h_out, w_out)
+    return floor_activations(acc).view(1, -1, h_out, w_out)

@@ -81,8 +81,8 @@ def _gather(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -
 def _linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
     """(N, C_in k k) patches -> (C_out, N): the convolution's weights applied, exactly for fixed-point inputs."""
     if rows.dtype == torch.float64:
-        w, b, inv = exact.int_params(conv)
-        return exact.requantize(F.linear(rows, w.reshape(w.shape[0], -1), b).T, inv)
+        w, b = exact.scaled_params(conv)
+        return exact.floor_activations(F.linear(rows, w.reshape(w.shape[0], -1), b).T)
     return F.linear(rows, exact.effective_weight(conv).reshape(conv.out_channels, -1), conv.bias).T
 
 
@@ -96,17 +96,17 @@ def affine(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return _linear(conv, x.T)  # F.linear is faster than addmm in this layout
 
 
-def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A 1x1 convolution's exact integer weights (``exact.int_params``) split at input channel ``split`` -> (weights
-    of the first inputs (out, split), of the others, bias, inverse scale). Applied to the two input blocks apart and
-    summed before ``exact.requantize`` they give exactly what ``affine`` of the concatenation gives (every partial
-    sum is an integer below 2**53), so a block that is all zeros can be left out and one shared by several steps
-    computed once."""
+def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 1x1 convolution's exact weights (``exact.scaled_params``) split at input channel ``split`` -> (weights of
+    the first inputs (out, split), of the others, bias). Applied to the two input blocks apart and summed before
+    ``exact.floor_activations`` they give exactly what ``affine`` of the concatenation gives (every partial sum is
+    an integer below 2**53 times the output's power of two), so a block that is all zeros can be left out and one
+    shared by several steps computed once."""
 
     def build():
-        w, b, inv = exact.int_params(conv)
+        w, b = exact.scaled_params(conv)
         w = w.reshape(w.shape[0], -1)
-        return w[:, :split].contiguous(), w[:, split:].contiguous(), b, inv
+        return w[:, :split].contiguous(), w[:, split:].contiguous(), b
 
     return cached(conv, f"parts{split}", exact.weight_tensors(conv), build)
 
@@ -122,7 +122,7 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
     fixed = x.dtype == torch.float64
 
     def taps_and_weights():
-        weight = exact.int_params(conv)[0] if fixed else exact.effective_weight(conv)
+        weight = exact.scaled_params(conv)[0] if fixed else exact.effective_weight(conv)
         taps = weight.flatten(1).abs().sum(0).nonzero().squeeze(1)  # kernel offsets any output uses
         return taps, weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
 
@@ -138,8 +138,7 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
     patches = _gather(x.reshape(c, -1), flat, outside).view(c, -1, taps.numel())  # (C, K, taps)
     acc = torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel())
     if fixed:
-        _, b, inv = exact.int_params(conv)
-        return exact.requantize(acc + b.view(-1, 1), inv)
+        return exact.floor_activations(acc.add_(exact.scaled_params(conv)[1].view(-1, 1)))
     return acc + conv.bias.view(-1, 1)
 
 
