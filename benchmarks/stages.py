@@ -22,7 +22,10 @@ from mutualfc.io import atomic_write_text
 from mutualfc.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
-# stage -> (file suffix, function name): cumulative time of the function; stages nest as the code does (the rows
+_IN_LATENT = "latent_codecs/hyperprior.py:code"  # only the calls the latent's coding loop makes
+_PARAMS = ("affine", "activate", "floor_activations", "<built-in method torch._C._nn.linear>")
+# stage -> (file suffix, function name(s)[, "file:function" that calls it]): cumulative time of the function (only
+# in the calls that caller makes, where one is named); stages nest as the code does (the rows
 # are not exclusive: "latent coding" includes its rANS calls)
 STAGES = {
     "encode": [
@@ -30,9 +33,9 @@ STAGES = {
         ("analysis (float, 1 thread)", "models/bfc.py", "analysis"),
         ("latent coding (hyperprior, groups)", "latent_codecs/hyperprior.py", "compress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
-        ("  channel context (exact)", "nn/sparse.py", "stack_at"),
+        ("  channel context (exact)", "nn/sparse.py", "stack_at", _IN_LATENT),
         ("  spatial context (exact)", "nn/sparse.py", "context_at"),
-        ("  entropy parameters (exact)", "nn/sparse.py", "apply_columns"),
+        ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
         ("  Gaussian coding", "entropy/gaussian.py", "code_gaussian"),
         ("  rANS encoder", "entropy/rans.py", "finish"),
         ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
@@ -45,9 +48,9 @@ STAGES = {
     "decode": [
         ("latent decoding (hyperprior, groups)", "latent_codecs/hyperprior.py", "decompress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
-        ("  channel context (exact)", "nn/sparse.py", "stack_at"),
+        ("  channel context (exact)", "nn/sparse.py", "stack_at", _IN_LATENT),
         ("  spatial context (exact)", "nn/sparse.py", "context_at"),
-        ("  entropy parameters (exact)", "nn/sparse.py", "apply_columns"),
+        ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
         ("  Gaussian coding", "entropy/gaussian.py", "code_gaussian"),
         ("  rANS decoder", "entropy/rans.py", "code"),
         ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
@@ -60,9 +63,20 @@ STAGES = {
 }
 
 
-def _cumulative(stats: pstats.Stats, where: str, name: str) -> float:
-    """Seconds spent in (and under) function ``name`` of files whose path contains ``where``."""
-    return sum(v[3] for (file, _, func), v in stats.stats.items() if where in file and func == name)
+def _cumulative(stats: pstats.Stats, where: str, name: str | tuple[str, ...], caller: str = "") -> float:
+    """Seconds spent in (and under) function ``name`` (or any of several) of files whose path contains ``where``;
+    with ``caller`` ("file suffix:function"), only in the calls that function makes directly."""
+    names = (name,) if isinstance(name, str) else name
+    c_file, _, c_func = caller.partition(":")
+    total = 0.0
+    for (file, _, func), (_, _, _, cum, callers) in stats.stats.items():
+        if where not in file or func not in names:
+            continue
+        if not caller:
+            total += cum
+            continue
+        total += sum(v[3] for (f, _, fn), v in callers.items() if f.endswith(c_file) and fn == c_func)
+    return total
 
 
 def main() -> int:
@@ -96,7 +110,7 @@ def main() -> int:
             stats = pstats.Stats(prof)
             whole = _cumulative(stats, "codecs/base.py", side)
             n = len(xs)
-            stages = {label: 1000 * _cumulative(stats, f, fn) / n for label, f, fn in STAGES[side]}
+            stages = {label: 1000 * _cumulative(stats, *spec) / n for label, *spec in STAGES[side]}
             row = {"task": task.name, "codec": name, "quality": q, "side": side, "ms_per_image": 1000 * whole / n,
                    "stages": stages}  # fmt: skip
             rows.append(row)
