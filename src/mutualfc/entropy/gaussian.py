@@ -64,20 +64,33 @@ def code_gaussian(
     is exact either way. Fixed-point ``params`` (float64 integers) give fixed-point decoded values."""
     gc = codec.gaussian_conditional
     scales, means = split_params(codec, params)
+    shape, means = means.shape, means.reshape(-1)
     fixed = params.dtype == torch.float64
-    if fixed:
-        means = means * 2.0**-exact.ACT_BITS  # real units, exactly (the symbols are coded around them)
-    indexes, out = scale_indexes(gc, scales).reshape(-1), means.reshape(-1).clone()
+    values = None if y is None else y.reshape(-1)
+    real = means  # the means in real units: the encoder codes its symbols around them
+    if fixed:  # exactly; the decoder adds its symbols to the fixed-point means and needs no real ones
+        real = None if values is None else means * 2.0**-exact.ACT_BITS
+    indexes = scale_indexes(gc, scales).reshape(-1)
     floor = indexes == 0
     every = True
     if bool(floor.any()):
-        off = None if y is None else bool(torch.round(y.reshape(-1) - out).ne(0).logical_and_(floor).any())
+        off = None if values is None else bool(torch.round(values - real).ne(0).logical_and_(floor).any())
         every = coder.flag(off)
     if every:
-        out = coder.code(gc, None if y is None else y.reshape(-1), indexes, out)
-        return exact.to_fixed(out).view_as(means) if fixed else out.view_as(means)
-    coded = indexes.nonzero().squeeze(1)
+        return _decoded(coder.symbols(gc, values, indexes, real), means).view(shape)
+    out, coded = means.clone(), indexes.nonzero().squeeze(1)
     if coded.numel():
-        values = None if y is None else y.reshape(-1).index_select(0, coded)
-        out.index_copy_(0, coded, coder.code(gc, values, indexes.index_select(0, coded), out.index_select(0, coded)))
-    return exact.to_fixed(out).view_as(means) if fixed else out.view_as(means)
+        take = lambda t: None if t is None else t.index_select(0, coded)  # noqa: E731
+        symbols = coder.symbols(gc, take(values), take(indexes), take(real))
+        out.index_copy_(0, coded, _decoded(symbols, take(means)))
+    return out.view(shape)
+
+
+def _decoded(symbols: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Symbols (int32) around ``means`` -> decoded values: ``symbols + means`` for real means; for fixed-point ones
+    ``symbols * 2**ACT_BITS + means``, clamped, which is ``to_fixed(symbols + means * 2**-ACT_BITS)`` exactly (both
+    terms are integers far below 2**53) in two passes fewer."""
+    if means.dtype != torch.float64:
+        return symbols.to(means.dtype).add_(means)
+    out = symbols.double().mul_(2**exact.ACT_BITS).add_(means)
+    return out.clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT)

@@ -137,9 +137,15 @@ class SymbolWriter:
 
     def code(self, model: EntropyModel, values: torch.Tensor, indexes: torch.Tensor, means: torch.Tensor):
         """-> the decoded values (``round(values - means) + means``, exactly what the reader returns)."""
+        return self.symbols(model, values, indexes, means).to(means.dtype) + means
+
+    def symbols(
+        self, model: EntropyModel, values: torch.Tensor, indexes: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
+        """Codes ``round(values - means)`` with the tables ``indexes`` -> those symbols (int32)."""
         symbols = torch.round(values - means).int()
         self._parts.append((cdf_tables(model), symbols, indexes.int()))
-        return symbols.to(means.dtype) + means
+        return symbols
 
     def flag(self, value: bool) -> bool:
         self._parts.append(
@@ -183,11 +189,15 @@ class SymbolReader:
         self._dec.set_stream(data)
 
     def code(self, model: EntropyModel, values, indexes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        return self.symbols(model, values, indexes).to(means.dtype) + means
+
+    def symbols(self, model: EntropyModel, values, indexes: torch.Tensor, means=None) -> torch.Tensor:
+        """The next symbols, one per table index (int32); ``values`` and ``means`` are the writer's."""
         cdfs, lengths, offsets = cdf_tables(model)
         n = int(indexes.max()) + 1 if indexes.numel() else 0
-        symbols = self._dec.decode_stream(indexes.int().tolist(), cdfs[:n], lengths[:n], offsets[:n])
+        symbols = self._dec.decode_stream(indexes.tolist(), cdfs[:n], lengths[:n], offsets[:n])
         _counted(len(symbols))
-        return torch.from_numpy(np.fromiter(symbols, np.int32, len(symbols))).to(means.dtype) + means
+        return torch.from_numpy(np.fromiter(symbols, np.int32, len(symbols)))
 
     def flag(self, value=None) -> bool:
         _counted(1)
