@@ -4,7 +4,8 @@
 thread, so that what is coded does not depend on the thread count). Every step is timed once per image in each of
 ``--repeat`` passes over all the images, and per image and step the fastest pass counts (the ``timeit`` convention:
 the other runs measure the machine's other load, not the code). Passes rather than back-to-back repeats, because a
-shared machine's load comes in bursts of seconds that back-to-back repeats all fall into. Prints a table and writes
+shared machine's load comes in bursts of seconds that back-to-back repeats all fall into; each pass times every
+codec in turn, so that a slow stretch of tens of seconds does not fall on one codec only. Prints a table and writes
 results/speed.json and results/speed.md.
 
     python benchmarks/speed.py --data ../shared/data/coco-val212 --images 20
@@ -60,7 +61,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     ds = CocoDataset(Path(args.data) / "images").subset(args.images)
     images = [load_image(r.path) for r in ds.records]
-    rows = []
+    runs = []  # (task, name, param, codec, best per image: front, encode, decode, back)
     for task, spec in ((create_task(t), c) for t in args.tasks.split(",") for c in args.codecs.split(",")):
         name, _, p = spec.partition("=")
         param = float(p) if p else POINTS.get(name, 0)
@@ -68,20 +69,24 @@ def main() -> int:
             name, task, **({"checkpoint": args.checkpoint} if args.checkpoint and name == "mutual" else {})
         )
         codec.decode(codec.encode(codec.prepare(images[0]), param))  # warm-up (caches, thread pools), not counted
-        best = [[float("inf")] * 4 for _ in images]  # per image: front, encode, decode, back
-        nbytes = pixels = 0
-        for r in range(args.repeat):
+        runs.append((task, name, param, codec, [[float("inf")] * 4 for _ in images]))
+    sizes = {}  # run index -> (bytes, pixels) of the first pass
+    for r in range(args.repeat):  # each pass times every codec: all of them see the same stretches of load
+        for j, (_, _, param, codec, best) in enumerate(runs):
+            nbytes = pixels = 0
             for i, im in enumerate(images):
                 x, t_front = _ms(codec.prepare, im)  # the front half; nothing for an image codec
                 data, t_enc = _ms(codec.encode, x, param)
                 y, t_dec = _ms(codec.decode, data)
                 _, t_back = _ms(codec.detections, y)
                 best[i] = [min(a, b) for a, b in zip(best[i], (t_front, t_enc, t_dec, t_back), strict=True)]
-                if r == 0:
-                    nbytes += len(data)
-                    pixels += im.shape[0] * im.shape[1]
-        front, enc, dec, back = (sum(b[j] for b in best) for j in range(4))
-        n = len(images)
+                nbytes, pixels = nbytes + len(data), pixels + im.shape[0] * im.shape[1]
+            sizes.setdefault(j, (nbytes, pixels))
+        print(f"pass {r + 1}/{args.repeat} done", flush=True)
+    rows = []
+    for j, (task, name, param, _, best) in enumerate(runs):
+        front, enc, dec, back = (sum(b[k] for b in best) for k in range(4))
+        n, (nbytes, pixels) = len(images), sizes[j]
         row = {"task": task.name, "codec": name, "param": param, "images": n, "bpp": round(8 * nbytes / pixels, 4),
                "encode_ms": round(enc / n, 1), "decode_ms": round(dec / n, 1),
                "codec_ms": round((enc + dec) / n, 1), "front_ms": round(front / n, 1), "back_ms": round(back / n, 1),
@@ -89,7 +94,8 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
-            "repeat": args.repeat, "statistic": "mean over images of the fastest of `repeat` passes"}  # fmt: skip
+            "repeat": args.repeat, "statistic": "mean over images of the fastest of `repeat` passes",
+            "passes": "each pass times every codec in turn"}  # fmt: skip
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
