@@ -103,7 +103,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 acc = side_acc.index_select(0, sel)
                 if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
-                    acc += F.linear(ctx.T, w_ctx)
+                    acc.addmm_(ctx.T, w_ctx.T)  # exact integers: the same sum in any order
                 p = affine(last, activate(act, exact.floor_activations(acc.T)))
                 values = None if y is None else take_columns(y_[k], sel)
                 put_columns(y_hat_[k], idx, code_gaussian(coder, gcl, values, p))

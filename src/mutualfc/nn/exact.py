@@ -97,7 +97,7 @@ def int_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, tor
 
 
 def scaled_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, torch.Tensor]:
-    """``int_params`` with each output's scale folded in: weights ``w_int * 2**-e`` (the weight's shape) and bias
+    """``int_params`` with each output's scale folded in: weights ``w_int * 2**-e`` (out, in * kh * kw) and bias
     ``b_int * 2**-e``, so that a layer is ``floor_activations(x @ w.T + b)``: the same integers as ``requantize``
     with one pass less. Exact: every product is the integer ``x * w_int`` times the output's power of two, and every
     partial sum its integer partial sum (below 2**53) times the same power, so float64 holds each one exactly in
@@ -105,7 +105,7 @@ def scaled_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, 
 
     def build():
         w, b, inv = int_params(conv, bits)
-        return w * inv.view(-1, *([1] * (w.dim() - 1))), b * inv.view(-1)
+        return (w.flatten(1) * inv).contiguous(), b * inv.view(-1)
 
     return cached(conv, f"scaled_params{bits}", weight_tensors(conv), build)
 
@@ -238,5 +238,5 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if conv.groups != 1:
         raise ValueError("whole-map exact convolutions are ungrouped")
     cols = F.unfold(x, k, padding=p, stride=s)[0]  # (C k k, H W)
-    acc = F.linear(cols.T, w.reshape(w.shape[0], -1), b).T
+    acc = F.linear(cols.T, w, b).T
     return floor_activations(acc).view(1, -1, h_out, w_out)

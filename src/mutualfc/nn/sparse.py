@@ -82,7 +82,7 @@ def _linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
     """(N, C_in k k) patches -> (C_out, N): the convolution's weights applied, exactly for fixed-point inputs."""
     if rows.dtype == torch.float64:
         w, b = exact.scaled_params(conv)
-        return exact.floor_activations(F.linear(rows, w.reshape(w.shape[0], -1), b).T)
+        return exact.floor_activations(F.linear(rows, w, b).T)
     return F.linear(rows, exact.effective_weight(conv).reshape(conv.out_channels, -1), conv.bias).T
 
 
@@ -105,7 +105,6 @@ def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tenso
 
     def build():
         w, b = exact.scaled_params(conv)
-        w = w.reshape(w.shape[0], -1)
         return w[:, :split].contiguous(), w[:, split:].contiguous(), b
 
     return cached(conv, f"parts{split}", exact.weight_tensors(conv), build)
