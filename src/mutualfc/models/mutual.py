@@ -105,7 +105,7 @@ class MutualFeatureNet(FeatureCompressionModel):
         ``carry`` (indexes among the kept cells; None: none) are predicted: each column is predicted on its own and
         exactly, so leaving the others out changes no value."""
         if self.cfg.predict_uncorrected or (carry is not None and carry.numel() == base.shape[1] - 1):
-            return self._uncorrected(self.mfc.predict_cells(base, SYNTHESIS_BITS), carry)
+            return self.mfc.predict_cells(base, SYNTHESIS_BITS)  # every column is used as predicted
         if carry is None:  # column 0 alone: the synthesis of a latent of 0, the same in every image
             return self._mean_prediction(base[:, :1]).expand(-1, base.shape[1]).clone()
         cols = torch.cat([carry.new_zeros(1), carry + 1])
@@ -140,8 +140,6 @@ class MutualFeatureNet(FeatureCompressionModel):
     ) -> torch.Tensor:
         """The residual latent's Gaussians at the cells ``at``, from the base's context computed only where they
         read it."""
-        if not at.numel():
-            return self.res.entropy_params(y_hat, at)  # no cell: no context to compute
         reads = self.res.context_positions(at, tuple(y_hat.shape[-2:]))
         return self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low, at=reads), at)
 

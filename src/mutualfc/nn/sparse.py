@@ -162,13 +162,6 @@ def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | No
     return _linear(conv, patches.T)
 
 
-def apply_columns(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """A stack of 1x1 convolutions and element-wise activations applied to columns (C, K)."""
-    for m in layers:
-        x = affine(m, x) if isinstance(m, nn.Conv2d) else activate(m, x)
-    return x
-
-
 def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
     """A stack of stride-1 "same" convolutions and element-wise activations applied to ``x`` (1, C, H, W),
     evaluated at raster positions ``idx`` only -> (C_out, K). Each convolution runs only where a later one reads it
