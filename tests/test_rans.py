@@ -1,5 +1,5 @@
-"""The rANS layer: short streams (fewer symbols than CompressAI's encoder buffer can hold) are written by our own
-port of its encoder, which must give CompressAI's bytes; every length round-trips and none corrupts memory."""
+"""The rANS layer: our compiled coder (``mutualfc.entropy.ans``) must give CompressAI's bytes and read CompressAI's
+symbols back, from valid streams and from damaged ones alike; every length round-trips and none corrupts memory."""
 
 import subprocess
 import sys
@@ -7,10 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from compressai.ans import BufferedRansEncoder
+from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import GaussianConditional
 
-from mutualfc.entropy.rans import FLAG_TABLES, SHORT_STREAM, SymbolReader, SymbolWriter, cdf_tables, encode_short
+from mutualfc.entropy import ans
+from mutualfc.entropy.rans import FLAG_TABLES, SymbolReader, SymbolWriter, cdf_tables
+
+SHORT_STREAM = 8  # CompressAI's encoder buffer overflows below about this many symbols
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +23,18 @@ def gaussian_tables():
     return gc, cdf_tables(gc)
 
 
+def _with_flag(tables):
+    cdfs, lengths, offsets = tables
+    return [*cdfs, *FLAG_TABLES[0]], [*lengths, *FLAG_TABLES[1]], [*offsets, *FLAG_TABLES[2]]
+
+
 @pytest.mark.parametrize("n", [8, 9, 31, 200, 2000])
-def test_the_short_stream_encoder_gives_compressais_bytes(gaussian_tables, n):
-    """At lengths CompressAI's buffer holds, both encoders agree byte for byte, values far outside the tables (bypass
-    coding, both signs) and the flag's table included."""
-    _, (cdfs, lengths, offsets) = gaussian_tables
-    cdfs, lengths, offsets = [*cdfs, *FLAG_TABLES[0]], [*lengths, *FLAG_TABLES[1]], [*offsets, *FLAG_TABLES[2]]
+def test_the_coder_gives_compressais_bytes_and_symbols(gaussian_tables, n):
+    """At lengths CompressAI's buffer holds, both encoders agree byte for byte and both decoders read the same
+    symbols back (read in two calls: the state carries over), values far outside the tables (escapes, both signs)
+    and the flag's table included."""
+    cdfs, lengths, offsets = _with_flag(gaussian_tables[1])
+    flat = ans.flat_tables(cdfs, lengths, offsets)
     rng = np.random.RandomState(n)
     for trial in range(20):
         indexes = rng.randint(0, len(cdfs), n).tolist()
@@ -34,7 +43,30 @@ def test_the_short_stream_encoder_gives_compressais_bytes(gaussian_tables, n):
                    for v, i in zip(rng.randint(-spread, spread + 1, n), indexes, strict=True)]  # fmt: skip
         enc = BufferedRansEncoder()
         enc.encode_with_indexes(symbols, indexes, cdfs, lengths, offsets)
-        assert encode_short(symbols, indexes, cdfs, lengths, offsets) == enc.flush()
+        data = enc.flush()
+        idx = np.asarray(indexes, np.int32)
+        assert ans.encode(np.asarray(symbols, np.int32), idx, flat) == data
+        dec, cut = ans.Decoder(data), n // 3
+        assert np.concatenate([dec.decode(idx[:cut], flat), dec.decode(idx[cut:], flat)]).tolist() == symbols
+
+
+def test_damaged_streams_read_as_compressai_reads_them_zero_padded(gaussian_tables):
+    """Random bytes read as CompressAI's decoder reads them followed by zeros (what decoders padded streams with
+    before: ours reads zeros past the end), escapes with absurd lengths included."""
+    cdfs, lengths, offsets = _with_flag(gaussian_tables[1])
+    flat = ans.flat_tables(cdfs, lengths, offsets)
+    rng = np.random.RandomState(7)
+    for _ in range(400):
+        data = rng.bytes(rng.randint(0, 120))
+        idx = rng.randint(0, len(cdfs), 150).astype(np.int32)
+        ref = RansDecoder()
+        ref.set_stream(data + b"\0" * (4096 + 16 * len(data)))
+        assert ans.Decoder(data).decode(idx, flat).tolist() == ref.decode_stream(idx.tolist(), cdfs, lengths, offsets)
+
+
+def test_tables_that_are_not_cdfs_are_refused():
+    with pytest.raises(ValueError, match="table 1"):
+        ans.flat_tables([[0, 65536], [0, 70000, 65536]], [2, 3], [0, 0])
 
 
 def test_streams_of_every_short_length_round_trip(gaussian_tables):
@@ -47,7 +79,7 @@ def test_streams_of_every_short_length_round_trip(gaussian_tables):
         indexes = torch.arange(n) % 64
         w.code(gc, values, indexes, torch.zeros(n, dtype=torch.float64))
         data = w.finish()
-        r = SymbolReader(data + b"\0" * 16)
+        r = SymbolReader(data)
         assert r.flag() and torch.equal(r.code(gc, None, indexes, torch.zeros(n, dtype=torch.float64)), values)
 
 

@@ -1,4 +1,5 @@
-"""rANS streams for real coding: CompressAI's coder behind a writer and a reader that share one calling sequence.
+"""rANS streams for real coding (CompressAI's format, ``mutualfc.entropy.ans``'s coder): a writer and a reader that
+share one calling sequence.
 
 The encoder and the decoder run the same code with a ``SymbolWriter`` or a ``SymbolReader`` in hand, so the order
 of the symbols and the tables they use match by construction.
@@ -11,10 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models.entropy_models import EntropyModel
 
-from mutualfc.nn.caching import stamps
+from mutualfc.entropy.ans import Decoder, FlatTables, encode, flat_tables, join_tables
+from mutualfc.nn.caching import cached, stamps
 
 Tables = tuple[list[list[int]], list[int], list[int]]
 
@@ -84,56 +85,34 @@ def cdf_tables(model: EntropyModel) -> Tables:
 FLAG_TABLES: Tables = ([[0, 65000, 65534, 65536]], [4], [0])
 
 
-# CompressAI's ``BufferedRansEncoder.flush`` gives its output one 32-bit word per coded symbol and writes two for the
-# final state: a stream of one symbol (a residual stream whose only symbol is its floor-scale flag) writes past the
-# buffer and corrupts the heap. Streams this short are encoded by ``encode_short``: the same bytes, no overflow.
-SHORT_STREAM = 8
-_PRECISION, _BYPASS_BITS, _RANS_L = 16, 4, 1 << 31
-_BYPASS_MAX = (1 << _BYPASS_BITS) - 1
+FLAT_FLAG_TABLES = flat_tables(*FLAG_TABLES)
 
 
-def encode_short(symbols: list[int], indexes: list[int], cdfs: list[list[int]], lengths: list[int],
-                 offsets: list[int]) -> bytes:  # fmt: skip
-    """CompressAI's ``BufferedRansEncoder`` (``encode_with_indexes`` then ``flush``: 64-bit rANS, 16-bit
-    probabilities, 4-bit bypass coding of values outside a table) in Python integers, with an output of any length.
-    ``tests/test_bitstream.py`` checks that it gives CompressAI's bytes."""
-    syms: list[tuple[int, int, bool]] = []  # (start, range, bypass), in coding order
-    for symbol, i in zip(symbols, indexes, strict=True):
-        cdf, top = cdfs[i], lengths[i] - 2
-        value, raw = symbol - offsets[i], 0
-        if value < 0:
-            raw, value = (-2 * value - 1) & 0xFFFFFFFF, top
-        elif value >= top:
-            raw, value = (2 * (value - top)) & 0xFFFFFFFF, top
-        syms.append((cdf[value] & 0xFFFF, (cdf[value + 1] - cdf[value]) & 0xFFFF, False))
-        if value == top:
-            n = 0
-            while raw >> (n * _BYPASS_BITS):
-                n += 1
-            count = n
-            while count >= _BYPASS_MAX:
-                syms.append((_BYPASS_MAX, 0, True))
-                count -= _BYPASS_MAX
-            syms.append((count, 0, True))
-            syms += [((raw >> (j * _BYPASS_BITS)) & _BYPASS_MAX, 0, True) for j in range(n)]
-    x, emitted = _RANS_L, []
-    for start, freq, bypass in reversed(syms):  # rANS codes last-in first-out
-        limit = ((_RANS_L >> _PRECISION) << 32) * (1 << (_PRECISION - _BYPASS_BITS) if bypass else freq)
-        if x >= limit:
-            emitted.append(x & 0xFFFFFFFF)
-            x >>= 32
-        x = (x << _BYPASS_BITS) | start if bypass else ((x // freq) << _PRECISION) + x % freq + start
-    words = [x & 0xFFFFFFFF, x >> 32, *reversed(emitted)]  # the buffer from the final state to its end
-    return np.asarray(words, dtype="<u4").tobytes()
+def model_tables(model: EntropyModel) -> FlatTables:
+    """``cdf_tables`` as the flat arrays the coder takes, cached on the model like them; models with the same tables
+    share one object (a stream joins each set of tables once)."""
+
+    def build() -> FlatTables:
+        tables = cdf_tables(model)
+        hit = _FLAT.get(id(tables))
+        if hit is None or hit[0] is not tables:
+            if len(_FLAT) > 64:
+                _FLAT.clear()
+            hit = _FLAT[id(tables)] = (tables, flat_tables(*tables))
+        return hit[1]
+
+    return cached(model, "flat_tables", (model.quantized_cdf, model.cdf_length, model.offset), build)
+
+
+_FLAT: dict[int, tuple[Tables, FlatTables]] = {}
 
 
 class SymbolWriter:
-    """Encoder side of one rANS stream (CompressAI's ``BufferedRansEncoder``): the symbols of every coding step are
-    collected in decoding order and handed to the coder in one call at ``finish`` (each call converts the CDF tables
-    it is given, so one call per stream instead of one per step)."""
+    """Encoder side of one rANS stream: the symbols of every coding step are collected in decoding order and coded
+    in one pass at ``finish``."""
 
     def __init__(self):
-        self._parts: list[tuple[Tables, torch.Tensor, torch.Tensor]] = []
+        self._parts: list[tuple[FlatTables, torch.Tensor, torch.Tensor]] = []
 
     def code(self, model: EntropyModel, values: torch.Tensor, indexes: torch.Tensor, means: torch.Tensor):
         """-> the decoded values (``round(values - means) + means``, exactly what the reader returns)."""
@@ -144,12 +123,12 @@ class SymbolWriter:
     ) -> torch.Tensor:
         """Codes ``round(values - means)`` with the tables ``indexes`` -> those symbols (int32)."""
         symbols = torch.round(values - means).int()
-        self._parts.append((cdf_tables(model), symbols, indexes.int()))
+        self._parts.append((model_tables(model), symbols, indexes.int()))
         return symbols
 
     def flag(self, value: bool) -> bool:
         self._parts.append(
-            (FLAG_TABLES, torch.tensor([int(value)], dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
+            (FLAT_FLAG_TABLES, torch.tensor([int(value)], dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
         )
         return value
 
@@ -161,47 +140,32 @@ class SymbolWriter:
     def finish(self) -> bytes:
         if not self._parts:
             return b""
-        used: dict[int, int] = {}  # table set (by identity) -> how many of its tables the symbols use
-        for tables, _, idx in self._parts:
-            used[id(tables)] = max(used.get(id(tables), 0), int(idx.max()) + 1 if idx.numel() else 0)
-        start: dict[int, int] = {}  # table set -> its first index in the combined tables
-        cdfs, lengths, offsets = [], [], []
-        for tables, _, _ in self._parts:  # only the tables used: the coder converts every table it is given
-            if id(tables) not in start:
-                start[id(tables)], n = len(cdfs), used[id(tables)]
-                cdfs, lengths, offsets = cdfs + tables[0][:n], lengths + tables[1][:n], offsets + tables[2][:n]
-        symbols = torch.cat([s for _, s, _ in self._parts]).tolist()
-        indexes = torch.cat([i + start[id(t)] for t, _, i in self._parts]).tolist()
-        if len(symbols) < SHORT_STREAM:
-            return encode_short(symbols, indexes, cdfs, lengths, offsets)
-        enc = BufferedRansEncoder()
-        enc.encode_with_indexes(symbols, indexes, cdfs, lengths, offsets)
-        return enc.flush()
+        sets = list({id(t): t for t, _, _ in self._parts}.values())  # each table set once, in order of first use
+        tables, firsts = join_tables(sets)
+        first = {id(t): f for t, f in zip(sets, firsts, strict=True)}
+        symbols = torch.cat([s for _, s, _ in self._parts]).numpy()
+        indexes = torch.cat([i + first[id(t)] for t, _, i in self._parts]).numpy()
+        return encode(symbols, indexes, tables)
 
 
 class SymbolReader:
-    """Decoder side: the same calls, in the same order, read the symbols back (``values`` is ignored). Each call
-    passes the CDF tables only up to the highest index its symbols use (the coder converts every table it is given
-    on every call, and the tables grow with the index: scale tables are sorted by scale)."""
+    """Decoder side: the same calls, in the same order, read the symbols back (``values`` is ignored)."""
 
     def __init__(self, data: bytes):
-        self._dec = RansDecoder()
-        self._dec.set_stream(data)
+        self._dec = Decoder(data)
 
     def code(self, model: EntropyModel, values, indexes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         return self.symbols(model, values, indexes).to(means.dtype) + means
 
     def symbols(self, model: EntropyModel, values, indexes: torch.Tensor, means=None) -> torch.Tensor:
         """The next symbols, one per table index (int32); ``values`` and ``means`` are the writer's."""
-        cdfs, lengths, offsets = cdf_tables(model)
-        n = int(indexes.max()) + 1 if indexes.numel() else 0
-        symbols = self._dec.decode_stream(indexes.tolist(), cdfs[:n], lengths[:n], offsets[:n])
-        _counted(len(symbols))
-        return torch.from_numpy(np.fromiter(symbols, np.int32, len(symbols)))
+        symbols = self._dec.decode(indexes.int().contiguous().numpy(), model_tables(model))
+        _counted(symbols.size)
+        return torch.from_numpy(symbols)
 
     def flag(self, value=None) -> bool:
         _counted(1)
-        return self._dec.decode_stream([0], *FLAG_TABLES)[0] == 1
+        return int(self._dec.decode(np.zeros(1, np.int32), FLAT_FLAG_TABLES)[0]) == 1
 
 
 SymbolCoder = SymbolWriter | SymbolReader

@@ -11,7 +11,6 @@ from compressai.models import CompressionModel
 from compressai.models.utils import update_registered_buffers
 
 from mutualfc.models.config import MutualConfig
-from mutualfc.models.gain import GainUnit
 
 ENTROPY_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
@@ -108,18 +107,6 @@ class FeatureCompressionModel(CompressionModel):
         hp, wp = self.padded(size)
         k = torch.ones(batch, 1, h, w, device=device) if keep is None else keep.float().expand(batch, 1, h, w)
         return F.pad(k, (0, wp - w, 0, hp - h))
-
-    def guarded(self, strings: list[bytes], size: tuple[int, int]) -> list[bytes]:
-        """Zero-pad every rANS stream so that the decoder (which does not bounds-check) does not read past the end of
-        a crafted or damaged stream: a regular symbol consumes at most one 32-bit word, and a stream holds at most a
-        latent's and its hyper-latent's symbols (and one flag per coding step)."""
-        hp, wp = self.padded(size)
-        if "_widest" not in self.__dict__:
-            self._widest = max(m.channels for m in self.modules() if isinstance(m, GainUnit)) + self.cfg.hyper
-        pad = 4 * self._widest * hp * wp + 64
-        # escape (bypass) symbols read 4 bits per call and their length prefix comes from the data, so a stream of
-        # crafted escape prefixes can ask for about 15 times its own length: padded for that too
-        return [strings[0], *(bytes(s) + b"\0" * (pad + 16 * len(s)) for s in strings[1:])]  # mask: not rANS
 
     @property
     def has_residual(self) -> bool:

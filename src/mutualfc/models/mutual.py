@@ -248,7 +248,7 @@ class MutualFeatureNet(FeatureCompressionModel):
                 raise ValueError(f"tier step {step} takes quality {quality:g} below 0")
             low = (quality - step / TIER_STEP, in_low)
         info = strings[n + 1] if len(strings) > n + 1 else b""  # not rANS: not padded
-        strings = self.guarded(strings[: n + 1], size)
+        strings = strings[: n + 1]
         y_hat = self.bfc.latent_codec.decompress([strings[1]], mask)["y_hat"]
         base = self.bfc.packed_cells(y_hat, kept, quality, low)
         if len(strings) > n:

@@ -77,7 +77,7 @@ class SeparateFeatureNet(FeatureCompressionModel):
             raise ValueError(f"expected {self.stream_count()} streams, got {len(strings)}")
         mask = self.coded_mask(decode_mask(strings[0], size), size)
         rec = {}
-        for string, bfc in zip(self.guarded(strings, size)[1:], self.codecs.values(), strict=True):
+        for string, bfc in zip(strings[1:], self.codecs.values(), strict=True):
             y_hat = bfc.latent_codec.decompress([string], mask)["y_hat"]
             rec.update(bfc.decoded_levels(y_hat, mask, quality))
         return crop_levels(rec, self.cfg.levels, size)
