@@ -382,6 +382,34 @@ def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():
     assert sizes["one off"] > sizes["at mean"]
 
 
+def test_compiled_gaussian_coding_equals_the_tensor_reference():
+    """Fixed-point Gaussian coding (one compiled step per side) writes the reference's bytes and decodes its values,
+    with and without floor-scale latents, all at their means or one off, and across the two paths both ways."""
+    from mutualfc.entropy.gaussian import code_gaussian_reference
+
+    gc = GaussianConditional(None)
+    gc.update_scale_table(get_scale_table(), force=True)
+    codec = GaussianConditionalLatentCodec(gaussian_conditional=gc)
+    g = torch.Generator().manual_seed(3)
+    for case in range(12):
+        scales = torch.exp(torch.empty(6, 40).uniform_(math.log(0.05), math.log(300), generator=g))
+        if case % 3 == 0:
+            scales[:, ::2] = 0.01  # floor-scale latents
+        means = torch.randn(6, 40, generator=g) * 20
+        y = (means + scales * torch.randn(6, 40, generator=g)).double()
+        if case % 3 == 0 and case % 2:
+            y[:, ::2] = means[:, ::2].double()  # every floor-scale latent at its mean: left out behind the flag
+        params = torch.cat([torch.round(p.double() * 2**ACT_BITS) for p in (scales, means)])
+        streams, decoded = [], []
+        for code in (code_gaussian, code_gaussian_reference):
+            w = SymbolWriter()
+            decoded.append(code(w, codec, y, params))
+            streams.append(w.finish())
+        assert streams[0] == streams[1] and torch.equal(decoded[0], decoded[1])
+        for code in (code_gaussian, code_gaussian_reference):
+            assert torch.equal(code(SymbolReader(streams[0]), codec, None, params), decoded[0])
+
+
 def test_wide_linear_is_exact_on_both_of_its_paths():
     """The one-product path (bounded inputs) and the split path (large inputs) give the exact integer result."""
     from mutualfc.nn.exact import ACT_LIMIT, wide_linear, wide_weights
@@ -402,17 +430,22 @@ def test_wide_linear_is_exact_on_both_of_its_paths():
 
 
 def test_exact_gelu_is_the_rounded_gelu_everywhere():
-    """Inside [-8, 8) the table's round(GELU(k / 256) * 256); 0 below, the input itself above, exactly."""
+    """Inside [-8, 8) the table's round(GELU(k / 256) * 256); 0 below, the input itself above, exactly: the compiled
+    pass over columns (contiguous or a transposed view) and the tensor reference alike."""
     import math
 
-    from mutualfc.nn.exact import ACT_LIMIT, gelu
+    from mutualfc.nn.exact import ACT_LIMIT, gelu, gelu_reference
 
     x = torch.cat([torch.arange(-3000.0, 3000.0), torch.tensor([-ACT_LIMIT, -2049.0, 2047.0, 2048.0, ACT_LIMIT])])
     x = x.double()
     s = 2**ACT_BITS
     ref = [0 if k < -8 * s else k if k >= 8 * s - 1 else round(0.5 * k * (1 + math.erf(k / s / math.sqrt(2)))) for k
            in x.long().tolist()]  # fmt: skip
-    assert gelu(x).tolist() == [float(v) for v in ref]
+    ref = [float(v) for v in ref]
+    assert gelu_reference(x).tolist() == ref and gelu(x).tolist() == ref
+    assert gelu(x.view(-1, 1)).flatten().tolist() == ref
+    cols = x[:6000].view(60, 100).T  # a transposed view
+    assert torch.equal(gelu(cols), torch.tensor(ref[:6000], dtype=torch.float64).view(60, 100).T)
 
 
 def test_integer_layers_round_half_up_exactly():

@@ -152,54 +152,60 @@ def _word(words, pos):
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode(words, pos, x, indexes, cdf, start, length, offset, out):  # pragma: no cover - compiled
-    for i in range(indexes.shape[0]):
-        k = indexes[i]
-        base = start[k]
-        n = length[k]
-        cum = np.int64(x & _MASK)
-        lo, hi = 0, n  # the first entry above ``cum`` (CompressAI searches linearly for the same one)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if cdf[base + mid] > cum:
-                hi = mid
-            else:
-                lo = mid + 1
-        s = lo - 1
-        f = np.uint64(cdf[base + s + 1] - cdf[base + s])
-        x = f * (x >> _P) + (x & _MASK) - np.uint64(cdf[base + s])
-        if x < _L:
-            x = (x << _W) | _word(words, pos)
-            pos += 1
-        value = np.int64(s)
-        top = n - 2
-        if value == top:  # an escape: the value follows 4 bits at a time, its length first
+def _refill(words, pos, x):
+    if x < _L:
+        x = (x << _W) | _word(words, pos)
+        pos += 1
+    return pos, x
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_symbol(words, pos, x, k, cdf, start, length, offset):  # pragma: no cover - compiled
+    """One symbol with table ``k`` from the state ``x`` reading ``words`` at ``pos`` -> (symbol, pos, x): for
+    compiled callers (``Decoder.decode`` and the Gaussian coder)."""
+    base = start[k]
+    n = length[k]
+    cum = np.int64(x & _MASK)
+    lo, hi = 0, n  # the first entry above ``cum`` (CompressAI searches linearly for the same one)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cdf[base + mid] > cum:
+            hi = mid
+        else:
+            lo = mid + 1
+    s = lo - 1
+    f = np.uint64(cdf[base + s + 1] - cdf[base + s])
+    x = f * (x >> _P) + (x & _MASK) - np.uint64(cdf[base + s])
+    pos, x = _refill(words, pos, x)
+    value = np.int64(s)
+    top = n - 2
+    if value == top:  # an escape: the value follows 4 bits at a time, its length first
+        val = np.int64(x & _BMASK)
+        x = x >> _B
+        pos, x = _refill(words, pos, x)
+        count = val
+        while val == _BYPASS_MAX:
             val = np.int64(x & _BMASK)
             x = x >> _B
-            if x < _L:
-                x = (x << _W) | _word(words, pos)
-                pos += 1
-            count = val
-            while val == _BYPASS_MAX:
-                val = np.int64(x & _BMASK)
-                x = x >> _B
-                if x < _L:
-                    x = (x << _W) | _word(words, pos)
-                    pos += 1
-                count += val
-            raw = np.int64(0)
-            for b in range(count):
-                val = np.int64(x & _BMASK)
-                x = x >> _B
-                if x < _L:
-                    x = (x << _W) | _word(words, pos)
-                    pos += 1
-                # a 32-bit value: CompressAI's shift by 32 and more is x86's, which takes the count modulo 32
-                raw |= (val << ((b * BYPASS_BITS) & 31)) & 0xFFFFFFFF
-            raw = raw - (1 << 32) if raw >= 1 << 31 else raw  # as int32
-            value = raw >> 1
-            value = -value - 1 if raw & 1 else value + top
-        out[i] = np.int32(value + offset[k])
+            pos, x = _refill(words, pos, x)
+            count += val
+        raw = np.int64(0)
+        for b in range(count):
+            val = np.int64(x & _BMASK)
+            x = x >> _B
+            pos, x = _refill(words, pos, x)
+            # a 32-bit value: CompressAI's shift by 32 and more is x86's, which takes the count modulo 32
+            raw |= (val << ((b * BYPASS_BITS) & 31)) & 0xFFFFFFFF
+        raw = raw - (1 << 32) if raw >= 1 << 31 else raw  # as int32
+        value = raw >> 1
+        value = -value - 1 if raw & 1 else value + top
+    return np.int32(value + offset[k]), pos, x
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode(words, pos, x, indexes, cdf, start, length, offset, out):  # pragma: no cover - compiled
+    for i in range(indexes.shape[0]):
+        out[i], pos, x = decode_symbol(words, pos, x, indexes[i], cdf, start, length, offset)
     return pos, x
 
 
@@ -219,3 +225,9 @@ class Decoder:
         out = np.empty(indexes.shape[0], np.int32)
         self._pos, self._x = _decode(self._words, self._pos, self._x, indexes, *tables, out)
         return out
+
+    def run(self, kernel, *args):
+        """``kernel(words, pos, state, *args)`` -> ``(pos, state, result)``, a compiled step that decodes with
+        ``decode_symbol``: the stream's position and state carry over -> result."""
+        self._pos, self._x, result = kernel(self._words, self._pos, self._x, *args)
+        return result

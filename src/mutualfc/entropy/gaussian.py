@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import GaussianConditionalLatentCodec
 
-from mutualfc.entropy.rans import SymbolCoder
+from mutualfc.entropy.ans import decode_symbol
+from mutualfc.entropy.rans import FLAT_FLAG_TABLES, SymbolCoder, SymbolReader, model_tables
 from mutualfc.nn import exact
 from mutualfc.nn.caching import cached
 
@@ -61,7 +64,30 @@ def code_gaussian(
 
     Values whose scale is at the table's floor (index 0: about 1e-5 bits each) are left out when all of them round
     to their mean, which one flag says: then both sides take the means. Otherwise everything is coded, so decoding
-    is exact either way. Fixed-point ``params`` (float64 integers) give fixed-point decoded values."""
+    is exact either way. Fixed-point ``params`` (float64 integers, what real coding uses) give fixed-point decoded
+    values, in one compiled step per side; ``code_gaussian_reference`` is the same as tensor operations."""
+    if params.dtype != torch.float64:
+        return code_gaussian_reference(coder, codec, y, params)
+    gc = codec.gaussian_conditional
+    scales, means = split_params(codec, params)
+    shape, out = means.shape, torch.empty(means.numel(), dtype=torch.float64)
+    s, m, o = (t.reshape(-1).contiguous().numpy() for t in (scales, means, out))
+    thresholds, tables = scale_thresholds(gc).numpy(), model_tables(gc)
+    if isinstance(coder, SymbolReader):
+        coder.run(_decode_fixed, s, m, thresholds, *tables, *FLAT_FLAG_TABLES, o)
+    else:
+        values = y.reshape(-1).double().contiguous().numpy()
+        flag, symbols, indexes = _encode_fixed(values, s, m, thresholds, o)
+        if flag >= 0:
+            coder.flag(bool(flag))
+        coder.add(tables, symbols, indexes)
+    return out.view(shape)
+
+
+def code_gaussian_reference(
+    coder: SymbolCoder, codec: GaussianConditionalLatentCodec, y: torch.Tensor | None, params: torch.Tensor
+) -> torch.Tensor:
+    """``code_gaussian`` as tensor operations, for float or fixed-point ``params``."""
     gc = codec.gaussian_conditional
     scales, means = split_params(codec, params)
     shape, means = means.shape, means.reshape(-1)
@@ -84,6 +110,64 @@ def code_gaussian(
         symbols = coder.symbols(gc, take(values), take(indexes), take(real))
         out.index_copy_(0, coded, _decoded(symbols, take(means)))
     return out.view(shape)
+
+
+_LIMIT = exact.ACT_LIMIT
+_STEP = float(2**exact.ACT_BITS)
+_INV_STEP = 2.0**-exact.ACT_BITS
+
+
+@numba.njit(cache=True, nogil=True)
+def _scale_indexes(scales, thresholds):  # pragma: no cover - compiled
+    idx = np.empty(scales.shape[0], np.int32)
+    floor = False
+    for i in range(scales.shape[0]):
+        idx[i] = np.searchsorted(thresholds, scales[i])  # the thresholds below the scale
+        floor = floor or idx[i] == 0
+    return idx, floor
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_fixed(
+    words, pos, x, scales, means, thresholds, cdf, start, length, offset, fcdf, fstart, flength, foffset, out
+):  # pragma: no cover - compiled
+    """``code_gaussian_reference``'s decoding for fixed-point parameters; -> (pos, state, symbols read)."""
+    idx, floor = _scale_indexes(scales, thresholds)
+    every, count = True, 0
+    if floor:
+        flag, pos, x = decode_symbol(words, pos, x, 0, fcdf, fstart, flength, foffset)
+        every, count = flag == 1, 1
+    for i in range(scales.shape[0]):
+        if every or idx[i] != 0:
+            v, pos, x = decode_symbol(words, pos, x, idx[i], cdf, start, length, offset)
+            out[i] = min(max(v * _STEP + means[i], -_LIMIT), _LIMIT)
+            count += 1
+        else:
+            out[i] = means[i]
+    return pos, x, count
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_fixed(values, scales, means, thresholds, out):  # pragma: no cover - compiled
+    """``code_gaussian_reference``'s coding for fixed-point parameters -> (the flag: -1 when none is sent, the
+    symbols to code, their table indexes); the decoded values go to ``out``."""
+    idx, floor = _scale_indexes(scales, thresholds)
+    n = scales.shape[0]
+    symbols = np.empty(n, np.int32)
+    off = False
+    for i in range(n):
+        symbols[i] = np.int32(np.rint(values[i] - means[i] * _INV_STEP))
+        off = off or (idx[i] == 0 and symbols[i] != 0)
+    every = off or not floor
+    coded = 0
+    for i in range(n):
+        if every or idx[i] != 0:
+            out[i] = min(max(symbols[i] * _STEP + means[i], -_LIMIT), _LIMIT)
+            symbols[coded], idx[coded] = symbols[i], idx[i]
+            coded += 1
+        else:
+            out[i] = means[i]
+    return (np.int64(off) if floor else np.int64(-1)), symbols[:coded], idx[:coded]
 
 
 def _decoded(symbols: torch.Tensor, means: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,7 @@ class SymbolWriter:
     in one pass at ``finish``."""
 
     def __init__(self):
-        self._parts: list[tuple[FlatTables, torch.Tensor, torch.Tensor]] = []
+        self._parts: list[tuple[FlatTables, np.ndarray, np.ndarray]] = []
 
     def code(self, model: EntropyModel, values: torch.Tensor, indexes: torch.Tensor, means: torch.Tensor):
         """-> the decoded values (``round(values - means) + means``, exactly what the reader returns)."""
@@ -123,19 +123,21 @@ class SymbolWriter:
     ) -> torch.Tensor:
         """Codes ``round(values - means)`` with the tables ``indexes`` -> those symbols (int32)."""
         symbols = torch.round(values - means).int()
-        self._parts.append((model_tables(model), symbols, indexes.int()))
+        self.add(model_tables(model), symbols.numpy(), indexes.int().numpy())
         return symbols
 
+    def add(self, tables: FlatTables, symbols: np.ndarray, indexes: np.ndarray) -> None:
+        """Codes ``symbols`` (int32) with the tables ``indexes`` (int32) of ``tables`` (for compiled coding steps)."""
+        self._parts.append((tables, symbols, indexes))
+
     def flag(self, value: bool) -> bool:
-        self._parts.append(
-            (FLAT_FLAG_TABLES, torch.tensor([int(value)], dtype=torch.int32), torch.zeros(1, dtype=torch.int32))
-        )
+        self.add(FLAT_FLAG_TABLES, np.asarray([int(value)], np.int32), np.zeros(1, np.int32))
         return value
 
     @property
     def symbol_count(self) -> int:
         """Symbols collected so far (flags included)."""
-        return sum(symbols.numel() for _, symbols, _ in self._parts)
+        return sum(symbols.size for _, symbols, _ in self._parts)
 
     def finish(self) -> bytes:
         if not self._parts:
@@ -143,8 +145,8 @@ class SymbolWriter:
         sets = list({id(t): t for t, _, _ in self._parts}.values())  # each table set once, in order of first use
         tables, firsts = join_tables(sets)
         first = {id(t): f for t, f in zip(sets, firsts, strict=True)}
-        symbols = torch.cat([s for _, s, _ in self._parts]).numpy()
-        indexes = torch.cat([i + first[id(t)] for t, _, i in self._parts]).numpy()
+        symbols = np.concatenate([s for _, s, _ in self._parts])
+        indexes = np.concatenate([i + np.int32(first[id(t)]) for t, _, i in self._parts])
         return encode(symbols, indexes, tables)
 
 
@@ -162,6 +164,10 @@ class SymbolReader:
         symbols = self._dec.decode(indexes.int().contiguous().numpy(), model_tables(model))
         _counted(symbols.size)
         return torch.from_numpy(symbols)
+
+    def run(self, kernel, *args) -> None:
+        """A compiled decoding step (``Decoder.run``) whose result is the number of symbols it read."""
+        _counted(self._dec.run(kernel, *args))
 
     def flag(self, value=None) -> bool:
         _counted(1)

@@ -15,6 +15,7 @@ import hashlib
 import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ _GELU_RANGE = 8  # GELU(x) = x above, 0 below -8 (to within 1e-14)
 _GELU_SHA256 = "f864efdb302712f4e06ca9f314d44ea5d9e050847ddbb96618402999d947f8bb"
 _GELU_TABLE: torch.Tensor | None = None
 _GELU_GAP: torch.Tensor | None = None
+_GELU_GAP_ARRAY: np.ndarray | None = None
 
 
 def gelu_table() -> torch.Tensor:
@@ -51,18 +53,40 @@ def gelu_table() -> torch.Tensor:
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU of fixed-point integers (``ACT_BITS``), exactly: ``c - gap[c]`` for ``c = max(x, -8 * 256)``, where
     ``gap[k] = k - table[k]`` inside [-8, 8): the table's first entry is 0 (GELU is 0 below -8, and ``c - gap`` gives
-    it there) and its last is 8 * 256 - 1 (its gap is 0, so that ``x`` itself comes out from 8 up)."""
+    it there) and its last is 8 * 256 - 1 (its gap is 0, so that ``x`` itself comes out from 8 up). One compiled
+    pass over the values (the same integers as ``gelu_reference``, the tensor operations it replaces)."""
+    if x.dtype != torch.float64 or x.dim() != 2 or x.device.type != "cpu":  # not columns: not on the hot path
+        return gelu_reference(x)
+    if _GELU_GAP is None:
+        _gelu_gap()
+    return torch.from_numpy(_gelu_columns(x.numpy(), _GELU_GAP_ARRAY, -_GELU_RANGE * 2**ACT_BITS))
+
+
+def gelu_reference(x: torch.Tensor) -> torch.Tensor:
+    """``gelu`` as tensor operations (any device)."""
     s = 2**ACT_BITS
     lo, hi = -_GELU_RANGE * s, _GELU_RANGE * s
     c = x.clamp(min=lo)
-    return c.sub_(torch.take(_gelu_gap(), c.clamp(max=hi - 1).long().sub_(lo)))
+    return c.sub_(torch.take(_gelu_gap().to(x.device), c.clamp(max=hi - 1).long().sub_(lo)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _gelu_columns(x: np.ndarray, gap: np.ndarray, lo: int) -> np.ndarray:  # pragma: no cover - compiled
+    out = np.empty(x.shape)
+    top = lo + gap.shape[0] - 1
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            c = max(x[i, j], lo)
+            out[i, j] = c - gap[int(min(c, top)) - lo]
+    return out
 
 
 def _gelu_gap() -> torch.Tensor:
-    global _GELU_GAP
+    global _GELU_GAP, _GELU_GAP_ARRAY
     if _GELU_GAP is None:
         s = 2**ACT_BITS
         _GELU_GAP = torch.arange(-_GELU_RANGE * s, _GELU_RANGE * s, dtype=torch.float64) - gelu_table()
+        _GELU_GAP_ARRAY = _GELU_GAP.numpy()
     return _GELU_GAP
 
 
