@@ -448,6 +448,24 @@ def test_exact_gelu_is_the_rounded_gelu_everywhere():
     assert torch.equal(gelu(cols), torch.tensor(ref[:6000], dtype=torch.float64).view(60, 100).T)
 
 
+def test_layer_outputs_are_floored_clamped_and_activated_in_one_pass():
+    """``activations_from_rows`` (a product's rows -> activation columns) equals floor, clamp, then GELU or nothing,
+    on fractions, both signs and values beyond the activation limit."""
+    from torch import nn
+
+    from mutualfc.nn.exact import ACT_LIMIT, activations_from_rows, floor_activations, gelu_reference
+
+    g = torch.Generator().manual_seed(5)
+    acc = torch.randn(70, 33, generator=g, dtype=torch.float64) * 3000
+    acc[0, :4] = torch.tensor([4 * ACT_LIMIT, -4 * ACT_LIMIT, -2048.5, 2047.5], dtype=torch.float64)
+    floored = floor_activations(acc.T.clone())
+    assert torch.equal(activations_from_rows(acc), floored)
+    assert torch.equal(activations_from_rows(acc, nn.Identity()), floored)
+    assert torch.equal(activations_from_rows(acc, nn.GELU()), gelu_reference(floored))
+    with pytest.raises(ValueError, match="ReLU"):
+        activations_from_rows(acc, nn.ReLU())
+
+
 def test_integer_layers_round_half_up_exactly():
     """An entropy-model layer (``scaled_params`` + ``floor_activations``) gives floor(acc * 2**-e + 1/2), clamped,
     as ``requantize`` defines it, for the integer accumulator computed in Python integers, whatever the weights'

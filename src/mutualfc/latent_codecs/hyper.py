@@ -54,8 +54,8 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
             if y is not None:  # h_a at the coded positions (encoder only): skipped cells' latents are 0
                 first, act, down = self.h_a
                 cols = exact.to_fixed(y)
-                fill = activate(act, affine(first, cols.new_zeros(cols.shape[0], 1)))[:, 0]
-                a = scatter(activate(act, affine(first, cols)), kept, size, fill)
+                fill = affine(first, cols.new_zeros(cols.shape[0], 1), act)[:, 0]
+                a = scatter(affine(first, cols, act), kept, size, fill)
                 values = conv_at(down, a, idx).reshape(-1) * 2.0**-exact.ACT_BITS
             channel = torch.arange(c).view(c, 1).expand(c, k).reshape(-1)
             means = (centre * 2.0**-exact.ACT_BITS).expand(c, k).reshape(-1)

@@ -20,7 +20,6 @@ from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
 from mutualfc.nn import exact
 from mutualfc.nn.layers import conv, upconv
 from mutualfc.nn.sparse import (
-    activate,
     affine,
     affine_parts,
     columns,
@@ -104,7 +103,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
                     acc.addmm_(ctx.T, w_ctx.T)  # exact integers: the same sum in any order
-                p = affine(last, activate(act, exact.floor_activations(acc.T)))
+                p = affine(last, exact.activations_from_rows(acc, act))
                 values = None if y is None else take_columns(y_[k], sel)
                 put_columns(y_hat_[k], idx, code_gaussian(coder, gcl, values, p))
         return y_hat

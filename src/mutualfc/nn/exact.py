@@ -140,6 +140,35 @@ def floor_activations(acc: torch.Tensor) -> torch.Tensor:
     return acc.floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
+def activations_from_rows(acc: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """``activation(act, floor_activations(acc.T))`` for an accumulator of rows (N, out) (what ``F.linear`` gives)
+    -> activations as columns (out, N), contiguous, in one compiled pass. ``act``: GELU, Identity or None."""
+    gelu = isinstance(act, nn.GELU)
+    if not (gelu or act is None or isinstance(act, nn.Identity)):
+        raise ValueError(f"no exact form of {type(act).__name__}")
+    if acc.dim() != 2 or acc.device.type != "cpu":
+        out = floor_activations(acc.T.clone())
+        return gelu_reference(out) if gelu else out
+    if _GELU_GAP is None:
+        _gelu_gap()
+    lo = -_GELU_RANGE * 2**ACT_BITS
+    return torch.from_numpy(_floor_rows(acc.numpy(), _GELU_GAP_ARRAY, lo, ACT_LIMIT, gelu))
+
+
+@numba.njit(cache=True, nogil=True)
+def _floor_rows(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: bool) -> np.ndarray:  # pragma: no cover
+    out = np.empty((acc.shape[1], acc.shape[0]))
+    top = lo + gap.shape[0] - 1
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            v = min(max(np.floor(acc[i, j]), -limit), limit)
+            if gelu:
+                v = max(v, lo)
+                v = v - gap[int(min(v, top)) - lo]
+            out[j, i] = v
+    return out
+
+
 def weight_tensors(conv: nn.Conv2d) -> tuple[torch.Tensor, ...]:
     """The tensors a convolution's exact weights derive from (weight, bias, mask): the key of caches built on them."""
     params, mask = conv._parameters, conv_mask(conv)

@@ -78,12 +78,14 @@ def _gather(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -
     return out if outside is None else out.masked_fill_(outside, 0.0)
 
 
-def _linear(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
-    """(N, C_in k k) patches -> (C_out, N): the convolution's weights applied, exactly for fixed-point inputs."""
+def _linear(conv: nn.Conv2d, rows: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """(N, C_in k k) patches -> (C_out, N): the convolution's weights applied, then the element-wise ``act`` if
+    given; exactly for fixed-point inputs (one compiled pass after the product)."""
     if rows.dtype == torch.float64:
         w, b = exact.scaled_params(conv)
-        return exact.floor_activations(F.linear(rows, w, b).T)
-    return F.linear(rows, exact.effective_weight(conv).reshape(conv.out_channels, -1), conv.bias).T
+        return exact.activations_from_rows(F.linear(rows, w, b), act)
+    out = F.linear(rows, exact.effective_weight(conv).reshape(conv.out_channels, -1), conv.bias).T
+    return out if act is None else act(out)
 
 
 def activate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +93,9 @@ def activate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return exact.activation(module, x) if x.dtype == torch.float64 else module(x)
 
 
-def affine(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution applied to columns: (C_in, N) -> (C_out, N)."""
-    return _linear(conv, x.T)  # F.linear is faster than addmm in this layout
+def affine(conv: nn.Conv2d, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """A 1x1 convolution applied to columns: (C_in, N) -> (C_out, N), then the element-wise ``act`` if given."""
+    return _linear(conv, x.T, act)  # F.linear is faster than addmm in this layout
 
 
 def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,15 +143,18 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
     return acc + conv.bias.view(-1, 1)
 
 
-def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+def conv_at(
+    conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None, act: nn.Module | None = None
+) -> torch.Tensor:
     """An (ungrouped, square, symmetrically padded) convolution of ``x`` (1, C, H, W) evaluated at raster positions
-    ``idx`` of its output only -> (C_out, K), as one matrix product over the gathered patches."""
+    ``idx`` of its output only -> (C_out, K), as one matrix product over the gathered patches; then the element-wise
+    ``act`` if given."""
     k, s, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     if conv.groups != 1 or conv.kernel_size != (k, k) or conv.stride != (s, s) or conv.padding != (pad, pad):
         raise ValueError("only ungrouped, square convolutions can be evaluated at positions")
     c, h, w = x.shape[1:]
     if k == 1 and s == 1 and pad == 0:
-        return affine(conv, columns(x, idx))
+        return affine(conv, columns(x, idx), act)
 
     def gather_at():  # (k * k * K) in the map, and which of them fall outside it
         w_out = (w + 2 * pad - k) // s + 1
@@ -159,7 +164,7 @@ def conv_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | No
 
     flat, outside = memoized(memo, ("conv", k, s, pad, h, w), idx, gather_at)
     patches = _gather(x.reshape(c, -1), flat, outside).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
-    return _linear(conv, patches.T)
+    return _linear(conv, patches.T, act)
 
 
 def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
@@ -181,14 +186,17 @@ def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: di
         return need
 
     need = memoized(memo, ("stack", h, w, *(layers[i].kernel_size[0] for i in convs)), idx, need_at)
-    out, prev = None, None  # columns at need[prev]
+    out, prev, applied = None, None, False  # columns at need[prev]; whether the next module was applied with them
     for i, m in enumerate(layers):
         if not isinstance(m, nn.Conv2d):
-            out = activate(m, out)
-        elif prev is not None and m.kernel_size == (1, 1):
-            out, prev = affine(m, out), i  # a 1x1 convolution reads the columns it is given (need[prev] = need[i])
+            out, applied = out if applied else activate(m, out), False
+            continue
+        act = layers[i + 1] if i + 1 < len(layers) and not isinstance(layers[i + 1], nn.Conv2d) else None
+        if prev is not None and m.kernel_size == (1, 1):  # reads the columns it is given (need[prev] = need[i])
+            out = affine(m, out, act)
         else:
-            out, prev = conv_at(m, x if prev is None else scatter(out, need[prev], (h, w)), need[i], memo), i
+            out = conv_at(m, x if prev is None else scatter(out, need[prev], (h, w)), need[i], memo, act)
+        prev, applied = i, act is not None
     return out
 
 
