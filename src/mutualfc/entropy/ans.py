@@ -159,21 +159,34 @@ def _refill(words, pos, x):
     return pos, x
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def decode_symbol(words, pos, x, k, cdf, start, length, offset):  # pragma: no cover - compiled
     """One symbol with table ``k`` from the state ``x`` reading ``words`` at ``pos`` -> (symbol, pos, x): for
     compiled callers (``Decoder.decode`` and the Gaussian coder)."""
     base = start[k]
     n = length[k]
     cum = np.int64(x & _MASK)
-    lo, hi = 0, n  # the first entry above ``cum`` (CompressAI searches linearly for the same one)
-    while lo < hi:
+    # the last entry at or below ``cum`` (CompressAI searches linearly from the table's start for the entry after
+    # it): galloping out from the symbol 0, where most symbols are, then bisecting; cdf[0] = 0 <= cum < cdf[n - 1]
+    s0 = min(max(-offset[k], 0), n - 2)
+    step = 1
+    if cdf[base + s0] <= cum:
+        lo, hi = s0, s0 + 1
+        while cdf[base + hi] <= cum:
+            lo, step = hi, step * 2
+            hi = min(s0 + step, n - 1)
+    else:
+        lo, hi = s0 - 1, s0
+        while cdf[base + lo] > cum:
+            hi, step = lo, step * 2
+            lo = max(s0 - step, 0)
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         if cdf[base + mid] > cum:
             hi = mid
         else:
-            lo = mid + 1
-    s = lo - 1
+            lo = mid
+    s = lo
     f = np.uint64(cdf[base + s + 1] - cdf[base + s])
     x = f * (x >> _P) + (x & _MASK) - np.uint64(cdf[base + s])
     pos, x = _refill(words, pos, x)

@@ -66,7 +66,7 @@ def code_gaussian(
     to their mean, which one flag says: then both sides take the means. Otherwise everything is coded, so decoding
     is exact either way. Fixed-point ``params`` (float64 integers, what real coding uses) give fixed-point decoded
     values, in one compiled step per side; ``code_gaussian_reference`` is the same as tensor operations."""
-    if params.dtype != torch.float64:
+    if params.dtype != torch.float64 or params.device.type != "cpu":
         return code_gaussian_reference(coder, codec, y, params)
     gc = codec.gaussian_conditional
     scales, means = split_params(codec, params)
