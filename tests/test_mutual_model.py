@@ -385,11 +385,14 @@ def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():
 def test_compiled_gaussian_coding_equals_the_tensor_reference():
     """Fixed-point Gaussian coding (one compiled step per side) writes the reference's bytes and decodes its values,
     with and without floor-scale latents, all at their means or one off, and across the two paths both ways."""
-    from mutualfc.entropy.gaussian import code_gaussian_reference
+    from mutualfc.entropy.gaussian import code_gaussian_reference, scale_indexes, scale_thresholds
 
     gc = GaussianConditional(None)
     gc.update_scale_table(get_scale_table(), force=True)
     codec = GaussianConditionalLatentCodec(gaussian_conditional=gc)
+    fixed_scales = torch.arange(-300.0, 2**17, 7.0, dtype=torch.float64)  # every threshold's neighbours and beyond
+    fixed_scales = torch.cat([fixed_scales, (scale_thresholds(gc) + torch.tensor([[-1.0], [0.0], [1.0]])).flatten()])
+    assert torch.equal(scale_indexes(gc, fixed_scales), torch.searchsorted(scale_thresholds(gc), fixed_scales))
     g = torch.Generator().manual_seed(3)
     for case in range(12):
         scales = torch.exp(torch.empty(6, 40).uniform_(math.log(0.05), math.log(300), generator=g))

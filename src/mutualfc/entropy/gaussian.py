@@ -20,10 +20,14 @@ def medians(eb: EntropyBottleneck) -> torch.Tensor:
 
 
 def scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor:
-    """CompressAI's ``build_indexes`` (index of the smallest table scale >= the scale) by binary search. Fixed-point
-    scales (float64 integers, ``ACT_BITS``) are compared with integer thresholds: exact on every machine."""
+    """CompressAI's ``build_indexes`` (index of the smallest table scale >= the scale). Fixed-point scales (float64
+    integers, ``ACT_BITS``) are compared with integer thresholds, exactly on every machine: looked up in
+    ``index_table`` (a fixed-point scale is an integer), by binary search for a table too large for that."""
     if scales.dtype == torch.float64:
-        return torch.searchsorted(scale_thresholds(gc), scales.contiguous())
+        table = index_table(gc)
+        if table is None:
+            return torch.searchsorted(scale_thresholds(gc), scales.contiguous())
+        return torch.take(table, scales.clamp(0, table.numel() - 1).long())
     return torch.searchsorted(gc.scale_table[:-1].contiguous(), scales.contiguous())
 
 
@@ -32,6 +36,24 @@ def scale_thresholds(gc: GaussianConditional) -> torch.Tensor:
     #{thresholds < s}, which is CompressAI's index of s / 2**ACT_BITS (the table is the stored one, not recomputed)."""
     table = gc.scale_table  # the key is the stored tensor (a slice would be a new tensor, a miss, on every call)
     return cached(gc, "thresholds", (table,), lambda: torch.floor(table[:-1].double() * 2**exact.ACT_BITS).contiguous())
+
+
+_INDEX_TABLE_LIMIT = 2**20  # entries (int64): a scale table up to 4096 fits
+
+
+def index_table(gc: GaussianConditional) -> torch.Tensor | None:
+    """The scale index of every integer fixed-point scale from 0 to one above the largest threshold (int64; a
+    scale below 0 has index 0, one above the range the last index): #{thresholds < s} for each, as
+    ``searchsorted`` gives it. None when the range is too large to tabulate."""
+
+    def build() -> torch.Tensor | None:
+        thresholds = scale_thresholds(gc)
+        top = int(thresholds.max()) + 1 if thresholds.numel() else 0
+        if top >= _INDEX_TABLE_LIMIT:
+            return None
+        return torch.searchsorted(thresholds, torch.arange(top + 1, dtype=torch.float64))
+
+    return cached(gc, "index_table", (gc.scale_table,), build)
 
 
 def split_params(codec: GaussianConditionalLatentCodec, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,18 +88,19 @@ def code_gaussian(
     to their mean, which one flag says: then both sides take the means. Otherwise everything is coded, so decoding
     is exact either way. Fixed-point ``params`` (float64 integers, what real coding uses) give fixed-point decoded
     values, in one compiled step per side; ``code_gaussian_reference`` is the same as tensor operations."""
-    if params.dtype != torch.float64 or params.device.type != "cpu":
-        return code_gaussian_reference(coder, codec, y, params)
     gc = codec.gaussian_conditional
+    table = index_table(gc) if params.dtype == torch.float64 else None
+    if table is None or params.device.type != "cpu":
+        return code_gaussian_reference(coder, codec, y, params)
     scales, means = split_params(codec, params)
     shape, out = means.shape, torch.empty(means.numel(), dtype=torch.float64)
     s, m, o = (t.reshape(-1).contiguous().numpy() for t in (scales, means, out))
-    thresholds, tables = scale_thresholds(gc).numpy(), model_tables(gc)
+    table, tables = table.numpy(), model_tables(gc)
     if isinstance(coder, SymbolReader):
-        coder.run(_decode_fixed, s, m, thresholds, *tables, *FLAT_FLAG_TABLES, o)
+        coder.run(_decode_fixed, s, m, table, *tables, *FLAT_FLAG_TABLES, o)
     else:
         values = y.reshape(-1).double().contiguous().numpy()
-        flag, symbols, indexes = _encode_fixed(values, s, m, thresholds, o)
+        flag, symbols, indexes = _encode_fixed(values, s, m, table, o)
         if flag >= 0:
             coder.flag(bool(flag))
         coder.add(tables, symbols, indexes)
@@ -118,21 +141,22 @@ _INV_STEP = 2.0**-exact.ACT_BITS
 
 
 @numba.njit(cache=True, nogil=True)
-def _scale_indexes(scales, thresholds):  # pragma: no cover - compiled
+def _scale_indexes(scales, table):  # pragma: no cover - compiled
     idx = np.empty(scales.shape[0], np.int32)
+    top = table.shape[0] - 1
     floor = False
     for i in range(scales.shape[0]):
-        idx[i] = np.searchsorted(thresholds, scales[i])  # the thresholds below the scale
+        idx[i] = table[int(min(max(scales[i], 0.0), top))]  # ``index_table``: the thresholds below the scale
         floor = floor or idx[i] == 0
     return idx, floor
 
 
 @numba.njit(cache=True, nogil=True)
 def _decode_fixed(
-    words, pos, x, scales, means, thresholds, cdf, start, length, offset, fcdf, fstart, flength, foffset, out
+    words, pos, x, scales, means, indexes, cdf, start, length, offset, fcdf, fstart, flength, foffset, out
 ):  # pragma: no cover - compiled
     """``code_gaussian_reference``'s decoding for fixed-point parameters; -> (pos, state, symbols read)."""
-    idx, floor = _scale_indexes(scales, thresholds)
+    idx, floor = _scale_indexes(scales, indexes)
     every, count = True, 0
     if floor:
         flag, pos, x = decode_symbol(words, pos, x, 0, fcdf, fstart, flength, foffset)
@@ -148,10 +172,10 @@ def _decode_fixed(
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_fixed(values, scales, means, thresholds, out):  # pragma: no cover - compiled
+def _encode_fixed(values, scales, means, indexes, out):  # pragma: no cover - compiled
     """``code_gaussian_reference``'s coding for fixed-point parameters -> (the flag: -1 when none is sent, the
     symbols to code, their table indexes); the decoded values go to ``out``."""
-    idx, floor = _scale_indexes(scales, thresholds)
+    idx, floor = _scale_indexes(scales, indexes)
     n = scales.shape[0]
     symbols = np.empty(n, np.int32)
     off = False
