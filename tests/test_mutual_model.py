@@ -447,6 +447,7 @@ def test_exact_gelu_is_the_rounded_gelu_everywhere():
     ref = [float(v) for v in ref]
     assert gelu_reference(x).tolist() == ref and gelu(x).tolist() == ref
     assert gelu(x.view(-1, 1)).flatten().tolist() == ref
+    assert gelu(x[:6000].view(1, 6, 10, 100)).flatten().tolist() == ref[:6000]  # a map
     cols = x[:6000].view(60, 100).T  # a transposed view
     assert torch.equal(gelu(cols), torch.tensor(ref[:6000], dtype=torch.float64).view(60, 100).T)
 

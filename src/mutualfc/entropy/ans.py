@@ -5,7 +5,8 @@ CompressAI's coder converts every CDF table it is handed, as Python lists, on ev
 per coding step and the tables of a Gaussian model hold about 27,000 entries, so most of the entropy coder's time went
 into that conversion. Here the tables are flat arrays built once per model (``FlatTables``), and the coder is the same
 algorithm (ryg_rans' ``rans64.h`` as CompressAI drives it), so the bytes and the symbols are CompressAI's: tests
-compare both ways. Reads past the end of a stream give zero words, as the zero padding the decoders add gives.
+compare both ways. Reads past the end of a stream give zero words: a damaged stream reads as CompressAI's decoder
+reads it zero-padded, and never outside its buffer.
 """
 
 from __future__ import annotations

@@ -55,11 +55,12 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     ``gap[k] = k - table[k]`` inside [-8, 8): the table's first entry is 0 (GELU is 0 below -8, and ``c - gap`` gives
     it there) and its last is 8 * 256 - 1 (its gap is 0, so that ``x`` itself comes out from 8 up). One compiled
     pass over the values (the same integers as ``gelu_reference``, the tensor operations it replaces)."""
-    if x.dtype != torch.float64 or x.dim() != 2 or x.device.type != "cpu":  # not columns: not on the hot path
+    if x.dtype != torch.float64 or x.device.type != "cpu" or not (x.dim() == 2 or x.is_contiguous()):
         return gelu_reference(x)
     if _GELU_GAP is None:
         _gelu_gap()
-    return torch.from_numpy(_gelu_columns(x.numpy(), _GELU_GAP_ARRAY, -_GELU_RANGE * 2**ACT_BITS))
+    rows = x if x.dim() == 2 else x.view(1, -1)  # columns (any strides), or a contiguous map as one row
+    return torch.from_numpy(_gelu_columns(rows.numpy(), _GELU_GAP_ARRAY, -_GELU_RANGE * 2**ACT_BITS)).view(x.shape)
 
 
 def gelu_reference(x: torch.Tensor) -> torch.Tensor:
