@@ -91,3 +91,30 @@ def test_a_one_symbol_stream_does_not_corrupt_memory():
             "    w = SymbolWriter(); w.flag(False); assert len(w.finish()) == 8\n")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_kernels_compile_in_memory_where_no_cache_directory_is_writable():
+    """A read-only install (numba finds no cache directory it may write): the package still imports and codes, the
+    kernels compiled in memory instead of refusing the module."""
+    code = (
+        "import numba.core.caching as c\n"
+        "c.CacheImpl._locator_classes = []\n"  # what numba sees when neither the sources nor the home are writable
+        "import torch\n"
+        "import mutualfc.codecs\n"
+        "from compressai.entropy_models import GaussianConditional\n"
+        "from compressai.latent_codecs import GaussianConditionalLatentCodec\n"
+        "from compressai.models.base import get_scale_table\n"
+        "from mutualfc.entropy import SymbolReader, SymbolWriter, code_gaussian\n"
+        "from mutualfc.nn.exact import gelu\n"
+        "gc = GaussianConditional(None)\n"
+        "gc.update_scale_table(get_scale_table(), force=True)\n"
+        "codec = GaussianConditionalLatentCodec(gaussian_conditional=gc)\n"
+        "params = torch.cat([torch.full((4, 9), 700.0), torch.arange(36.0).view(4, 9) * 64]).double()\n"
+        "y = torch.randn(4, 9, generator=torch.Generator().manual_seed(0)).double() * 3\n"
+        "w = SymbolWriter()\n"
+        "enc = code_gaussian(w, codec, y, params)\n"
+        "assert torch.equal(code_gaussian(SymbolReader(w.finish()), codec, None, params), enc)\n"
+        "assert gelu(torch.tensor([[-4096.0, 0.0, 4096.0]], dtype=torch.float64)).tolist() == [[0.0, 0.0, 4096.0]]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

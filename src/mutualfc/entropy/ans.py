@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
+
+from mutualfc.nn.kernels import kernel
 
 PRECISION = 16  # probabilities in 1/2**16
 BYPASS_BITS = 4  # escape values are sent 4 bits at a time
@@ -67,7 +68,7 @@ def join_tables(tables: list[FlatTables]) -> tuple[FlatTables, list[int]]:
     return joined, firsts
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _escape_count(raw: int) -> int:
     n = 0
     while (raw >> (n * BYPASS_BITS)) != 0:
@@ -75,7 +76,7 @@ def _escape_count(raw: int) -> int:
     return n
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _encode(symbols, indexes, cdf, start, length, offset):  # pragma: no cover - compiled
     # the coding steps (start, frequency or 0 for an escape nibble) in decoding order, as CompressAI buffers them
     n_steps = 0
@@ -147,12 +148,12 @@ def encode(symbols: np.ndarray, indexes: np.ndarray, tables: FlatTables) -> byte
     return _encode(symbols, indexes, *tables).astype("<u4").tobytes()
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _word(words, pos):
     return np.uint64(words[pos]) if pos < words.shape[0] else np.uint64(0)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _refill(words, pos, x):
     if x < _L:
         x = (x << _W) | _word(words, pos)
@@ -160,7 +161,7 @@ def _refill(words, pos, x):
     return pos, x
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def decode_symbol(words, pos, x, k, cdf, start, length, offset):  # pragma: no cover - compiled
     """One symbol with table ``k`` from the state ``x`` reading ``words`` at ``pos`` -> (symbol, pos, x): for
     compiled callers (``Decoder.decode`` and the Gaussian coder)."""
@@ -216,7 +217,7 @@ def decode_symbol(words, pos, x, k, cdf, start, length, offset):  # pragma: no c
     return np.int32(value + offset[k]), pos, x
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _decode(words, pos, x, indexes, cdf, start, length, offset, out):  # pragma: no cover - compiled
     for i in range(indexes.shape[0]):
         out[i], pos, x = decode_symbol(words, pos, x, indexes[i], cdf, start, length, offset)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
@@ -12,6 +11,7 @@ from mutualfc.entropy.ans import decode_symbol
 from mutualfc.entropy.rans import FLAT_FLAG_TABLES, SymbolCoder, SymbolReader, model_tables
 from mutualfc.nn import exact
 from mutualfc.nn.caching import cached
+from mutualfc.nn.kernels import kernel
 
 
 def medians(eb: EntropyBottleneck) -> torch.Tensor:
@@ -140,7 +140,7 @@ _STEP = float(2**exact.ACT_BITS)
 _INV_STEP = 2.0**-exact.ACT_BITS
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _scale_indexes(scales, table):  # pragma: no cover - compiled
     idx = np.empty(scales.shape[0], np.int32)
     top = table.shape[0] - 1
@@ -151,7 +151,7 @@ def _scale_indexes(scales, table):  # pragma: no cover - compiled
     return idx, floor
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _decode_fixed(
     words, pos, x, scales, means, indexes, cdf, start, length, offset, fcdf, fstart, flength, foffset, out
 ):  # pragma: no cover - compiled
@@ -171,7 +171,7 @@ def _decode_fixed(
     return pos, x, count
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _encode_fixed(values, scales, means, indexes, out):  # pragma: no cover - compiled
     """``code_gaussian_reference``'s coding for fixed-point parameters -> (the flag: -1 when none is sent, the
     symbols to code, their table indexes); the decoded values go to ``out``."""

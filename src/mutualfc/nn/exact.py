@@ -15,7 +15,6 @@ import hashlib
 import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,7 @@ from torch import nn
 
 from mutualfc.errors import BitstreamError
 from mutualfc.nn.caching import cached
+from mutualfc.nn.kernels import kernel
 
 ACT_BITS = 8  # fractional bits of the entropy model's activations, entropy parameters and decoded latents
 WEIGHT_BITS = 12  # |integer weight| < 2**12
@@ -71,7 +71,7 @@ def gelu_reference(x: torch.Tensor) -> torch.Tensor:
     return c.sub_(torch.take(_gelu_gap().to(x.device), c.clamp(max=hi - 1).long().sub_(lo)))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _gelu_columns(x: np.ndarray, gap: np.ndarray, lo: int) -> np.ndarray:  # pragma: no cover - compiled
     out = np.empty(x.shape)
     top = lo + gap.shape[0] - 1
@@ -156,7 +156,7 @@ def activations_from_rows(acc: torch.Tensor, act: nn.Module | None = None) -> to
     return torch.from_numpy(_floor_rows(acc.numpy(), _GELU_GAP_ARRAY, lo, ACT_LIMIT, gelu))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel()
 def _floor_rows(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: bool) -> np.ndarray:  # pragma: no cover
     out = np.empty((acc.shape[1], acc.shape[0]))
     top = lo + gap.shape[0] - 1
