@@ -57,10 +57,8 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     pass over the values (the same integers as ``gelu_reference``, the tensor operations it replaces)."""
     if x.dtype != torch.float64 or x.device.type != "cpu" or not (x.dim() == 2 or x.is_contiguous()):
         return gelu_reference(x)
-    if _GELU_GAP is None:
-        _gelu_gap()
     rows = x if x.dim() == 2 else x.view(1, -1)  # columns (any strides), or a contiguous map as one row
-    return torch.from_numpy(_gelu_columns(rows.numpy(), _GELU_GAP_ARRAY, -_GELU_RANGE * 2**ACT_BITS)).view(x.shape)
+    return torch.from_numpy(_gelu_columns(rows.numpy(), _gelu_gap_array(), -_GELU_RANGE * 2**ACT_BITS)).view(x.shape)
 
 
 def gelu_reference(x: torch.Tensor) -> torch.Tensor:
@@ -71,14 +69,19 @@ def gelu_reference(x: torch.Tensor) -> torch.Tensor:
     return c.sub_(torch.take(_gelu_gap().to(x.device), c.clamp(max=hi - 1).long().sub_(lo)))
 
 
+@kernel(inline=True)
+def _gelu_value(v: float, gap: np.ndarray, lo: int) -> float:  # pragma: no cover - compiled
+    """``gelu`` of one value (``gap`` starts at ``lo``)."""
+    c = max(v, lo)
+    return c - gap[int(min(c, lo + gap.shape[0] - 1)) - lo]
+
+
 @kernel()
 def _gelu_columns(x: np.ndarray, gap: np.ndarray, lo: int) -> np.ndarray:  # pragma: no cover - compiled
     out = np.empty(x.shape)
-    top = lo + gap.shape[0] - 1
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
-            c = max(x[i, j], lo)
-            out[i, j] = c - gap[int(min(c, top)) - lo]
+            out[i, j] = _gelu_value(x[i, j], gap, lo)
     return out
 
 
@@ -89,6 +92,13 @@ def _gelu_gap() -> torch.Tensor:
         _GELU_GAP = torch.arange(-_GELU_RANGE * s, _GELU_RANGE * s, dtype=torch.float64) - gelu_table()
         _GELU_GAP_ARRAY = _GELU_GAP.numpy()
     return _GELU_GAP
+
+
+def _gelu_gap_array() -> np.ndarray:
+    """``_gelu_gap`` as the array the compiled kernels read."""
+    if _GELU_GAP_ARRAY is None:
+        _gelu_gap()
+    return _GELU_GAP_ARRAY
 
 
 def activation(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -150,23 +160,17 @@ def activations_from_rows(acc: torch.Tensor, act: nn.Module | None = None) -> to
     if acc.dim() != 2 or acc.device.type != "cpu":
         out = floor_activations(acc.T.clone())
         return gelu_reference(out) if gelu else out
-    if _GELU_GAP is None:
-        _gelu_gap()
     lo = -_GELU_RANGE * 2**ACT_BITS
-    return torch.from_numpy(_floor_rows(acc.numpy(), _GELU_GAP_ARRAY, lo, ACT_LIMIT, gelu))
+    return torch.from_numpy(_floor_rows(acc.numpy(), _gelu_gap_array(), lo, ACT_LIMIT, gelu))
 
 
 @kernel()
 def _floor_rows(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: bool) -> np.ndarray:  # pragma: no cover
     out = np.empty((acc.shape[1], acc.shape[0]))
-    top = lo + gap.shape[0] - 1
     for i in range(acc.shape[0]):
         for j in range(acc.shape[1]):
             v = min(max(np.floor(acc[i, j]), -limit), limit)
-            if gelu:
-                v = max(v, lo)
-                v = v - gap[int(min(v, top)) - lo]
-            out[j, i] = v
+            out[j, i] = _gelu_value(v, gap, lo) if gelu else v
     return out
 
 
