@@ -11,12 +11,16 @@ network (used to check the engine against whole-map convolutions).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mutualfc.nn import exact
 from mutualfc.nn.caching import cached, memoized
+from mutualfc.nn.kernels import kernel
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -76,6 +80,37 @@ def _gather(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -
     """(C, N) columns at ``flat``, +0 where ``outside`` (the padding), as ``F.pad`` gives."""
     out = take_columns(x, flat)
     return out if outside is None else out.masked_fill_(outside, 0.0)
+
+
+def _sources(flat: torch.Tensor, outside: torch.Tensor | None, lookup: torch.Tensor | None = None) -> torch.Tensor:
+    """Map positions ``flat`` -> the source column each reads (``lookup``: column of each map position, -1 where
+    the map is 0; None: the map's own raster index), -1 where ``outside`` the map (the padding)."""
+    src = flat if lookup is None else lookup[flat]
+    return src if outside is None else src.masked_fill(outside, -1)
+
+
+def patch_rows(x: torch.Tensor, src: torch.Tensor, taps: int) -> torch.Tensor:
+    """Source columns ``x`` (C, N) -> the patch matrix (K, C * taps) a convolution's weight (C, k, k order) is
+    applied to: row i, column c * taps + t holds ``x[c, src[t * K + i]]``, 0 where the source is -1 (padding, or a
+    map cell no column holds). One compiled pass for CPU tensors (the same values as gathering, masking and
+    transposing)."""
+    k = src.numel() // taps
+    if x.device.type != "cpu" or x.dtype not in (torch.float64, torch.float32) or x.requires_grad:
+        out = take_columns(x, src.clamp(min=0)).masked_fill_(src < 0, 0.0)
+        return out.view(x.shape[0] * taps, k).T
+    return torch.from_numpy(_patch_rows(x.numpy(), src.view(taps, k).numpy()))
+
+
+@kernel()
+def _patch_rows(x: np.ndarray, src: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    c_in, (taps, k) = x.shape[0], src.shape
+    out = np.empty((k, c_in * taps), x.dtype)
+    for i in range(k):
+        for c in range(c_in):
+            for t in range(taps):
+                j = src[t, i]
+                out[i, c * taps + t] = x[c, j] if j >= 0 else 0.0
+    return out
 
 
 def _linear(conv: nn.Conv2d, rows: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
@@ -143,36 +178,69 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
     return acc + conv.bias.view(-1, 1)
 
 
+class Columns(NamedTuple):
+    """A sparse map: ``values`` (C, K) at raster positions ``at`` of a map of ``size``, 0 elsewhere; what a stack
+    passes from one layer to the next without painting a whole map."""
+
+    values: torch.Tensor
+    at: torch.Tensor
+    size: tuple[int, int]
+
+
+def _shape(x: torch.Tensor | Columns) -> tuple[int, int, int]:
+    return (x.values.shape[0], *x.size) if isinstance(x, Columns) else tuple(x.shape[1:])
+
+
+def _lookup(x: Columns) -> torch.Tensor:
+    """The column of ``x`` that holds each map position, -1 where the map is 0."""
+    lookup = torch.full((x.size[0] * x.size[1],), -1, dtype=torch.long)
+    lookup[x.at] = torch.arange(x.at.numel())
+    return lookup
+
+
+def values_at(x: torch.Tensor | Columns, idx: torch.Tensor) -> torch.Tensor:
+    """A map (1, C, H, W) or ``Columns`` -> (C, K): the values at raster positions ``idx``."""
+    if not isinstance(x, Columns):
+        return columns(x, idx)
+    return patch_rows(x.values, _lookup(x)[idx], 1).T
+
+
 def conv_at(
-    conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None, act: nn.Module | None = None
-) -> torch.Tensor:
-    """An (ungrouped, square, symmetrically padded) convolution of ``x`` (1, C, H, W) evaluated at raster positions
-    ``idx`` of its output only -> (C_out, K), as one matrix product over the gathered patches; then the element-wise
-    ``act`` if given."""
+    conv: nn.Conv2d, x: torch.Tensor | Columns, idx: torch.Tensor, memo: dict | None = None,
+    act: nn.Module | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """An (ungrouped, square, symmetrically padded) convolution of ``x`` (1, C, H, W), or of the sparse map
+    ``Columns``, evaluated at raster positions ``idx`` of its output only -> (C_out, K), as one matrix product over
+    the gathered patches; then the element-wise ``act`` if given."""
     k, s, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     if conv.groups != 1 or conv.kernel_size != (k, k) or conv.stride != (s, s) or conv.padding != (pad, pad):
         raise ValueError("only ungrouped, square convolutions can be evaluated at positions")
-    c, h, w = x.shape[1:]
-    if k == 1 and s == 1 and pad == 0:
+    c, h, w = _shape(x)
+    sparse = isinstance(x, Columns)
+    if k == 1 and s == 1 and pad == 0 and not sparse:
         return affine(conv, columns(x, idx), act)
 
-    def gather_at():  # (k * k * K) in the map, and which of them fall outside it
+    def sources():  # (k * k * K): the source column of each tap, -1 for the padding and the map's zeros
         w_out = (w + 2 * pad - k) // s + 1
         taps = torch.arange(k * k).view(-1, 1)
         r, col = idx // w_out * s, idx % w_out * s
-        return _map_positions((taps // k + r - pad).reshape(-1), (taps % k + col - pad).reshape(-1), h, w)
+        flat, outside = _map_positions((taps // k + r - pad).reshape(-1), (taps % k + col - pad).reshape(-1), h, w)
+        return (x.at if sparse else None, _sources(flat, outside, _lookup(x) if sparse else None))
 
-    flat, outside = memoized(memo, ("conv", k, s, pad, h, w), idx, gather_at)
-    patches = _gather(x.reshape(c, -1), flat, outside).view(c * k * k, -1)  # rows in the weight's (C, k, k) order
-    return _linear(conv, patches.T, act)
+    key = ("conv", k, s, pad, h, w, id(x.at) if sparse else None)
+    src = memoized(memo, key, idx, sources)[1]  # the sources' positions are held with them
+    rows = patch_rows(x.values if sparse else x.reshape(c, -1), src, k * k)  # in the weight's (C, k, k) order
+    return _linear(conv, rows, act)
 
 
-def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
-    """A stack of stride-1 "same" convolutions and element-wise activations applied to ``x`` (1, C, H, W),
-    evaluated at raster positions ``idx`` only -> (C_out, K). Each convolution runs only where a later one reads it
-    (the positions dilated by the later kernels' radii), so a sparse set of coded cells costs in proportion to its
-    size."""
-    h, w = x.shape[-2:]
+def stack_at(
+    layers: nn.Sequential, x: torch.Tensor | Columns, idx: torch.Tensor, memo: dict | None = None
+) -> torch.Tensor:
+    """A stack of stride-1 "same" convolutions and element-wise activations applied to ``x`` (1, C, H, W) or the
+    sparse map ``Columns``, evaluated at raster positions ``idx`` only -> (C_out, K). Each convolution runs only
+    where a later one reads it (the positions dilated by the later kernels' radii), so a sparse set of coded cells
+    costs in proportion to its size."""
+    _, h, w = _shape(x)
     convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
 
     def need_at() -> dict[int, torch.Tensor]:  # each convolution's positions
@@ -195,7 +263,7 @@ def stack_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor, memo: di
         if prev is not None and m.kernel_size == (1, 1):  # reads the columns it is given (need[prev] = need[i])
             out = affine(m, out, act)
         else:
-            out = conv_at(m, x if prev is None else scatter(out, need[prev], (h, w)), need[i], memo, act)
+            out = conv_at(m, x if prev is None else Columns(out, need[prev], (h, w)), need[i], memo, act)
         prev, applied = i, act is not None
     return out
 
@@ -226,13 +294,13 @@ def trunk_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor) -> torch
     fixed = x.dtype == torch.float64
     out, at = None, None  # columns of the last output, at positions ``at``
     for m, where in zip(layers, need, strict=True):
+        src = x if out is None else Columns(out, at, size)
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and at is where:
             out = affine(m, out)
         elif isinstance(m, nn.Conv2d):
-            out = conv_at(m, x if out is None else scatter(out, at, size), where)
+            out = conv_at(m, src, where)
         elif hasattr(m, "body"):
-            src = x if out is None else scatter(out, at, size)
-            out = columns(src, where) + stack_at(m.body, src, where)
+            out = values_at(src, where) + stack_at(m.body, src, where)
             out = out.clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT) if fixed else out
         else:
             out = activate(m, columns(x, where) if out is None else out)  # reads where it writes (``where is at``)
