@@ -96,8 +96,7 @@ def patch_rows(x: torch.Tensor, src: torch.Tensor, taps: int) -> torch.Tensor:
     transposing)."""
     k = src.numel() // taps
     if x.device.type != "cpu" or x.dtype not in (torch.float64, torch.float32) or x.requires_grad:
-        out = take_columns(x, src.clamp(min=0)).masked_fill_(src < 0, 0.0)
-        return out.view(x.shape[0] * taps, k).T
+        return _gather(x, src.clamp(min=0), src < 0).view(x.shape[0] * taps, k).T
     return torch.from_numpy(_patch_rows(x.numpy(), src.view(taps, k).numpy()))
 
 
@@ -292,15 +291,16 @@ def trunk_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor) -> torch
         need.append(dilated(need[-1], size, radius(m)))
     need.reverse()
     fixed = x.dtype == torch.float64
+    memo = {}  # a block's body reads the positions its input was just built at: their sources are found once
     out, at = None, None  # columns of the last output, at positions ``at``
     for m, where in zip(layers, need, strict=True):
         src = x if out is None else Columns(out, at, size)
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and at is where:
             out = affine(m, out)
         elif isinstance(m, nn.Conv2d):
-            out = conv_at(m, src, where)
+            out = conv_at(m, src, where, memo)
         elif hasattr(m, "body"):
-            out = values_at(src, where) + stack_at(m.body, src, where)
+            out = values_at(src, where) + stack_at(m.body, src, where, memo)
             out = out.clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT) if fixed else out
         else:
             out = activate(m, columns(x, where) if out is None else out)  # reads where it writes (``where is at``)
