@@ -183,6 +183,7 @@ def test_metrics_of_several_workers_are_summed_and_each_worker_says_it_is_ready(
     port = _free_port()
     env = os.environ | {"MUTUALFC_WEIGHTS_DIR": str(SHARED_WEIGHTS)}
     cmd = [sys.executable, "-m", "mutualfc.cli.main", "serve", "--port", str(port), "--workers", "2"]
+    cmd += ["--log-level", "info"]  # a failure shows the supervisor's story (a worker killed and restarted, ...)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     lines: queue.Queue[str] = queue.Queue()  # read by a thread: a blocking readline cannot hang the test
@@ -237,3 +238,9 @@ def test_one_server_answers_each_task_with_its_own_network(server, tmp_path):
     assert {t["name"] for t in listed["tasks"]} >= {"yolov5n-coco", "yolox-nano-coco"}
     assert {(c["task"], c["name"]) for c in listed["codecs"]} >= {("yolox-nano-coco", "hevc-feature"),
                                                                    ("yolov5n-coco", "mutual")}  # fmt: skip
+
+
+@pytest.mark.parametrize("option", ["--workers", "--threads", "--worker-healthcheck-timeout"])
+def test_serve_refuses_a_count_below_one_in_one_line(option, capsys):
+    assert main(["-q", "serve", "--port", str(_free_port()), option, "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"mutualfc: error: {option} must be at least 1, got 0"

@@ -26,6 +26,8 @@ def cmd_serve(args) -> int:
     options = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     if args.threads < 1:
         raise MutualFCError(f"--threads must be at least 1, got {args.threads}")
+    if args.worker_healthcheck_timeout < 1:
+        raise MutualFCError(f"--worker-healthcheck-timeout must be at least 1, got {args.worker_healthcheck_timeout}")
     check_port_free(args.host, args.port)  # before the detector is loaded: a busy port fails at once
     settings = ServiceSettings(
         args.task,
@@ -49,6 +51,7 @@ def cmd_serve(args) -> int:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
+            timeout_worker_healthcheck=args.worker_healthcheck_timeout,
         )
     return 0
 
@@ -128,6 +131,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="torch threads per worker process (default: %(default)s; scale with --workers, up to the cores: "
         "decoding is exact whatever the number)",
+    )
+    p.add_argument(
+        "--worker-healthcheck-timeout",
+        type=int,
+        default=60,
+        help="with --workers > 1: seconds a worker may take to answer the supervisor's health check before it is "
+        "killed and restarted (uvicorn's timeout_worker_healthcheck, 5 there: importing torch holds the "
+        "interpreter, and on a busy machine it can take longer; default: %(default)s)",
     )
     p.add_argument("--checkpoint", help="decode mutual/separate streams of this checkpoint instead of the zoo's")
     p.add_argument(
