@@ -3,7 +3,8 @@ parts of a split pipeline (the network's front half, feature reduction = the cod
 its decoder, the back half), and the entropy coder's symbols per pixel.
 
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; a MAC is two
-flops). That includes the exact integer decoding path: its products run as float64 matrix products, each one a MAC.
+flops). That includes the exact integer decoding path: its products are counted as float64 matrix products, each
+one a MAC (the int8 digit products that compute the large ones elsewhere are one implementation of the same MACs).
 Element-wise work (activations, rounding, tables) is not counted, as MPEG's kMAC figures leave it out. External
 codecs (x265, VVenC, libjpeg, libwebp) run outside torch: their parts are reported as not counted (None).
 """
@@ -17,6 +18,7 @@ import numpy as np
 from torch.utils.flop_counter import FlopCounterMode
 
 from mutualfc.entropy import count_symbols
+from mutualfc.nn.intgemm import float64_products
 from mutualfc.tasks.base import FeatureSet
 
 PARTS = ("front", "encoder", "decoder", "back")
@@ -48,7 +50,7 @@ class Complexity:
 
 def count_macs(fn: Callable, *args):
     """-> (``fn(*args)``, the multiply-accumulates it ran in torch)."""
-    with FlopCounterMode(display=False) as counter:
+    with float64_products(), FlopCounterMode(display=False) as counter:  # the layers' MACs, not their digit products
         out = fn(*args)
     return out, counter.get_total_flops() // 2
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mutualfc.nn import exact
+from mutualfc.nn import exact, intgemm
 from mutualfc.nn.caching import cached, memoized
 from mutualfc.nn.kernels import kernel
 
@@ -122,6 +122,18 @@ def _linear(conv: nn.Conv2d, rows: torch.Tensor, act: nn.Module | None = None) -
     return out if act is None else act(out)
 
 
+def _product(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: int, act: nn.Module | None):
+    """The convolution's weights applied to the patches (``patch_rows``) of the columns ``x`` (C, N) (``src``
+    None: to the columns themselves) -> (C_out, K), then ``act``; large fixed-point products as integer digit
+    products (``intgemm``: the same values)."""
+    k = x.shape[1] if src is None else src.numel() // taps
+    if intgemm.usable(x, k, x.shape[0] * taps, conv.out_channels, taps):
+        acc = intgemm.linear_at(conv, x, src, taps)
+        if acc is not None:
+            return exact.activations_from_rows(acc, act)
+    return _linear(conv, x.T if src is None else patch_rows(x, src, taps), act)
+
+
 def activate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """An element-wise module (exactly, for fixed-point inputs)."""
     return exact.activation(module, x) if x.dtype == torch.float64 else module(x)
@@ -129,7 +141,7 @@ def activate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def affine(conv: nn.Conv2d, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
     """A 1x1 convolution applied to columns: (C_in, N) -> (C_out, N), then the element-wise ``act`` if given."""
-    return _linear(conv, x.T, act)  # F.linear is faster than addmm in this layout
+    return _product(conv, x, None, 1, act)
 
 
 def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -228,8 +240,7 @@ def conv_at(
 
     key = ("conv", k, s, pad, h, w, id(x.at) if sparse else None)
     src = memoized(memo, key, idx, sources)[1]  # the sources' positions are held with them
-    rows = patch_rows(x.values if sparse else x.reshape(c, -1), src, k * k)  # in the weight's (C, k, k) order
-    return _linear(conv, rows, act)
+    return _product(conv, x.values if sparse else x.reshape(c, -1), src, k * k, act)  # the weight's (C, k, k) order
 
 
 def stack_at(

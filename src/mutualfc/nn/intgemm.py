@@ -1,0 +1,151 @@
+"""Exact layers as integer matrix products: int8 digits through ``torch._int_mm`` (int32 sums), recombined in int64.
+
+An exact layer (``mutualfc.nn.exact``) multiplies fixed-point integers by integer weights; in float64 every partial
+sum is exact, and so is any other way of forming the same integer sum. Splitting each activation into balanced
+base-256 digits (-128..127) and each 12-bit weight into two, every digit product sums to at most
+fan-in * 2**14 < 2**31 in int32, exactly, in any order; one ``_int_mm`` of all activation digits (stacked as rows)
+by both weight digits (stacked as columns) gives them all. The recombined sum is the same integer as the float64
+product, so the layer's output is the same whichever path runs, on every machine: which one runs may depend on the
+shape and the values (the number of digits follows the largest activation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import torch
+from torch import nn
+
+from mutualfc.nn import exact
+from mutualfc.nn.caching import cached
+from mutualfc.nn.kernels import kernel
+
+MIN_FAN_IN = 256  # below this, a float64 product is about as fast as the digit products and their recombination
+MIN_MACS = 1 << 20
+MIN_REUSE = 1024  # outputs times taps each activation's digits serve: fewer do not repay splitting it
+_HAS_INT_MM = hasattr(torch, "_int_mm")
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def float64_products():
+    """Within it (this thread), every exact product runs as the float64 product: what a MAC counter sees as one
+    product per multiply-accumulate of the layer (the digit products are one implementation of the same MACs)."""
+    before = getattr(_state, "off", False)
+    _state.off = True
+    try:
+        yield
+    finally:
+        _state.off = before
+
+
+def usable(x: torch.Tensor, rows: int, fan_in: int, out: int, taps: int) -> bool:
+    """Whether ``linear_at`` is worth trying for ``rows`` patches of ``fan_in`` values (``taps`` reads of each
+    column of ``x``) times ``out`` outputs: float64 on the CPU, a large product, and each activation's digits
+    used often enough (by taps times outputs) to repay splitting it."""
+    return (
+        _HAS_INT_MM
+        and not getattr(_state, "off", False)
+        and x.dtype == torch.float64
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and fan_in >= MIN_FAN_IN
+        and out * taps >= MIN_REUSE
+        and rows * fan_in * out >= MIN_MACS
+    )
+
+
+def digit_weights(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's integer weights (``exact.int_params``), inputs in (tap, channel) order, as two balanced base-256
+    digits side by side, (taps C_in, 2 out) int8 (low digit first), with its integer bias and per-output scale
+    (float64, (out,))."""
+
+    def build():
+        w, b, inv = exact.int_params(conv)
+        w = w.permute(0, 2, 3, 1).flatten(1).long()  # (tap, channel) order; |w| < 2**(WEIGHT_BITS - 1): two digits
+        low = (w + 128) % 256 - 128
+        high = (w - low) // 256
+        if int(high.abs().max()) > 127:
+            raise ValueError(f"weights over two digits: {int(w.abs().max())}")
+        digits = torch.cat([low, high]).to(torch.int8).T.contiguous()
+        return digits, b.reshape(-1).contiguous(), inv.reshape(-1).contiguous()
+
+    return cached(conv, "digit_weights", exact.weight_tensors(conv), build)
+
+
+def linear_at(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: int) -> torch.Tensor | None:
+    """``F.linear(patch_rows(x, src, taps), *exact.scaled_params(conv))`` for fixed-point source columns ``x``
+    (C, N) -> (K, out), the same float64 values, through integer products (``src`` None: the columns themselves,
+    one tap); None where a value of ``x`` is not an integer or needs more than four digits (the caller's float64
+    product then gives the same values)."""
+    if src is None:
+        src = torch.arange(x.shape[1])
+    k = src.numel() // taps
+    digits, count = _patch_digits(x.numpy(), src.view(taps, k).numpy())
+    if count == 0:
+        return None
+    w, b, inv = digit_weights(conv)
+    products = torch._int_mm(torch.from_numpy(digits), w)  # (count K, 2 out) int32
+    return torch.from_numpy(_recombine(products.numpy(), count, k, b.numpy(), inv.numpy()))
+
+
+@kernel()
+def _patch_digits(x: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, int]:  # pragma: no cover - compiled
+    """``patch_rows``' matrix (K, C taps), its columns in (tap, channel) order, as balanced base-256 digits of its
+    values: (D K, taps C) int8, digit d in rows d K..(d+1) K - 1, 0 where the source is -1; D, the fewest digits
+    that hold max |x|, or 0 when a value of ``x`` is not an integer or needs more than four digits."""
+    c_in, n = x.shape
+    taps, k = src.shape
+    peak = 0.0
+    for c in range(c_in):
+        for j in range(n):
+            v = abs(x[c, j])
+            if v != np.floor(v):
+                return np.empty((0, c_in * taps), np.int8), 0
+            peak = max(peak, v)
+    count, bound = 0, 127
+    for d in range(4):
+        if peak <= bound:
+            count = d + 1
+            break
+        bound = bound * 256 + 127
+    if count == 0:
+        return np.empty((0, c_in * taps), np.int8), 0
+    dx = np.empty((count, n, c_in), np.int8)  # each position's channels side by side: a tap copies C bytes
+    for start in range(0, n, 32):  # a transpose, in tiles of 32 positions whose rows stay in the cache
+        for c in range(c_in):
+            for j in range(start, min(start + 32, n)):
+                v = np.int64(x[c, j])
+                for d in range(count):
+                    digit = ((v + 128) & 255) - 128
+                    dx[d, j, c] = digit
+                    v = (v - digit) >> 8
+    out = np.empty((count * k, taps * c_in), np.int8)
+    for d in range(count):
+        for i in range(k):
+            for t in range(taps):
+                j, row, col = src[t, i], d * k + i, t * c_in
+                if j >= 0:
+                    for c in range(c_in):
+                        out[row, col + c] = dx[d, j, c]
+                else:
+                    for c in range(c_in):
+                        out[row, col + c] = 0
+    return out, count
+
+
+@kernel()
+def _recombine(p: np.ndarray, count: int, n: int, bias: np.ndarray, inv: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Digit products (count N, 2 out) int32 -> (sum + bias) * scale, (N, out) float64: exact (the int64 sum is the
+    float64 product's integer, below 2**53 by the exact layers' bounds; the scale is a power of two)."""
+    out_channels = bias.shape[0]
+    acc = np.empty((n, out_channels))
+    for i in range(n):
+        for o in range(out_channels):
+            s = np.int64(0)
+            for d in range(count - 1, -1, -1):
+                s = s * 256 + np.int64(p[d * n + i, out_channels + o]) * 256 + np.int64(p[d * n + i, o])
+            acc[i, o] = (np.float64(s) + bias[o]) * inv[o]
+    return acc
