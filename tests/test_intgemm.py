@@ -83,3 +83,18 @@ def test_mac_counts_are_the_layers_not_the_digit_products():
     out, macs = count_macs(conv_at, conv, x, idx)
     assert macs == idx.numel() * 128 * 128 * 9
     assert torch.equal(out, conv_at(conv, x, idx))
+
+
+def test_a_torch_without_the_cpu_kernel_falls_back_to_float64(monkeypatch):
+    def missing(*_):
+        raise NotImplementedError("_int_mm: no CPU kernel in this build")
+
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1)
+    x = exact.to_fixed(torch.randn(1, 128, 16, 16))
+    idx = torch.arange(0, 256, 3)
+    want = conv_at(conv, x, idx)
+    monkeypatch.setattr(intgemm, "_HAS_INT_MM", True)  # restored after the test
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    assert torch.equal(conv_at(conv, x, idx), want)
+    assert not intgemm._HAS_INT_MM  # tried once, then left alone

@@ -87,7 +87,12 @@ def linear_at(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: 
     if count == 0:
         return None
     w, b, inv = digit_weights(conv)
-    products = torch._int_mm(torch.from_numpy(digits), w)  # (count K, 2 out) int32
+    try:
+        products = torch._int_mm(torch.from_numpy(digits), w)  # (count K, 2 out) int32
+    except (RuntimeError, NotImplementedError):  # a build without the CPU kernel: float64 from now on
+        global _HAS_INT_MM
+        _HAS_INT_MM = False
+        return None
     return torch.from_numpy(_recombine(products.numpy(), count, k, b.numpy(), inv.numpy()))
 
 
