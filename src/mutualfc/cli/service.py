@@ -21,13 +21,11 @@ def cmd_serve(args) -> int:
 
     from mutualfc.service.settings import ServiceSettings
 
-    if args.workers < 1:
-        raise MutualFCError(f"--workers must be at least 1, got {args.workers}")
+    for option in ("workers", "threads", "worker_healthcheck_timeout"):
+        if getattr(args, option) < 1:
+            flag = "--" + option.replace("_", "-")
+            raise MutualFCError(f"{flag} must be at least 1, got {getattr(args, option)}")
     options = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-    if args.threads < 1:
-        raise MutualFCError(f"--threads must be at least 1, got {args.threads}")
-    if args.worker_healthcheck_timeout < 1:
-        raise MutualFCError(f"--worker-healthcheck-timeout must be at least 1, got {args.worker_healthcheck_timeout}")
     check_port_free(args.host, args.port)  # before the detector is loaded: a busy port fails at once
     settings = ServiceSettings(
         args.task,
