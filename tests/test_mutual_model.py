@@ -356,6 +356,17 @@ def test_trunks_with_residual_blocks_evaluated_at_cells_equal_the_whole_map():
         part = net.bfc.context(y_hat, 2, at=at).flatten(2)[0]
         assert torch.equal(part[:, at], whole[:, at])
         assert not part.flatten(1)[:, torch.ones(42, dtype=torch.bool).index_fill_(0, at, False)].any()
+    # a latent that is 0 outside its kept cells (as decoded), part of them in a lower tier: the trunk's first layer
+    # runs at the kept cells only, and the others take its zero-input column
+    kept = torch.tensor([1, 2, 8, 9, 10, 22, 30, 41])
+    y_kept = torch.zeros_like(y_hat).view(1, -1, 42).index_copy_(2, kept, y_hat.view(1, -1, 42)[..., kept])
+    y_kept = y_kept.view(y_hat.shape)
+    tier = (1.0, torch.tensor([0, 3, 5]))  # indexes among the kept cells
+    wholes = [net.bfc.context(y_kept, 2, kept, low).flatten(2)[0] for low in (None, tier)]
+    assert not torch.equal(*wholes)
+    for low, whole in zip((None, tier), wholes, strict=True):
+        for at in (idx[idx < 42], torch.arange(42), torch.tensor([20]), kept):
+            assert torch.equal(net.bfc.context(y_kept, 2, kept, low, at=at).flatten(2)[0][:, at], whole[:, at])
 
 
 def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():

@@ -15,7 +15,7 @@ from mutualfc.nn.caching import cached
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import ResBlock, conv
 from mutualfc.nn.packing import LevelPacker
-from mutualfc.nn.sparse import columns, positions, scatter, trunk_at
+from mutualfc.nn.sparse import Columns, affine, columns, positions, put_columns, scatter, trunk_at, trunk_positions
 
 Tier = tuple[float, torch.Tensor]  # (quality, indexes of the cells coded at it)
 SYNTHESIS_BITS = 14  # fractional bits of the decoder's synthesis and prediction (features to about 6e-5)
@@ -87,9 +87,10 @@ class BFCNet(nn.Module):
         is read: it is computed there only (the same integers), the rest of the map is 0; None: everywhere."""
         c, h, w = y_hat.shape[1:]
         low = None if low is None else (low[0], kept[low[1]])
+        if at is not None:  # ``kept`` None: every cell may be nonzero
+            kept = torch.arange(h * w) if kept is None else kept
+            return scatter(self._trunk_at(y_hat, quality, kept, low, at), at, (h, w))
         x = self.dequantize(y_hat.reshape(c, -1), quality, exact.ACT_BITS, low).view(1, c, h, w)
-        if at is not None:
-            return scatter(trunk_at(self.g_s, x, at), at, (h, w))
         first, *blocks = self.g_s
         x = exact.conv2d(first, x)
         for block in blocks:
@@ -98,6 +99,29 @@ class BFCNet(nn.Module):
                 -exact.ACT_LIMIT, exact.ACT_LIMIT
             )
         return x
+
+    def _trunk_at(
+        self, y_hat: torch.Tensor, quality: float, kept: torch.Tensor, low: tuple[float, torch.Tensor] | None,
+        at: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """``context`` at the positions ``at`` as columns. The latent is 0 outside the kept cells, so the trunk's
+        first (1x1) layer gives its bias there: it is evaluated (and the latent dequantized) at the kept cells it is
+        read at only, and its one zero-input column fills in the others (the same integers)."""
+        c, h, w = y_hat.shape[1:]
+        first, rest = self.g_s[0], self.g_s[1:]
+        need = trunk_positions(self.g_s, at, (h, w))
+        flags = torch.zeros(h * w, dtype=torch.int8)  # 1: a kept cell, 2: a kept cell of the lower tier
+        flags[kept] = 1
+        if low is not None:
+            flags[low[1]] = 2
+        read = flags[need[0]]
+        inside = read.nonzero().squeeze(1)  # indexes into need[0] of the kept cells
+        sub = read[inside] == 2
+        low = None if low is None or not bool(sub.any()) else (low[0], sub.nonzero().squeeze(1))
+        x = self.dequantize(columns(y_hat, need[0][inside]), quality, exact.ACT_BITS, low)
+        out = affine(first, x.new_zeros(c, 1)).expand(-1, need[0].numel()).contiguous()
+        put_columns(out, inside, affine(first, x))
+        return trunk_at(rest, Columns(out, need[0], (h, w)), at, need[1:])
 
     def decoded_levels(self, y_hat: torch.Tensor, mask: torch.Tensor, quality: float) -> dict[str, torch.Tensor]:
         """Real decoding of the base levels alone (separate-scale codec), cell by cell, exactly."""

@@ -284,7 +284,7 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
 
 def rescale(x: torch.Tensor, multiplier: torch.Tensor, shift: int) -> torch.Tensor:
     """floor(x * multiplier / 2**shift + 1/2) for fixed-point integers ``x`` (C, N) and integer multipliers (C,)."""
-    return torch.floor(x * multiplier.view(-1, 1) * 2.0**-shift + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+    return (x * multiplier.view(-1, 1)).mul_(2.0**-shift).add_(0.5).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

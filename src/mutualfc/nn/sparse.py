@@ -292,18 +292,28 @@ def dilated(idx: torch.Tensor, size: tuple[int, int], r: int) -> torch.Tensor:
     return idx if not r else positions(F.max_pool2d(cell_map(idx, size), 2 * r + 1, 1, r))
 
 
-def trunk_at(layers: nn.Sequential, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``stack_at`` for a stack that also holds residual blocks (modules with a ``body`` stack whose output is
-    added to their input; clamped for fixed-point inputs, as the whole-map exact path does): ``x`` (1, C, H, W)
-    -> (C_out, K) at raster positions ``idx``, each part run only where a later part reads it."""
-    size = tuple(x.shape[-2:])
+def trunk_positions(layers: nn.Sequential, idx: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+    """Where each layer of a ``trunk_at`` stack is evaluated so that its output is known at raster positions ``idx``
+    of a map of ``size``: the positions dilated, from the last layer back, by the radius of the layers after each."""
     need = [idx]  # need[i]: where layer i's output is read, built from the last layer back
     for m in reversed(layers[1:]):
         need.append(dilated(need[-1], size, radius(m)))
-    need.reverse()
-    fixed = x.dtype == torch.float64
+    return need[::-1]
+
+
+def trunk_at(
+    layers: nn.Sequential, x: torch.Tensor | Columns, idx: torch.Tensor, need: list[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``stack_at`` for a stack that also holds residual blocks (modules with a ``body`` stack whose output is
+    added to their input; clamped for fixed-point inputs, as the whole-map exact path does): ``x`` (1, C, H, W), or
+    the sparse map ``Columns`` -> (C_out, K) at raster positions ``idx``, each part run only where a later part reads
+    it (``need``: ``trunk_positions``, when the caller has them; sparse ``x`` whose columns are ``need[0]`` itself
+    goes straight into a first 1x1 layer)."""
+    size = x.size if isinstance(x, Columns) else tuple(x.shape[-2:])
+    need = trunk_positions(layers, idx, size) if need is None else need
+    fixed = (x.values if isinstance(x, Columns) else x).dtype == torch.float64
     memo = {}  # a block's body reads the positions its input was just built at: their sources are found once
-    out, at = None, None  # columns of the last output, at positions ``at``
+    out, at = (x.values, x.at) if isinstance(x, Columns) else (None, None)  # the last output's columns, positions
     for m, where in zip(layers, need, strict=True):
         src = x if out is None else Columns(out, at, size)
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and at is where:
