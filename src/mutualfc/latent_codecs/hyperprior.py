@@ -54,8 +54,9 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         return {"likelihoods": {"y": lik, "z": hyper["likelihoods"]["z"]}, "y_hat": out["y_hat"] * mask}
 
     def compress(self, y: torch.Tensor, mask: torch.Tensor) -> dict:
-        """Real coding of the latent ``y`` (1, C, H, W) at the cells ``mask`` keeps -> {"strings": [one rANS
-        stream], "y_hat": the decoded latent (fixed-point integers), exactly what ``decompress`` returns}."""
+        """Real coding of the latent ``y`` (1, C, H, W), or its columns (C, K) at the cells ``mask`` keeps (raster
+        order), at those cells -> {"strings": [one rANS stream], "y_hat": the decoded latent (fixed-point integers),
+        exactly what ``decompress`` returns}."""
         writer = SymbolWriter()
         y_hat = self.code(writer, y, mask)
         return {"strings": [writer.finish()], "y_hat": y_hat}
@@ -77,7 +78,10 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         y_hat = mask.new_zeros(1, sum(cg.groups), h, w, dtype=torch.float64)  # fixed-point integers
         if not kept.numel():
             return y_hat
-        y = None if y is None else columns(y, kept)  # (C, K): only the coded cells are read
+        if y is not None and y.dim() == 2 and y.shape[1] != kept.numel():
+            raise ValueError(f"{y.shape[1]} latent columns for {kept.numel()} kept cells")
+        if y is not None and y.dim() != 2:
+            y = columns(y, kept)  # (C, K): only the coded cells are read
         params = self.latent_codec["hyper"].code(coder, y, mask, kept)  # (C_params, K)
         y_hat_ = [t.view(t.shape[1], h * w) for t in y_hat.split(cg.groups, 1)]
         y_ = [None] * len(cg.groups) if y is None else y.split(cg.groups, 0)

@@ -39,12 +39,11 @@ class BFCNet(nn.Module):
 
     def analysis(self, levels: dict[str, torch.Tensor], kept: torch.Tensor | None = None) -> torch.Tensor:
         """-> latent (before the gains). ``kept``: raster positions that will be coded (real coding): only those are
-        computed (from the levels' blocks there, the metric folded into the transform), the others are 0."""
+        computed (from the levels' blocks there, the metric folded into the transform), as columns (C, K)."""
         if kept is None:
             return self.lin_a(self.pack.pack(levels))
         k = self.pack.names[-1]
-        h, w = (n // self.pack.factor[k] for n in levels[k].shape[-2:])
-        blocks = self.pack.gather_cells(levels, kept, w)
+        blocks = self.pack.gather_cells(levels, kept, levels[k].shape[-1] // self.pack.factor[k])
         x = torch.cat([blocks[k].reshape(self.pack.ch[k], kept.numel()) for k in self.pack.names])
 
         def fold():  # the metric folded into the analysis: latent = W A x + (W a + b)
@@ -53,7 +52,7 @@ class BFCNet(nn.Module):
             return (wt @ a).float(), (wt @ off + b).float()
 
         wt, b = cached(self, "analysis", (self.lin_a.weight, self.lin_a.bias, *self.pack.buffers()), fold)
-        return scatter(F.linear(x.T, wt, b).T, kept, (h, w))
+        return F.linear(x.T, wt, b).T
 
     def synthesis(self, y_hat: torch.Tensor, shared: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """-> the residual stream's context (None if there is no trunk or it is not asked for), decoded base

@@ -184,11 +184,10 @@ class MutualFeatureNet(FeatureCompressionModel):
             in_low = self.coded_mask(low_keep, size).flatten()[kept] > 0
             low = (quality - low_step / TIER_STEP, in_low.nonzero().squeeze(1)) if bool(in_low.any()) else None
         with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
-            y = self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept)
-            gain = self.bfc.gain(quality)[0].view(-1, 1, 1).expand(y.shape[1:]).clone()  # (C, H, W)
+            y0 = self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept)  # (C, K): the kept cells' latents
+            y = y0 * self.bfc.gain(quality)[0].view(-1, 1)
             if low is not None:  # the tier's cells at its quality's gains
-                gain.flatten(1)[:, kept[low[1]]] = self.bfc.gain(low[0])[0].view(-1, 1)
-            y = y * gain
+                y[:, low[1]] = y0[:, low[1]] * self.bfc.gain(low[0])[0].view(-1, 1)
         lc = self.bfc.latent_codec.compress(y, mask)  # exact arithmetic from here on: any thread count
         head = encode_mask(keep) if low is None else encode_tiers(keep, size, in_low, low_step)
         strings = [head, lc["strings"][0]]

@@ -63,7 +63,7 @@ class SeparateFeatureNet(FeatureCompressionModel):
         strings, rec = [encode_mask(keep)], {}
         for k, bfc in self.codecs.items():
             with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
-                y = bfc.analysis({k: x[k]}, kept) * bfc.gain(quality)[0]
+                y = bfc.analysis({k: x[k]}, kept) * bfc.gain(quality)[0].view(-1, 1)
             lc = bfc.latent_codec.compress(y, mask)  # exact arithmetic from here on: any thread count
             strings.append(lc["strings"][0])
             if reconstruct:
