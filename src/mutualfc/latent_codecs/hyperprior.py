@@ -78,10 +78,10 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         y_hat = mask.new_zeros(1, sum(cg.groups), h, w, dtype=torch.float64)  # fixed-point integers
         if not kept.numel():
             return y_hat
-        if y is not None and y.dim() == 2 and y.shape[1] != kept.numel():
-            raise ValueError(f"{y.shape[1]} latent columns for {kept.numel()} kept cells")
-        if y is not None and y.dim() != 2:
-            y = columns(y, kept)  # (C, K): only the coded cells are read
+        if y is not None:
+            y = y if y.dim() == 2 else columns(y, kept)  # (C, K): only the coded cells are read
+            if y.shape[1] != kept.numel():
+                raise ValueError(f"{y.shape[1]} latent columns for {kept.numel()} kept cells")
         params = self.latent_codec["hyper"].code(coder, y, mask, kept)  # (C_params, K)
         y_hat_ = [t.view(t.shape[1], h * w) for t in y_hat.split(cg.groups, 1)]
         y_ = [None] * len(cg.groups) if y is None else y.split(cg.groups, 0)
