@@ -338,6 +338,29 @@ def test_networks_evaluated_at_coded_cells_equal_the_whole_map():
     torch.testing.assert_close(context_at(ctx, x, idx), ctx(x).flatten(2)[0][:, idx], rtol=1e-5, atol=1e-5)
 
 
+def test_fixed_point_context_and_hyper_synthesis_at_cells_equal_the_whole_map():
+    """The compiled context convolution (grouped, masked) and the hyper synthesis evaluated as columns (its
+    up-convolution only under the cells it feeds, shuffled without a map) give, at the coded cells, the same integers
+    as the whole-map exact layers."""
+    from mutualfc.nn import exact
+
+    torch.manual_seed(2)
+    ctx = CheckerboardMaskedConv2d(6, 12, kernel_size=5, stride=1, padding=2, groups=6)
+    x = to_fixed(torch.randn(1, 6, 9, 11) * 30)
+    w, b = exact.scaled_params(ctx)
+    whole = exact.floor_activations(torch.nn.functional.conv2d(x, w.view(ctx.weight.shape), b, 1, 2, 1, 6))
+    for idx in (torch.tensor([0, 5, 17, 40, 98]), torch.arange(99), torch.tensor([50])):
+        assert torch.equal(context_at(ctx, x, idx), whole.flatten(2)[0][:, idx])
+    net = _net()
+    hyper = net.bfc.latent_codec.latent_codec["hyper"]
+    (up, shuffle), act, last = hyper.h_s
+    z_hat = to_fixed(torch.randn(1, up.in_channels, 4, 5) * 3)
+    u = exact.activation(act, shuffle(exact.conv2d(up, z_hat)))
+    whole = exact.conv2d(last, u).flatten(2)[0]
+    for kept in (torch.tensor([0, 9, 21, 22, 79]), torch.arange(80), torch.tensor([44])):
+        assert torch.equal(hyper._synthesis_at(z_hat, (8, 10), kept), whole[:, kept])
+
+
 def test_trunks_with_residual_blocks_evaluated_at_cells_equal_the_whole_map():
     """``trunk_at`` (the residual stream's context, computed only where its entropy parameters read it) gives the
     whole map's values there: to float tolerance on float inputs, the same integers on fixed-point ones."""

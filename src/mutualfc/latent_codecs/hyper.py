@@ -9,7 +9,7 @@ from compressai.ops import quantize_ste
 
 from mutualfc.entropy import SymbolCoder, medians
 from mutualfc.nn import exact
-from mutualfc.nn.sparse import activate, affine, cell_map, conv_at, positions, scatter
+from mutualfc.nn.sparse import Columns, affine, block_indexes, cell_map, conv_at, positions, scatter
 
 
 class MaskedHyperLatentCodec(HyperLatentCodec):
@@ -63,10 +63,13 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
         return self._synthesis_at(z_hat.view(1, c, h, w), size, kept)
 
     def _synthesis_at(self, z_hat: torch.Tensor, size: tuple[int, int], kept: torch.Tensor) -> torch.Tensor:
-        """``h_s`` (up-convolution, activation, convolution) evaluated only where the latent is coded: the last
-        convolution at ``kept``, the up-convolution at the hyper-latent cells whose children it reads."""
+        """``h_s`` (up-convolution, pixel shuffle, activation, convolution) evaluated only where the latent is
+        coded: the last convolution at ``kept``, the up-convolution (and its activation) at the hyper-latent cells
+        whose children it reads, shuffled as columns (the children of the others are 0, as in the whole map)."""
         (up, shuffle), act, last = self.h_s
-        r = last.kernel_size[0] // 2
-        parents = positions(F.max_pool2d(F.max_pool2d(cell_map(kept, size), 2 * r + 1, 1, r), 2))
-        u = scatter(conv_at(up, z_hat, parents), parents, tuple(z_hat.shape[-2:]))
-        return conv_at(last, activate(act, shuffle(u)), kept)
+        r, f = last.kernel_size[0] // 2, shuffle.upscale_factor
+        parents = positions(F.max_pool2d(F.max_pool2d(cell_map(kept, size), 2 * r + 1, 1, r), f))
+        u = conv_at(up, z_hat, parents, act=act)  # (C f f, P): channel c * f * f + i * f + j is child (i, j)'s c
+        at = block_indexes(parents, z_hat.shape[-1], f)  # the children, ordered (i, j, parent) as ``u`` holds them
+        children = Columns(u.view(-1, at.numel()), at, size)  # (C, f f P): a view
+        return conv_at(last, children, kept)

@@ -176,17 +176,42 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
     key = tuple(t for t in (conv.weight, exact.conv_mask(conv)) if t is not None)
     taps, wt = cached(conv, f"taps{int(fixed)}", key, taps_and_weights)
 
-    def gather_at():  # (K * taps) in the map, and which of them fall outside it
+    def gather_at():  # (K * taps) in the map, which of them fall outside it, and the source of each (-1 outside)
         r, col = idx // w, idx % w
         rows, cols = (r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1)
-        return _map_positions(rows, cols, h, w)
+        flat, outside = _map_positions(rows, cols, h, w)
+        return flat, outside, _sources(flat, outside).view(-1, taps.numel())
 
-    flat, outside = memoized(memo, ("context", k, pad, h, w, *taps.tolist()), idx, gather_at)
+    flat, outside, src = memoized(memo, ("context", k, pad, h, w, *taps.tolist()), idx, gather_at)
+    if fixed and x.device.type == "cpu":  # one compiled pass: gather, products, bias, floor
+        b = exact.scaled_params(conv)[1]
+        return torch.from_numpy(_grouped_context(x.reshape(c, -1).numpy(), src.numpy(), wt.numpy(), b.numpy(),
+                                                 exact.ACT_LIMIT)).T  # fmt: skip
     patches = _gather(x.reshape(c, -1), flat, outside).view(c, -1, taps.numel())  # (C, K, taps)
     acc = torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel())
     if fixed:
         return exact.floor_activations(acc.add_(exact.scaled_params(conv)[1].view(-1, 1)))
     return acc + conv.bias.view(-1, 1)
+
+
+@kernel()
+def _grouped_context(x, src, wt, bias, limit):  # pragma: no cover - compiled
+    """``context_at``'s fixed-point path: x (C, N) read at ``src`` (K, taps; -1 reads 0), weights (C, O, taps)
+    -> floor(sum + bias), clamped, as rows (K, C O). Exact: every partial sum is an integer times the output's
+    power of two, below 2**53 (``exact.scaled_params``), whatever the order."""
+    c_in, per, taps = wt.shape
+    k = src.shape[0]
+    out = np.empty((k, c_in * per))
+    for i in range(k):
+        for c in range(c_in):
+            for o in range(per):
+                s = bias[c * per + o]
+                for t in range(taps):
+                    j = src[i, t]
+                    if j >= 0:
+                        s += wt[c, o, t] * x[c, j]
+                out[i, c * per + o] = min(max(np.floor(s), -limit), limit)
+    return out
 
 
 class Columns(NamedTuple):
