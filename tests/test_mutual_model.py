@@ -420,7 +420,12 @@ def test_floor_scale_latents_are_left_out_only_when_all_are_at_their_mean():
 def test_compiled_gaussian_coding_equals_the_tensor_reference():
     """Fixed-point Gaussian coding (one compiled step per side) writes the reference's bytes and decodes its values,
     with and without floor-scale latents, all at their means or one off, and across the two paths both ways."""
-    from mutualfc.entropy.gaussian import code_gaussian_reference, scale_indexes, scale_thresholds
+    from mutualfc.entropy.gaussian import (
+        code_gaussian_at,
+        code_gaussian_reference,
+        scale_indexes,
+        scale_thresholds,
+    )
 
     gc = GaussianConditional(None)
     gc.update_scale_table(get_scale_table(), force=True)
@@ -446,6 +451,15 @@ def test_compiled_gaussian_coding_equals_the_tensor_reference():
         assert streams[0] == streams[1] and torch.equal(decoded[0], decoded[1])
         for code in (code_gaussian, code_gaussian_reference):
             assert torch.equal(code(SymbolReader(streams[0]), codec, None, params), decoded[0])
+        # from a last layer's accumulator (fractions: floored here), decoded values scattered into a map's columns
+        acc = params + torch.rand(params.shape, generator=g, dtype=torch.float64)
+        at = torch.randperm(70, generator=g)[:40]
+        w, out = SymbolWriter(), torch.full((6, 70), 7.0, dtype=torch.float64)
+        code_gaussian_at(w, codec, y, acc, out, at)
+        assert w.finish() == streams[0] and torch.equal(out[:, at], decoded[0])
+        back = torch.full((6, 70), 7.0, dtype=torch.float64)
+        code_gaussian_at(SymbolReader(streams[0]), codec, None, acc, back, at)
+        assert torch.equal(back, out) and (back[:, ~torch.isin(torch.arange(70), at)] == 7).all()
 
 
 def test_wide_linear_is_exact_on_both_of_its_paths():
@@ -492,7 +506,7 @@ def test_layer_outputs_are_floored_clamped_and_activated_in_one_pass():
     on fractions, both signs and values beyond the activation limit."""
     from torch import nn
 
-    from mutualfc.nn.exact import ACT_LIMIT, activations_from_rows, floor_activations, gelu_reference
+    from mutualfc.nn.exact import ACT_LIMIT, activations, activations_from_rows, floor_activations, gelu_reference
 
     g = torch.Generator().manual_seed(5)
     acc = torch.randn(70, 33, generator=g, dtype=torch.float64) * 3000
@@ -503,6 +517,10 @@ def test_layer_outputs_are_floored_clamped_and_activated_in_one_pass():
     assert torch.equal(activations_from_rows(acc, nn.GELU()), gelu_reference(floored))
     with pytest.raises(ValueError, match="ReLU"):
         activations_from_rows(acc, nn.ReLU())
+    # ``activations``: the same in place, on columns
+    for act, want in ((None, floored), (nn.GELU(), gelu_reference(floored))):
+        cols = acc.T.contiguous()
+        assert activations(cols, act) is cols and torch.equal(cols, want)
 
 
 def test_integer_layers_round_half_up_exactly():

@@ -107,6 +107,32 @@ def code_gaussian(
     return out.view(shape)
 
 
+def code_gaussian_at(
+    coder: SymbolCoder, codec: GaussianConditionalLatentCodec, y: torch.Tensor | None, acc: torch.Tensor,
+    out: torch.Tensor, at: torch.Tensor,
+) -> None:  # fmt: skip
+    """``code_gaussian`` of the Gaussians a last exact layer gives as its accumulator ``acc`` (2C, K) (bias
+    included, not yet floored: ``exact.floor_activations`` is applied here), the decoded values written to the
+    columns ``at`` of ``out`` (C, N) in place: one compiled step per side for the floor, the coding and the
+    scatter, the same symbols and values as the separate steps."""
+    gc = codec.gaussian_conditional
+    table = index_table(gc) if acc.dtype == torch.float64 else None
+    if table is None or acc.device.type != "cpu" or out.device.type != "cpu" or not out.is_contiguous():
+        out[:, at] = code_gaussian(coder, codec, y, exact.floor_activations(acc.clone()))
+        return
+    split_params(codec, acc)  # checks the chunks
+    scales_first = codec.chunks[0] == "scales"
+    table, tables, a = table.numpy(), model_tables(gc), acc.contiguous().numpy()
+    if isinstance(coder, SymbolReader):
+        coder.run(_decode_at, a, scales_first, table, *tables, *FLAT_FLAG_TABLES, out.numpy(), at.numpy())
+    else:
+        values = y.double().contiguous().numpy()
+        flag, symbols, indexes = _encode_at(values, a, scales_first, table, out.numpy(), at.numpy())
+        if flag >= 0:
+            coder.flag(bool(flag))
+        coder.add(tables, symbols, indexes)
+
+
 def code_gaussian_reference(
     coder: SymbolCoder, codec: GaussianConditionalLatentCodec, y: torch.Tensor | None, params: torch.Tensor
 ) -> torch.Tensor:
@@ -192,6 +218,52 @@ def _encode_fixed(values, scales, means, indexes, out):  # pragma: no cover - co
         else:
             out[i] = means[i]
     return (np.int64(off) if floor else np.int64(-1)), symbols[:coded], idx[:coded]
+
+
+@kernel()
+def _params_from_acc(acc, scales_first):  # pragma: no cover - compiled
+    """Accumulator (2C, K) -> floored, clamped scales and means, each (C K,) in ``code_gaussian``'s order."""
+    c, k = acc.shape[0] // 2, acc.shape[1]
+    s_row, m_row = (0, c) if scales_first else (c, 0)
+    scales, means = np.empty(c * k), np.empty(c * k)
+    for ch in range(c):
+        for i in range(k):
+            scales[ch * k + i] = min(max(np.floor(acc[s_row + ch, i]), -_LIMIT), _LIMIT)
+            means[ch * k + i] = min(max(np.floor(acc[m_row + ch, i]), -_LIMIT), _LIMIT)
+    return scales, means
+
+
+@kernel()
+def _scatter(values, out, at):  # pragma: no cover - compiled
+    """``values`` (C K,) channel by channel -> the columns ``at`` of ``out`` (C, N)."""
+    k = at.shape[0]
+    for ch in range(out.shape[0]):
+        for i in range(k):
+            out[ch, at[i]] = values[ch * k + i]
+
+
+@kernel()
+def _decode_at(
+    words, pos, x, acc, scales_first, indexes, cdf, start, length, offset, fcdf, fstart, flength, foffset, out, at
+):  # pragma: no cover - compiled
+    """``code_gaussian_at``'s decoding: ``_decode_fixed`` of the floored accumulator, scattered to ``out``."""
+    scales, means = _params_from_acc(acc, scales_first)
+    values = np.empty(scales.shape[0])
+    pos, x, count = _decode_fixed(
+        words, pos, x, scales, means, indexes, cdf, start, length, offset, fcdf, fstart, flength, foffset, values
+    )
+    _scatter(values, out, at)
+    return pos, x, count
+
+
+@kernel()
+def _encode_at(y, acc, scales_first, indexes, out, at):  # pragma: no cover - compiled
+    """``code_gaussian_at``'s coding: ``_encode_fixed`` of the values ``y`` (C, K) with the floored accumulator."""
+    scales, means = _params_from_acc(acc, scales_first)
+    values = np.empty(scales.shape[0])
+    flag, symbols, idx = _encode_fixed(y.reshape(-1), scales, means, indexes, values)
+    _scatter(values, out, at)
+    return flag, symbols, idx
 
 
 def _decoded(symbols: torch.Tensor, means: torch.Tensor) -> torch.Tensor:

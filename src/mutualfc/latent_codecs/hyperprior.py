@@ -4,7 +4,6 @@ aware of the skip mask, with real coding that evaluates every network at the cod
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import (
     ChannelGroupsLatentCodec,
@@ -15,17 +14,17 @@ from compressai.latent_codecs import (
 from compressai.layers import CheckerboardMaskedConv2d
 from torch import nn
 
-from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter, code_gaussian
+from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter
+from mutualfc.entropy.gaussian import code_gaussian_at
 from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
 from mutualfc.nn import exact
 from mutualfc.nn.layers import conv, upconv
 from mutualfc.nn.sparse import (
-    affine,
+    accumulate,
     affine_parts,
     columns,
     context_at,
     positions,
-    put_columns,
     stack_at,
     take_columns,
 )
@@ -95,21 +94,22 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 side = torch.cat([channel_ctx, side])
             cb = cg.latent_codec[f"y{k}"]
             gcl = cb.latent_codec["y"]
-            # the entropy parameters' first layer on [spatial context; side]: the side's part once for every cell
+            # the entropy parameters' first layer on [spatial context; side]: the side's part once for every cell,
+            # as columns (exact integers, bias included: any order of the sums gives them)
             first, act, last = cb.entropy_parameters
             w_ctx, w_side, b = affine_parts(first, cb.context_prediction.out_channels)
-            side_acc = F.linear(side.T, w_side, b)  # (K, C): exact integers, bias included
+            side_acc = torch.addmm(b.view(-1, 1), w_side, side)  # (C, K)
             for step, sel in enumerate(steps):
                 if not sel.numel():
                     continue
                 idx = idxs[step]
-                acc = side_acc.index_select(0, sel)
+                acc = take_columns(side_acc, sel)
                 if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
-                    acc.addmm_(ctx.T, w_ctx.T)  # exact integers: the same sum in any order
-                p = affine(last, exact.activations_from_rows(acc, act))
+                    acc.addmm_(w_ctx, ctx)
+                gauss = accumulate(last, exact.activations(acc, act))  # the Gaussians, floored as they are coded
                 values = None if y is None else take_columns(y_[k], sel)
-                put_columns(y_hat_[k], idx, code_gaussian(coder, gcl, values, p))
+                code_gaussian_at(coder, gcl, values, gauss, y_hat_[k], idx)
         return y_hat
 
 

@@ -174,6 +174,26 @@ def _floor_rows(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: b
     return out
 
 
+def activations(acc: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """``activation(act, floor_activations(acc))`` in place, for an accumulator in any layout (columns, as
+    ``torch.addmm`` of weights and columns gives them): one compiled pass for a contiguous CPU tensor."""
+    gelu = isinstance(act, nn.GELU)
+    if not (gelu or act is None or isinstance(act, nn.Identity)):
+        raise ValueError(f"no exact form of {type(act).__name__}")
+    if acc.device.type != "cpu" or not acc.is_contiguous() or acc.dtype != torch.float64:
+        out = floor_activations(acc)
+        return acc.copy_(gelu_reference(out)) if gelu else out
+    _floor_flat(acc.view(-1).numpy(), _gelu_gap_array(), -_GELU_RANGE * 2**ACT_BITS, ACT_LIMIT, gelu)
+    return acc
+
+
+@kernel()
+def _floor_flat(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: bool) -> None:  # pragma: no cover
+    for i in range(acc.shape[0]):
+        v = min(max(np.floor(acc[i]), -limit), limit)
+        acc[i] = _gelu_value(v, gap, lo) if gelu else v
+
+
 def weight_tensors(conv: nn.Conv2d) -> tuple[torch.Tensor, ...]:
     """The tensors a convolution's exact weights derive from (weight, bias, mask): the key of caches built on them."""
     params, mask = conv._parameters, conv_mask(conv)

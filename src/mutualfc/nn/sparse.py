@@ -131,7 +131,21 @@ def _product(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: i
         acc = intgemm.linear_at(conv, x, src, taps)
         if acc is not None:
             return exact.activations_from_rows(acc, act)
+    if src is None and x.dtype == torch.float64:  # columns in, columns out: no transposed operand
+        w, b = exact.scaled_params(conv)
+        return exact.activations(torch.addmm(b.view(-1, 1), w, x), act)
     return _linear(conv, x.T if src is None else patch_rows(x, src, taps), act)
+
+
+def accumulate(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 exact layer's accumulator on fixed-point columns (C_in, N) -> (C_out, N), bias included, before
+    ``exact.floor_activations``: integer digit products where they pay (``intgemm``), else one float64 product."""
+    if intgemm.usable(x, x.shape[1], x.shape[0], conv.out_channels, 1):
+        acc = intgemm.linear_at(conv, x, None, 1)
+        if acc is not None:
+            return acc.T
+    w, b = exact.scaled_params(conv)
+    return torch.addmm(b.view(-1, 1), w, x)
 
 
 def activate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
