@@ -271,15 +271,34 @@ def conv_at(
         return affine(conv, columns(x, idx), act)
 
     def sources():  # (k * k * K): the source column of each tap, -1 for the padding and the map's zeros
-        w_out = (w + 2 * pad - k) // s + 1
-        taps = torch.arange(k * k).view(-1, 1)
-        r, col = idx // w_out * s, idx % w_out * s
-        flat, outside = _map_positions((taps // k + r - pad).reshape(-1), (taps % k + col - pad).reshape(-1), h, w)
-        return (x.at if sparse else None, _sources(flat, outside, _lookup(x) if sparse else None))
+        at = x.at.numpy() if sparse else np.empty(0, np.int64)
+        src = _conv_sources(idx.numpy(), at, sparse, h, w, (w + 2 * pad - k) // s + 1, k, s, pad)
+        return (x.at if sparse else None, torch.from_numpy(src))
 
     key = ("conv", k, s, pad, h, w, id(x.at) if sparse else None)
     src = memoized(memo, key, idx, sources)[1]  # the sources' positions are held with them
     return _product(conv, x.values if sparse else x.reshape(c, -1), src, k * k, act)  # the weight's (C, k, k) order
+
+
+@kernel()
+def _conv_sources(idx, at, sparse, h, w, w_out, k, s, pad):  # pragma: no cover - compiled
+    """``conv_at``'s sources in one pass: for tap t and output position ``idx[i]`` (in a map ``w_out`` wide), entry
+    t K + i is the column the tap reads: -1 outside the h x w input (the padding); for a sparse input (columns at
+    ``at``) the column that holds the position, -1 where none does (the map's zeros); else the raster position."""
+    n = idx.shape[0]
+    lookup = np.full(h * w if sparse else 0, -1, np.int64)
+    for j in range(at.shape[0]):
+        lookup[at[j]] = j
+    src = np.empty(k * k * n, np.int64)
+    for t in range(k * k):
+        dr, dc = t // k - pad, t % k - pad
+        for i in range(n):
+            r, c = idx[i] // w_out * s + dr, idx[i] % w_out * s + dc
+            if r < 0 or r >= h or c < 0 or c >= w:
+                src[t * n + i] = -1
+            else:
+                src[t * n + i] = lookup[r * w + c] if sparse else r * w + c
+    return src
 
 
 def stack_at(
