@@ -47,7 +47,7 @@ def test_the_largest_weights_and_activations_stay_exact():
     assert float((got / inv - bias).abs().min()) > 2.0**50  # the integer sums themselves
 
 
-@pytest.mark.parametrize("bad", [0.5, exact.ACT_LIMIT * 16])
+@pytest.mark.parametrize("bad", [0.5, -1e-9, exact.ACT_LIMIT * 16, 2.0**63, float("nan"), float("-inf")])
 def test_values_that_are_not_small_integers_are_left_to_the_float64_product(bad):
     conv = torch.nn.Conv2d(300, 16, 1)
     x = torch.randint(-50, 50, (300, 80)).double()

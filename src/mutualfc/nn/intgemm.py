@@ -97,30 +97,46 @@ def linear_at(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: 
 
 
 @kernel()
+def _digit_count(x: np.ndarray) -> int:  # pragma: no cover - compiled
+    """The fewest balanced base-256 digits that hold every value of ``x`` (2-D), 0 when one is not an integer or
+    needs more than four (one pass of integer reductions, which the compiler vectorises)."""
+    peak, odd = np.int64(0), False
+    for c in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[c, j]
+            iv = np.int64(v) if abs(v) < 2.0**40 else np.int64(2**40)  # NaN: 2**40, and ``odd``
+            odd |= np.float64(iv) != v
+            peak = max(peak, abs(iv))
+    if odd:
+        return 0
+    bound = 127
+    for d in range(4):
+        if peak <= bound:
+            return d + 1
+        bound = bound * 256 + 127
+    return 0
+
+
+@kernel()
 def _patch_digits(x: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, int]:  # pragma: no cover - compiled
     """``patch_rows``' matrix (K, C taps), its columns in (tap, channel) order, as balanced base-256 digits of its
     values: (D K, taps C) int8, digit d in rows d K..(d+1) K - 1, 0 where the source is -1; D, the fewest digits
     that hold max |x|, or 0 when a value of ``x`` is not an integer or needs more than four digits."""
     c_in, n = x.shape
     taps, k = src.shape
-    peak = 0.0
-    for c in range(c_in):
-        for j in range(n):
-            v = abs(x[c, j])
-            if v != np.floor(v):
-                return np.empty((0, c_in * taps), np.int8), 0
-            peak = max(peak, v)
-    count, bound = 0, 127
-    for d in range(4):
-        if peak <= bound:
-            count = d + 1
-            break
-        bound = bound * 256 + 127
+    count = _digit_count(x)
     if count == 0:
         return np.empty((0, c_in * taps), np.int8), 0
     dx = np.empty((count, n, c_in), np.int8)  # each position's channels side by side: a tap copies C bytes
     for start in range(0, n, 32):  # a transpose, in tiles of 32 positions whose rows stay in the cache
         for c in range(c_in):
+            if count == 2:  # the usual count, without the digit loop
+                for j in range(start, min(start + 32, n)):
+                    v = np.int64(x[c, j])
+                    low = ((v + 128) & 255) - 128
+                    dx[0, j, c] = low
+                    dx[1, j, c] = (v - low) >> 8
+                continue
             for j in range(start, min(start + 32, n)):
                 v = np.int64(x[c, j])
                 for d in range(count):
@@ -147,10 +163,13 @@ def _recombine(p: np.ndarray, count: int, n: int, bias: np.ndarray, inv: np.ndar
     float64 product's integer, below 2**53 by the exact layers' bounds; the scale is a power of two)."""
     out_channels = bias.shape[0]
     acc = np.empty((n, out_channels))
-    for i in range(n):
+    row = np.empty(out_channels, np.int64)
+    for i in range(n):  # each loop over the outputs runs along contiguous rows
+        row[:] = 0
+        for d in range(count - 1, -1, -1):
+            r = d * n + i
+            for o in range(out_channels):
+                row[o] = row[o] * 256 + np.int64(p[r, out_channels + o]) * 256 + np.int64(p[r, o])
         for o in range(out_channels):
-            s = np.int64(0)
-            for d in range(count - 1, -1, -1):
-                s = s * 256 + np.int64(p[d * n + i, out_channels + o]) * 256 + np.int64(p[d * n + i, o])
-            acc[i, o] = (np.float64(s) + bias[o]) * inv[o]
+            acc[i, o] = (np.float64(row[o]) + bias[o]) * inv[o]
     return acc
