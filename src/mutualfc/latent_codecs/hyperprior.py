@@ -98,7 +98,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
             # as columns (exact integers, bias included: any order of the sums gives them)
             first, act, last = cb.entropy_parameters
             w_ctx, w_side, b = affine_parts(first, cb.context_prediction.out_channels)
-            side_acc = torch.addmm(b.view(-1, 1), w_side, side)  # (C, K)
+            side_acc = exact.affine_columns(w_side, side, b)  # (C, K)
             for step, sel in enumerate(steps):
                 if not sel.numel():
                     continue

@@ -174,9 +174,16 @@ def _floor_rows(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: b
     return out
 
 
+def affine_columns(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``w @ x + bias`` for columns ``x`` (in, N) and a bias (out,) or (out, 1): exact for the exact layers' integers
+    (every partial sum below 2**53, the bias added to exact sums). The product, then the bias: ``addmm``'s broadcast
+    bias takes a slower path on the CPU at these shapes."""
+    return torch.mm(w, x).add_(bias.view(-1, 1))
+
+
 def activations(acc: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
     """``activation(act, floor_activations(acc))`` in place, for an accumulator in any layout (columns, as
-    ``torch.addmm`` of weights and columns gives them): one compiled pass for a contiguous CPU tensor."""
+    ``affine_columns`` gives them): one compiled pass for a contiguous CPU tensor."""
     gelu = isinstance(act, nn.GELU)
     if not (gelu or act is None or isinstance(act, nn.Identity)):
         raise ValueError(f"no exact form of {type(act).__name__}")
@@ -294,7 +301,7 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     lo_x, hi_x = torch.aminmax(x)
     peak = int(max(-float(lo_x), float(hi_x)))  # an integer: the product below is Python's, exact
     if peak * weights.row_bound < weights.fast_bound:
-        acc = torch.addmm(weights.bias_low, weights.whole, x)
+        acc = affine_columns(weights.whole, x, weights.bias_low)
         return acc.mul_(weights.inv_scale).floor_().add_(weights.bias_high).clamp_(-ACT_LIMIT, ACT_LIMIT)
     hi, lo, b, e = weights.hi, weights.lo, weights.bias, weights.shift
     acc = F.linear(x.T, hi).T.long() * 2**WIDE_SPLIT + F.linear(x.T, lo).T.long() + b.view(-1, 1)

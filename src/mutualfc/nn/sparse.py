@@ -133,7 +133,7 @@ def _product(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: i
             return exact.activations_from_rows(acc, act)
     if src is None and x.dtype == torch.float64:  # columns in, columns out: no transposed operand
         w, b = exact.scaled_params(conv)
-        return exact.activations(torch.addmm(b.view(-1, 1), w, x), act)
+        return exact.activations(exact.affine_columns(w, x, b), act)
     return _linear(conv, x.T if src is None else patch_rows(x, src, taps), act)
 
 
@@ -145,7 +145,7 @@ def accumulate(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         if acc is not None:
             return acc.T
     w, b = exact.scaled_params(conv)
-    return torch.addmm(b.view(-1, 1), w, x)
+    return exact.affine_columns(w, x, b)
 
 
 def activate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
