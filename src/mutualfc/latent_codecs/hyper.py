@@ -9,7 +9,7 @@ from compressai.ops import quantize_ste
 
 from mutualfc.entropy import SymbolCoder, medians
 from mutualfc.nn import exact
-from mutualfc.nn.sparse import Columns, affine, block_indexes, cell_map, conv_at, positions, scatter
+from mutualfc.nn.sparse import Columns, affine, block_indexes, cell_map, conv_at, positions, scatter, zero_input
 
 
 class MaskedHyperLatentCodec(HyperLatentCodec):
@@ -54,7 +54,7 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
             if y is not None:  # h_a at the coded positions (encoder only): skipped cells' latents are 0
                 first, act, down = self.h_a
                 cols = exact.to_fixed(y)
-                fill = affine(first, cols.new_zeros(cols.shape[0], 1), act)[:, 0]
+                fill = zero_input(first, act)[:, 0]
                 a = scatter(affine(first, cols, act), kept, size, fill)
                 values = conv_at(down, a, idx).reshape(-1) * 2.0**-exact.ACT_BITS
             channel = torch.arange(c).view(c, 1).expand(c, k).reshape(-1)

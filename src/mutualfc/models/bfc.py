@@ -15,7 +15,17 @@ from mutualfc.nn.caching import cached
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import ResBlock, conv
 from mutualfc.nn.packing import LevelPacker
-from mutualfc.nn.sparse import Columns, affine, columns, positions, put_columns, scatter, trunk_at, trunk_positions
+from mutualfc.nn.sparse import (
+    Columns,
+    affine,
+    columns,
+    positions,
+    put_columns,
+    scatter,
+    trunk_at,
+    trunk_positions,
+    zero_input,
+)
 
 Tier = tuple[float, torch.Tensor]  # (quality, indexes of the cells coded at it)
 SYNTHESIS_BITS = 14  # fractional bits of the decoder's synthesis and prediction (features to about 6e-5)
@@ -118,7 +128,7 @@ class BFCNet(nn.Module):
         sub = read[inside] == 2
         low = None if low is None or not bool(sub.any()) else (low[0], sub.nonzero().squeeze(1))
         x = self.dequantize(columns(y_hat, need[0][inside]), quality, exact.ACT_BITS, low)
-        out = affine(first, x.new_zeros(c, 1)).expand(-1, need[0].numel()).contiguous()
+        out = zero_input(first).expand(-1, need[0].numel()).clone()  # a copy: written below
         put_columns(out, inside, affine(first, x))
         return trunk_at(rest, Columns(out, need[0], (h, w)), at, need[1:])
 

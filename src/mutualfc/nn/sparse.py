@@ -158,6 +158,14 @@ def affine(conv: nn.Conv2d, x: torch.Tensor, act: nn.Module | None = None) -> to
     return _product(conv, x, None, 1, act)
 
 
+def zero_input(conv: nn.Conv2d, act: nn.Module | None = None) -> torch.Tensor:
+    """A 1x1 exact layer's output (then ``act``) for an input of zeros, (C_out, 1): what every cell whose input is 0
+    gives. Kept until the weights change: computing it reads the whole weight matrix for one column. Shared: copy it
+    before writing into it."""
+    build = lambda: affine(conv, torch.zeros(conv.in_channels, 1, dtype=torch.float64), act)  # noqa: E731
+    return cached(conv, f"zero_input_{type(act).__name__}", exact.weight_tensors(conv), build)
+
+
 def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 1x1 convolution's exact weights (``exact.scaled_params``) split at input channel ``split`` -> (weights of
     the first inputs (out, split), of the others, bias). Applied to the two input blocks apart and summed before
