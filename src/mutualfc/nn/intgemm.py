@@ -41,13 +41,19 @@ def float64_products():
         _state.off = before
 
 
+def counting() -> bool:
+    """Whether this thread is inside ``float64_products``: then every exact product must run as a torch product
+    (what a MAC counter sees), not as a compiled kernel or digit products."""
+    return getattr(_state, "off", False)
+
+
 def usable(x: torch.Tensor, rows: int, fan_in: int, out: int, taps: int) -> bool:
     """Whether ``linear_at`` is worth trying for ``rows`` patches of ``fan_in`` values (``taps`` reads of each
     column of ``x``) times ``out`` outputs: float64 on the CPU, a large product, and each activation's digits
     used often enough (by taps times outputs) to repay splitting it."""
     return (
         _HAS_INT_MM
-        and not getattr(_state, "off", False)
+        and not counting()
         and x.dtype == torch.float64
         and x.device.type == "cpu"
         and not x.requires_grad

@@ -205,7 +205,7 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
         return flat, outside, _sources(flat, outside).view(-1, taps.numel())
 
     flat, outside, src = memoized(memo, ("context", k, pad, h, w, *taps.tolist()), idx, gather_at)
-    if fixed and x.device.type == "cpu":  # one compiled pass: gather, products, bias, floor
+    if fixed and x.device.type == "cpu" and not intgemm.counting():  # one compiled pass: gather, products, floor
         b = exact.scaled_params(conv)[1]
         return torch.from_numpy(_grouped_context(x.reshape(c, -1).numpy(), src.numpy(), wt.numpy(), b.numpy(),
                                                  exact.ACT_LIMIT)).T  # fmt: skip
