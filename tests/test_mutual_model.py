@@ -94,6 +94,34 @@ def test_decoding_is_bit_identical_across_runs_and_thread_counts():
     assert torch.get_num_threads() == n
 
 
+def test_derived_weights_follow_the_weights_between_images_and_are_checked_once_per_image():
+    """The exact layers' derived weights are cached until the weights change: a change between two images is seen
+    by the next one (a stream of the new weights, not the old), while inside one image's coding
+    (``coding_scope``) each cache is checked once."""
+    from mutualfc.nn import exact
+    from mutualfc.nn.caching import cached, coding_scope
+
+    net, lv = _net(), random_levels(1)
+    before = net.compress(lv, 3)[0]
+    first = net.bfc.latent_codec.latent_codec["y"].latent_codec["y0"].entropy_parameters[0]
+    with torch.no_grad():
+        first.weight.mul_(0.5)  # in place: the same tensor, a new version
+    after = net.compress(lv, 3)[0]
+    assert after != before
+    with torch.no_grad():
+        first.weight.mul_(2.0)
+    assert net.compress(lv, 3)[0] == before
+    builds = []
+    conv = torch.nn.Conv2d(3, 2, 1)
+    with coding_scope():
+        for _ in range(3):
+            cached(conv, "probe", exact.weight_tensors(conv), lambda: builds.append(1) or len(builds))
+        with torch.no_grad():
+            conv.weight.add_(1.0)  # within a scope the first look-up stands
+        assert cached(conv, "probe", exact.weight_tensors(conv), lambda: builds.append(1) or len(builds)) == 1
+    assert cached(conv, "probe", exact.weight_tensors(conv), lambda: builds.append(1) or len(builds)) == 2
+
+
 def test_quality_controls_rate_and_residual_is_optional():
     net, lv = _net(), random_levels(2)
     sizes = [sum(map(len, net.compress(lv, q)[0])) for q in (0, net.cfg.qualities - 1)]

@@ -13,7 +13,7 @@ from mutualfc.models.mfc import MFCNet
 from mutualfc.models.plan import CodingPlan
 from mutualfc.models.residual import ResidualCoder, decode_residual_info, encode_residual_info
 from mutualfc.nn import exact
-from mutualfc.nn.caching import stamps
+from mutualfc.nn.caching import in_coding_scope, stamps
 from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
 from mutualfc.nn.sparse import affine, positions, put_columns
 
@@ -159,6 +159,7 @@ class MutualFeatureNet(FeatureCompressionModel):
         return torch.cat([target[:n] + correction, target[n:]]).clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT)
 
     @torch.inference_mode()
+    @in_coding_scope
     def compress(
         self, levels: dict[str, torch.Tensor], plan: CodingPlan | float, reconstruct: bool = True, **overrides
     ) -> tuple[list[bytes], dict]:
@@ -234,6 +235,7 @@ class MutualFeatureNet(FeatureCompressionModel):
                          "prediction": crop_levels(pred, names, size)}  # fmt: skip
 
     @torch.inference_mode()
+    @in_coding_scope
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
         n = self.stream_count()
         if len(strings) not in (n, n + 1, n + 2) or (len(strings) > n and self.res is None):

@@ -10,6 +10,7 @@ from mutualfc.models.base import FeatureCompressionModel, decode_mask, encode_ma
 from mutualfc.models.bfc import BFCNet
 from mutualfc.models.config import MutualConfig
 from mutualfc.models.plan import CodingPlan
+from mutualfc.nn.caching import in_coding_scope
 from mutualfc.nn.packing import crop_levels, pad_levels
 from mutualfc.nn.sparse import positions
 
@@ -48,6 +49,7 @@ class SeparateFeatureNet(FeatureCompressionModel):
         return {"likelihoods": lik, "levels": out, "prediction": out}
 
     @torch.inference_mode()
+    @in_coding_scope
     def compress(
         self, levels: dict[str, torch.Tensor], plan: CodingPlan | float, reconstruct: bool = True, **overrides
     ) -> tuple[list[bytes], dict]:
@@ -72,6 +74,7 @@ class SeparateFeatureNet(FeatureCompressionModel):
         return strings, {"size": size, "levels": rec, "prediction": rec}
 
     @torch.inference_mode()
+    @in_coding_scope
     def decompress(self, strings: list[bytes], size: tuple[int, int], quality: float) -> dict[str, torch.Tensor]:
         if len(strings) != self.stream_count():
             raise ValueError(f"expected {self.stream_count()} streams, got {len(strings)}")
