@@ -5,7 +5,9 @@ On a shared machine single runs move by ±20% with the neighbours' load; two pro
 same load, so their ratio measures the code. Each side encodes and decodes the same images at one quality on one
 thread, ``--passes`` times, and reports the fastest pass in CPU time per image. Needs two cores that nothing else
 of yours uses (a third busy process shares one side's core only). Prints one JSON line per pair and the median
-ratio; writes nothing.
+ratio; writes nothing. ``--pipeline`` times each image's encode and decode between the detector's front and back
+halves, as a split pipeline (and ``benchmarks/speed.py``) runs them: the codec then meets the caches the detector
+leaves, and runs slower than back to back.
 
     git worktree add /tmp/base 4482ff3
     python benchmarks/speed_pair.py --baseline-src /tmp/base/src --pairs 4

@@ -23,7 +23,7 @@ from mutualfc.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
 _IN_LATENT = "latent_codecs/hyperprior.py:code"  # only the calls the latent's coding loop makes
-_PARAMS = ("affine", "activate", "floor_activations", "<built-in method torch._C._nn.linear>")
+_PARAMS = ("affine_columns", "accumulate", "activations", "<method 'addmm_' of 'torch._C.TensorBase' objects>")
 # stage -> (file suffix, function name(s)[, "file:function" that calls it]): cumulative time of the function (only
 # in the calls that caller makes, where one is named); stages nest as the code does (the rows
 # are not exclusive: "latent coding" includes its rANS calls)
@@ -36,7 +36,7 @@ STAGES = {
         ("  channel context (exact)", "nn/sparse.py", "stack_at", _IN_LATENT),
         ("  spatial context (exact)", "nn/sparse.py", "context_at"),
         ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
-        ("  Gaussian coding", "entropy/gaussian.py", "code_gaussian"),
+        ("  Gaussian coding", "entropy/gaussian.py", ("code_gaussian", "code_gaussian_at")),
         ("  rANS encoder", "entropy/ans.py", "encode"),
         ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
         ("MFCNet prediction (exact)", "models/mfc.py", "predict_cells"),
@@ -52,7 +52,7 @@ STAGES = {
         ("  channel context (exact)", "nn/sparse.py", "stack_at", _IN_LATENT),
         ("  spatial context (exact)", "nn/sparse.py", "context_at"),
         ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
-        ("  Gaussian coding", "entropy/gaussian.py", "code_gaussian"),
+        ("  Gaussian coding", "entropy/gaussian.py", ("code_gaussian", "code_gaussian_at")),
         ("  rANS decoder (compiled Gaussian steps whole)", "entropy/ans.py", ("decode", "run")),
         ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
         ("MFCNet prediction (exact)", "models/mfc.py", "predict_cells"),
