@@ -389,6 +389,31 @@ def test_fixed_point_context_and_hyper_synthesis_at_cells_equal_the_whole_map():
         assert torch.equal(hyper._synthesis_at(z_hat, (8, 10), kept), whole[:, kept])
 
 
+def test_channel_context_from_the_coded_columns_equals_the_whole_map():
+    """``cell_stack.stack_at_cells`` (the channel context's first layer at the coded cells only, one zero-input
+    column for every other cell) gives, at the coded cells, in any order, the same integers as the exact layers on
+    the whole map that is 0 off those cells; other stacks and MAC counts are left to ``stack_at``."""
+    from mutualfc.nn import cell_stack, exact, intgemm
+
+    torch.manual_seed(3)
+    nn = torch.nn
+    layers = nn.Sequential(
+        nn.Conv2d(7, 10, 1), nn.GELU(), nn.Conv2d(10, 9, 3, padding=1), nn.GELU(), nn.Conv2d(9, 12, 1)
+    )
+    for kept in (torch.tensor([98, 0, 10, 88, 45, 46, 56]), torch.randperm(99), torch.tensor([50])):
+        x = torch.zeros(1, 7, 9, 11, dtype=torch.float64)
+        x.view(7, -1)[:, kept] = to_fixed(torch.randn(7, kept.numel()) * 30)
+        a = exact.activation(layers[1], exact.conv2d(layers[0], x))
+        whole = exact.conv2d(layers[4], exact.activation(layers[3], exact.conv2d(layers[2], a))).flatten(2)[0]
+        cols = x.view(7, -1)[:, kept].contiguous()
+        assert cell_stack.applies(layers, cols)
+        assert torch.equal(cell_stack.stack_at_cells(layers, cols, kept, (9, 11)), whole[:, kept])
+    with intgemm.float64_products():
+        assert not cell_stack.applies(layers, cols)
+    assert not cell_stack.applies(layers[:3], cols)
+    assert not cell_stack.applies(layers, cols.float())
+
+
 def test_trunks_with_residual_blocks_evaluated_at_cells_equal_the_whole_map():
     """``trunk_at`` (the residual stream's context, computed only where its entropy parameters read it) gives the
     whole map's values there: to float tolerance on float inputs, the same integers on fixed-point ones."""

@@ -17,7 +17,8 @@ from torch import nn
 from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter
 from mutualfc.entropy.gaussian import code_gaussian_at
 from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
-from mutualfc.nn import exact
+from mutualfc.nn import cell_stack, exact
+from mutualfc.nn.caching import cached
 from mutualfc.nn.layers import conv, upconv
 from mutualfc.nn.sparse import (
     accumulate,
@@ -83,34 +84,61 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 raise ValueError(f"{y.shape[1]} latent columns for {kept.numel()} kept cells")
         params = self.latent_codec["hyper"].code(coder, y, mask, kept)  # (C_params, K)
         y_hat_ = [t.view(t.shape[1], h * w) for t in y_hat.split(cg.groups, 1)]
-        y_ = [None] * len(cg.groups) if y is None else y.split(cg.groups, 0)
         anchor = (kept // w + kept % w) % 2 == 0  # CompressAI's "even" anchor parity
-        steps = [anchor.nonzero().squeeze(1), (~anchor).nonzero().squeeze(1)]  # indexes into ``kept``
-        memo, idxs = {}, [kept.index_select(0, sel) for sel in steps]  # the same cells for every group
+        order = torch.cat([anchor.nonzero().squeeze(1), (~anchor).nonzero().squeeze(1)])  # anchors, then the rest
+        cells = kept.index_select(0, order)  # raster positions in coding order: each step's columns are a slice
+        bounds = [(0, int(anchor.sum())), (int(anchor.sum()), kept.numel())]
+        idxs = [cells[lo:hi] for lo, hi in bounds]  # the same tensors for every group: ``memo`` knows them
+        y_ = [None] * len(cg.groups) if y is None else take_columns(y, order).split(cg.groups, 0)
+        # the entropy parameters' first layer on [spatial context; channel context; hyper parameters]: the hyper
+        # parameters' part of every group in one product, once for every cell (exact integers, bias included: any
+        # order of the sums gives them)
+        w_par, b_par = _hyper_parts(cg, params.shape[0])
+        side_all = exact.affine_columns(w_par, take_columns(params, order), b_par)  # (groups x C, K)
+        memo = {}  # the same cells for every group
+        y_cols = torch.empty(sum(cg.groups), kept.numel(), dtype=torch.float64)  # the decoded groups at ``cells``
         for k, g in enumerate(cg.groups):
-            side = params
-            if k:
-                channel_ctx = stack_at(cg.channel_context[f"y{k}"], y_hat[:, : sum(cg.groups[:k])], kept, memo)
-                side = torch.cat([channel_ctx, side])
             cb = cg.latent_codec[f"y{k}"]
             gcl = cb.latent_codec["y"]
-            # the entropy parameters' first layer on [spatial context; side]: the side's part once for every cell,
-            # as columns (exact integers, bias included: any order of the sums gives them)
             first, act, last = cb.entropy_parameters
-            w_ctx, w_side, b = affine_parts(first, cb.context_prediction.out_channels)
-            side_acc = exact.affine_columns(w_side, side, b)  # (C, K)
-            for step, sel in enumerate(steps):
-                if not sel.numel():
+            w_ctx, w_side, _ = affine_parts(first, cb.context_prediction.out_channels)
+            rows = side_all.shape[0] // len(cg.groups)
+            side_acc, start = side_all[k * rows : (k + 1) * rows], sum(cg.groups[:k])
+            if k:
+                layers = cg.channel_context[f"y{k}"]
+                if cell_stack.applies(layers, y_cols):  # from the decoded columns: y_hat is 0 off the kept cells
+                    channel_ctx = cell_stack.stack_at_cells(layers, y_cols[:start], cells, (h, w), memo)
+                else:
+                    channel_ctx = stack_at(layers, y_hat[:, :start], cells, memo)
+                side_acc = torch.addmm(side_acc, w_side[:, : channel_ctx.shape[0]], channel_ctx)
+            for step, (lo, hi) in enumerate(bounds):
+                if lo == hi:
                     continue
                 idx = idxs[step]
-                acc = take_columns(side_acc, sel)
+                acc = side_acc[:, lo:hi].contiguous()
                 if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
                     acc.addmm_(w_ctx, ctx)
                 gauss = accumulate(last, exact.activations(acc, act))  # the Gaussians, floored as they are coded
-                values = None if y is None else take_columns(y_[k], sel)
+                values = None if y is None else y_[k][:, lo:hi]
                 code_gaussian_at(coder, gcl, values, gauss, y_hat_[k], idx)
+            y_cols[start : start + g] = take_columns(y_hat_[k], cells)
         return y_hat
+
+
+def _hyper_parts(cg: nn.Module, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact weights (``affine_parts``) of every group's entropy-parameter first layer that multiply the hyper
+    parameters (its last ``n_params`` inputs), stacked group after group, and their biases, (groups x C, 1)."""
+    firsts = [cg.latent_codec[f"y{k}"].entropy_parameters[0] for k in range(len(cg.groups))]
+
+    def build():
+        parts = [affine_parts(f, f.in_channels - n_params) for f in firsts]
+        if len({w.shape[0] for _, w, _ in parts}) != 1:
+            raise ValueError("the groups' entropy-parameter layers differ in width")
+        return torch.cat([w for _, w, _ in parts]).contiguous(), torch.cat([b.view(-1) for _, _, b in parts])
+
+    tensors = tuple(t for f in firsts for t in exact.weight_tensors(f))
+    return cached(cg, f"hyper_parts{n_params}", tensors, build)
 
 
 def masked_hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> MaskedHyperpriorLatentCodec:

@@ -103,11 +103,12 @@ class MutualFeatureNet(FeatureCompressionModel):
         skipped cells, the others for the kept ones) as the decoder uses it. With ``cfg.predict_uncorrected`` off, a
         kept cell that carries no residual takes column 0 (the mean features), so only column 0 and the cells
         ``carry`` (indexes among the kept cells; None: none) are predicted: each column is predicted on its own and
-        exactly, so leaving the others out changes no value."""
+        exactly, so leaving the others out changes no value. -> (packed channels, 1 + K), or (packed channels, 1)
+        when every cell takes column 0 (``LevelPacker.paint`` fills the maps with it)."""
         if self.cfg.predict_uncorrected or (carry is not None and carry.numel() == base.shape[1] - 1):
             return self.mfc.predict_cells(base, SYNTHESIS_BITS)  # every column is used as predicted
-        if carry is None:  # column 0 alone: the synthesis of a latent of 0, the same in every image
-            return self._mean_prediction(base[:, :1]).expand(-1, base.shape[1]).clone()
+        if carry is None:  # every cell takes column 0, the synthesis of a latent of 0: one column for all
+            return self._mean_prediction(base[:, :1])
         cols = torch.cat([carry.new_zeros(1), carry + 1])
         pred = self.mfc.predict_cells(base.index_select(1, cols), SYNTHESIS_BITS)
         return put_columns(pred[:, :1].expand(-1, base.shape[1]).clone(), cols, pred)

@@ -112,14 +112,16 @@ class LevelPacker(nn.Module):
     @staticmethod
     def paint(feats: dict[str, torch.Tensor], kept: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Per-cell blocks (C, f, f, 1 + K) -> full maps (1, C, H f, W f): column 0 fills every cell not in
-        ``kept`` (skipped cells all decode to the same block), the others go to the ``kept`` cells."""
+        ``kept`` (skipped cells all decode to the same block), the others go to the ``kept`` cells; blocks
+        (C, f, f, 1): every cell takes column 0."""
         h, w = size
         out = {}
         for k, v in feats.items():
             c, f = v.shape[0], v.shape[1]
             band = v[..., 0].reshape(c, f, 1, f).expand(c, f, w, f).reshape(c, f, w * f)  # one row of cells
             full = band.repeat(1, h, 1).view(c, -1)
-            put_columns(full, block_indexes(kept, w, f), v[..., 1:].reshape(c, -1))
+            if v.shape[-1] > 1:
+                put_columns(full, block_indexes(kept, w, f), v[..., 1:].reshape(c, -1))
             out[k] = full.view(1, c, h * f, w * f)
         return out
 
