@@ -117,7 +117,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 idx = idxs[step]
                 acc = side_acc[:, lo:hi].contiguous()
                 if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
-                    ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo)
+                    ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo, cells)
                     acc.addmm_(w_ctx, ctx)
                 gauss = accumulate(last, exact.activations(acc, act))  # the Gaussians, floored as they are coded
                 values = None if y is None else y_[k][:, lo:hi]

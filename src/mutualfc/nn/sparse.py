@@ -180,9 +180,12 @@ def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tenso
     return cached(conv, f"parts{split}", exact.weight_tensors(conv), build)
 
 
-def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+def context_at(
+    conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None, nonzero: torch.Tensor | None = None
+) -> torch.Tensor:
     """A (masked, grouped, one input channel per group) context convolution of ``x`` (1, C, H, W) evaluated at
-    raster positions ``idx`` only -> (C_out, K): the taps the mask zeroes are not read at all."""
+    raster positions ``idx`` only -> (C_out, K): the taps the mask zeroes are not read at all, nor (fixed point)
+    the positions outside ``nonzero`` (raster positions off which ``x`` is 0: a map of the coded cells)."""
     c, h, w = x.shape[1:]
     k, pad = conv.kernel_size[0], conv.padding[0]
     if conv.groups != c or conv.weight.shape[1] != 1:
@@ -202,13 +205,17 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
         r, col = idx // w, idx % w
         rows, cols = (r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1)
         flat, outside = _map_positions(rows, cols, h, w)
-        return flat, outside, _sources(flat, outside).view(-1, taps.numel())
+        src = _sources(flat, outside).view(-1, taps.numel())
+        live = src if nonzero is None else src.masked_fill(~torch.isin(src, nonzero), -1)  # -1: reads a 0
+        order = torch.argsort((live < 0).to(torch.int8), dim=1, stable=True)  # each cell's live taps first
+        return flat, outside, src, (live.gather(1, order), order, (live >= 0).sum(1), nonzero)
 
-    flat, outside, src = memoized(memo, ("context", k, pad, h, w, *taps.tolist()), idx, gather_at)
+    key = ("context", k, pad, h, w, *taps.tolist(), None if nonzero is None else id(nonzero))
+    flat, outside, src, (live, tap, count, _) = memoized(memo, key, idx, gather_at)
     if fixed and x.device.type == "cpu" and not intgemm.counting():  # one compiled pass: gather, products, floor
         b = exact.scaled_params(conv)[1]
-        return torch.from_numpy(_grouped_context(x.reshape(c, -1).numpy(), src.numpy(), wt.numpy(), b.numpy(),
-                                                 exact.ACT_LIMIT)).T  # fmt: skip
+        return torch.from_numpy(_grouped_context(x.reshape(c, -1).numpy(), live.numpy(), tap.numpy(), count.numpy(),
+                                                 wt.numpy(), b.numpy(), exact.ACT_LIMIT)).T  # fmt: skip
     patches = _gather(x.reshape(c, -1), flat, outside).view(c, -1, taps.numel())  # (C, K, taps)
     acc = torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel())
     if fixed:
@@ -217,21 +224,21 @@ def context_at(conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict |
 
 
 @kernel()
-def _grouped_context(x, src, wt, bias, limit):  # pragma: no cover - compiled
-    """``context_at``'s fixed-point path: x (C, N) read at ``src`` (K, taps; -1 reads 0), weights (C, O, taps)
-    -> floor(sum + bias), clamped, as rows (K, C O). Exact: every partial sum is an integer times the output's
-    power of two, below 2**53 (``exact.scaled_params``), whatever the order."""
-    c_in, per, taps = wt.shape
+def _grouped_context(x, src, tap, count, wt, bias, limit):  # pragma: no cover - compiled
+    """``context_at``'s fixed-point path: x (C, N) read at ``src`` (K, taps), the first ``count[i]`` of row i
+    (weight tap ``tap``; the others read 0), weights (C, O, taps) -> floor(sum + bias), clamped, as rows (K, C O).
+    Exact: every partial sum is an integer times the output's power of two, below 2**53 (``exact.scaled_params``),
+    whatever the order."""
+    c_in, per, _ = wt.shape
     k = src.shape[0]
     out = np.empty((k, c_in * per))
     for i in range(k):
+        n = count[i]
         for c in range(c_in):
             for o in range(per):
                 s = bias[c * per + o]
-                for t in range(taps):
-                    j = src[i, t]
-                    if j >= 0:
-                        s += wt[c, o, t] * x[c, j]
+                for m in range(n):
+                    s += wt[c, o, tap[i, m]] * x[c, src[i, m]]
                 out[i, c * per + o] = min(max(np.floor(s), -limit), limit)
     return out
 
