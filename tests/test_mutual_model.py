@@ -379,6 +379,11 @@ def test_fixed_point_context_and_hyper_synthesis_at_cells_equal_the_whole_map():
     whole = exact.floor_activations(torch.nn.functional.conv2d(x, w.view(ctx.weight.shape), b, 1, 2, 1, 6))
     for idx in (torch.tensor([0, 5, 17, 40, 98]), torch.arange(99), torch.tensor([50])):
         assert torch.equal(context_at(ctx, x, idx), whole.flatten(2)[0][:, idx])
+    nonzero = torch.tensor([3, 14, 15, 26, 37, 60, 61, 72, 97])  # a map that is 0 elsewhere: only these are read
+    x0 = torch.zeros_like(x).flatten(2).index_copy_(2, nonzero, x.flatten(2)[..., nonzero]).view_as(x)
+    whole0 = exact.floor_activations(torch.nn.functional.conv2d(x0, w.view(ctx.weight.shape), b, 1, 2, 1, 6))
+    for idx in (torch.tensor([4, 16, 25, 38, 50, 71, 98]), torch.arange(99)):
+        assert torch.equal(context_at(ctx, x0, idx, {}, nonzero), whole0.flatten(2)[0][:, idx])
     net = _net()
     hyper = net.bfc.latent_codec.latent_codec["hyper"]
     (up, shuffle), act, last = hyper.h_s
