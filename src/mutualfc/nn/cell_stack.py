@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mutualfc.nn import exact, intgemm
+from mutualfc.nn import exact
 from mutualfc.nn.caching import memoized
 from mutualfc.nn.kernels import kernel
 from mutualfc.nn.sparse import patch_rows
@@ -31,9 +31,9 @@ def _activation(m: nn.Module) -> bool:
 
 def applies(layers: nn.Module, cols: torch.Tensor) -> bool:
     """Whether ``stack_at_cells`` can evaluate ``layers`` on the fixed-point columns ``cols``: (1x1 convolution,
-    activation, k x k "same" convolution, activation, 1x1 convolution), ungrouped, on the CPU, outside a MAC count
-    (``intgemm.float64_products``: the counter sees ``stack_at``'s products)."""
-    if not isinstance(layers, nn.Sequential) or len(layers) != 5 or intgemm.counting():
+    activation, k x k "same" convolution, activation, 1x1 convolution), ungrouped, on the CPU. Its products are
+    torch products, so a MAC counter sees the ones it runs."""
+    if not isinstance(layers, nn.Sequential) or len(layers) != 5:
         return False
     first, act_a, mid, act_b, last = layers
     k = mid.kernel_size[0] if isinstance(mid, nn.Conv2d) else 0
