@@ -23,7 +23,12 @@ from mutualfc.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
 _IN_LATENT = "latent_codecs/hyperprior.py:code"  # only the calls the latent's coding loop makes
-_PARAMS = ("affine_columns", "accumulate", "activations", "<method 'addmm_' of 'torch._C.TensorBase' objects>")
+_PARAMS = (
+    "affine_columns",
+    "accumulate",
+    "activations",
+    *(f"<method '{m}' of 'torch._C.TensorBase' objects>" for m in ("addmm", "addmm_")),
+)
 # stage -> (file suffix, function name(s)[, "file:function" that calls it]): cumulative time of the function (only
 # in the calls that caller makes, where one is named); stages nest as the code does (the rows
 # are not exclusive: "latent coding" includes its rANS calls)
@@ -33,7 +38,7 @@ STAGES = {
         ("analysis (float, 1 thread)", "models/bfc.py", "analysis"),
         ("latent coding (hyperprior, groups)", "latent_codecs/hyperprior.py", "compress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
-        ("  channel context (exact)", "nn/sparse.py", "stack_at", _IN_LATENT),
+        ("  channel context (exact)", "mutualfc/nn/", ("stack_at", "stack_at_cells"), _IN_LATENT),
         ("  spatial context (exact)", "nn/sparse.py", "context_at"),
         ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
         ("  Gaussian coding", "entropy/gaussian.py", ("code_gaussian", "code_gaussian_at")),
@@ -49,7 +54,7 @@ STAGES = {
     "decode": [
         ("latent decoding (hyperprior, groups)", "latent_codecs/hyperprior.py", "decompress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
-        ("  channel context (exact)", "nn/sparse.py", "stack_at", _IN_LATENT),
+        ("  channel context (exact)", "mutualfc/nn/", ("stack_at", "stack_at_cells"), _IN_LATENT),
         ("  spatial context (exact)", "nn/sparse.py", "context_at"),
         ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
         ("  Gaussian coding", "entropy/gaussian.py", ("code_gaussian", "code_gaussian_at")),

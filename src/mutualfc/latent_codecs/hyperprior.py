@@ -110,7 +110,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                     channel_ctx = cell_stack.stack_at_cells(layers, y_cols[:start], cells, (h, w), memo)
                 else:
                     channel_ctx = stack_at(layers, y_hat[:, :start], cells, memo)
-                side_acc = torch.addmm(side_acc, w_side[:, : channel_ctx.shape[0]], channel_ctx)
+                side_acc = side_acc.addmm(w_side[:, : channel_ctx.shape[0]], channel_ctx)
             for step, (lo, hi) in enumerate(bounds):
                 if lo == hi:
                     continue
