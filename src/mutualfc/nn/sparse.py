@@ -205,17 +205,15 @@ def context_at(
         r, col = idx // w, idx % w
         rows, cols = (r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1)
         flat, outside = _map_positions(rows, cols, h, w)
-        src = _sources(flat, outside).view(-1, taps.numel())
-        live = src if nonzero is None else src.masked_fill(~torch.isin(src, nonzero), -1)  # -1: reads a 0
-        order = torch.argsort((live < 0).to(torch.int8), dim=1, stable=True)  # each cell's live taps first
-        return flat, outside, src, (live.gather(1, order), order, (live >= 0).sum(1), nonzero)
+        live = np.ones(h * w, np.bool_) if nonzero is None else cell_map(nonzero, (h, w)).view(-1).bool().numpy()
+        return flat, outside, _sources(flat, outside).view(-1, taps.numel()), live, nonzero
 
     key = ("context", k, pad, h, w, *taps.tolist(), None if nonzero is None else id(nonzero))
-    flat, outside, src, (live, tap, count, _) = memoized(memo, key, idx, gather_at)
+    flat, outside, src, live, _ = memoized(memo, key, idx, gather_at)
     if fixed and x.device.type == "cpu" and not intgemm.counting():  # one compiled pass: gather, products, floor
         b = exact.scaled_params(conv)[1]
-        return torch.from_numpy(_grouped_context(x.reshape(c, -1).numpy(), live.numpy(), tap.numpy(), count.numpy(),
-                                                 wt.numpy(), b.numpy(), exact.ACT_LIMIT)).T  # fmt: skip
+        return torch.from_numpy(_grouped_context(x.reshape(c, -1).numpy(), src.numpy(), live, wt.numpy(), b.numpy(),
+                                                 exact.ACT_LIMIT)).T  # fmt: skip
     patches = _gather(x.reshape(c, -1), flat, outside).view(c, -1, taps.numel())  # (C, K, taps)
     acc = torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel())
     if fixed:
@@ -224,21 +222,27 @@ def context_at(
 
 
 @kernel()
-def _grouped_context(x, src, tap, count, wt, bias, limit):  # pragma: no cover - compiled
-    """``context_at``'s fixed-point path: x (C, N) read at ``src`` (K, taps), the first ``count[i]`` of row i
-    (weight tap ``tap``; the others read 0), weights (C, O, taps) -> floor(sum + bias), clamped, as rows (K, C O).
-    Exact: every partial sum is an integer times the output's power of two, below 2**53 (``exact.scaled_params``),
-    whatever the order."""
-    c_in, per, _ = wt.shape
+def _grouped_context(x, src, live, wt, bias, limit):  # pragma: no cover - compiled
+    """``context_at``'s fixed-point path: x (C, N) read at ``src`` (K, taps; -1 reads 0, as does a position that
+    is not ``live``), weights (C, O, taps) -> floor(sum + bias), clamped, as rows (K, C O). Each cell's live taps
+    are listed first, so the products loop over those only. Exact: every partial sum is an integer times the
+    output's power of two, below 2**53 (``exact.scaled_params``), whatever the order."""
+    c_in, per, taps = wt.shape
     k = src.shape[0]
     out = np.empty((k, c_in * per))
+    tap, pos = np.empty(taps, np.int64), np.empty(taps, np.int64)
     for i in range(k):
-        n = count[i]
+        n = 0
+        for t in range(taps):
+            j = src[i, t]
+            if j >= 0 and live[j]:
+                tap[n], pos[n] = t, j
+                n += 1
         for c in range(c_in):
             for o in range(per):
                 s = bias[c * per + o]
                 for m in range(n):
-                    s += wt[c, o, tap[i, m]] * x[c, src[i, m]]
+                    s += wt[c, o, tap[m]] * x[c, pos[m]]
                 out[i, c * per + o] = min(max(np.floor(s), -limit), limit)
     return out
 
