@@ -115,7 +115,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 if lo == hi:
                     continue
                 idx = idxs[step]
-                acc = side_acc[:, lo:hi].contiguous()
+                acc = side_acc[:, lo:hi].clone(memory_format=torch.contiguous_format)  # written in place below
                 if step:  # non-anchors: this group's map holds its decoded anchors only (anchors: no context, 0)
                     ctx = context_at(cb.context_prediction, y_hat_[k].view(1, g, h, w), idx, memo, cells)
                     acc.addmm_(w_ctx, ctx)
@@ -128,7 +128,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
 
 def _hyper_parts(cg: nn.Module, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact weights (``affine_parts``) of every group's entropy-parameter first layer that multiply the hyper
-    parameters (its last ``n_params`` inputs), stacked group after group, and their biases, (groups x C, 1)."""
+    parameters (its last ``n_params`` inputs), stacked group after group, and their biases, (groups x C,)."""
     firsts = [cg.latent_codec[f"y{k}"].entropy_parameters[0] for k in range(len(cg.groups))]
 
     def build():
