@@ -87,14 +87,15 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
         anchor = (kept // w + kept % w) % 2 == 0  # CompressAI's "even" anchor parity
         order = torch.cat([anchor.nonzero().squeeze(1), (~anchor).nonzero().squeeze(1)])  # anchors, then the rest
         cells = kept.index_select(0, order)  # raster positions in coding order: each step's columns are a slice
-        bounds = [(0, int(anchor.sum())), (int(anchor.sum()), kept.numel())]
+        n_anchors = int(anchor.sum())
+        bounds = [(0, n_anchors), (n_anchors, kept.numel())]
         idxs = [cells[lo:hi] for lo, hi in bounds]  # the same tensors for every group: ``memo`` knows them
         y_ = [None] * len(cg.groups) if y is None else take_columns(y, order).split(cg.groups, 0)
         # the entropy parameters' first layer on [spatial context; channel context; hyper parameters]: the hyper
         # parameters' part of every group in one product, once for every cell (exact integers, bias included: any
         # order of the sums gives them)
         w_par, b_par = _hyper_parts(cg, params.shape[0])
-        side_all = exact.affine_columns(w_par, take_columns(params, order), b_par)  # (groups x C, K)
+        sides = exact.affine_columns(w_par, take_columns(params, order), b_par).chunk(len(cg.groups))  # (C, K) each
         memo = {}  # the same cells for every group
         y_cols = torch.empty(sum(cg.groups), kept.numel(), dtype=torch.float64)  # the decoded groups at ``cells``
         for k, g in enumerate(cg.groups):
@@ -102,8 +103,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
             gcl = cb.latent_codec["y"]
             first, act, last = cb.entropy_parameters
             w_ctx, w_side, _ = affine_parts(first, cb.context_prediction.out_channels)
-            rows = side_all.shape[0] // len(cg.groups)
-            side_acc, start = side_all[k * rows : (k + 1) * rows], sum(cg.groups[:k])
+            side_acc, start = sides[k], sum(cg.groups[:k])
             if k:
                 layers = cg.channel_context[f"y{k}"]
                 if cell_stack.applies(layers, y_cols):  # from the decoded columns: y_hat is 0 off the kept cells
