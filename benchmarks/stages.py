@@ -29,6 +29,8 @@ _PARAMS = (
     "activations",
     *(f"<method '{m}' of 'torch._C.TensorBase' objects>" for m in ("addmm", "addmm_")),
 )
+# each group's checkerboard steps run as one compiled pass: cProfile sees them whole
+_GROUPS = "  channel groups' steps (compiled: spatial context, entropy parameters, Gaussian coding)"
 # stage -> (file suffix, function name(s)[, "file:function" that calls it]): cumulative time of the function (only
 # in the calls that caller makes, where one is named); stages nest as the code does (the rows
 # are not exclusive: "latent coding" includes its rANS calls)
@@ -39,9 +41,8 @@ STAGES = {
         ("latent coding (hyperprior, groups)", "latent_codecs/hyperprior.py", "compress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
         ("  channel context (exact)", "mutualfc/nn/", ("stack_at", "stack_at_cells"), _IN_LATENT),
-        ("  spatial context (exact)", "nn/sparse.py", "context_at"),
-        ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
-        ("  Gaussian coding", "entropy/gaussian.py", ("code_gaussian", "code_gaussian_at")),
+        ("  entropy parameters' shared part (exact)", "", _PARAMS, _IN_LATENT),
+        (_GROUPS, "latent_codecs/group_pass.py", "code_group"),
         ("  rANS encoder", "entropy/ans.py", "encode"),
         ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
         ("MFCNet prediction (exact)", "models/mfc.py", "predict_cells"),
@@ -55,10 +56,8 @@ STAGES = {
         ("latent decoding (hyperprior, groups)", "latent_codecs/hyperprior.py", "decompress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
         ("  channel context (exact)", "mutualfc/nn/", ("stack_at", "stack_at_cells"), _IN_LATENT),
-        ("  spatial context (exact)", "nn/sparse.py", "context_at"),
-        ("  entropy parameters (exact)", "", _PARAMS, _IN_LATENT),
-        ("  Gaussian coding", "entropy/gaussian.py", ("code_gaussian", "code_gaussian_at")),
-        ("  rANS decoder (compiled Gaussian steps whole)", "entropy/ans.py", ("decode", "run")),
+        ("  entropy parameters' shared part (exact)", "", _PARAMS, _IN_LATENT),
+        (_GROUPS, "latent_codecs/group_pass.py", "code_group"),
         ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
         ("MFCNet prediction (exact)", "models/mfc.py", "predict_cells"),
         ("residual context (exact)", "models/bfc.py", "context"),

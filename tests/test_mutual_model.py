@@ -17,8 +17,9 @@ from mutualfc.models import LEGACY_RELEASE, MutualConfig, build_network, encode_
 from mutualfc.models.base import unpack_bits
 from mutualfc.models.bfc import SYNTHESIS_BITS
 from mutualfc.models.gain import INV_GAIN_BITS, boost_factor
+from mutualfc.nn.context import context_at
 from mutualfc.nn.exact import ACT_BITS, to_fixed, wide_weights
-from mutualfc.nn.sparse import context_at, conv_at, stack_at, trunk_at
+from mutualfc.nn.sparse import conv_at, stack_at, trunk_at
 from mutualfc.tasks import create_task
 from mutualfc.zoo import pack_state, unpack_state
 

@@ -7,7 +7,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import GaussianConditionalLatentCodec
 
-from mutualfc.entropy.ans import decode_symbol
+from mutualfc.entropy.ans import FlatTables, decode_symbol
 from mutualfc.entropy.rans import FLAT_FLAG_TABLES, SymbolCoder, SymbolReader, model_tables
 from mutualfc.nn import exact
 from mutualfc.nn.caching import cached
@@ -56,12 +56,29 @@ def index_table(gc: GaussianConditional) -> torch.Tensor | None:
     return cached(gc, "index_table", (gc.scale_table,), build)
 
 
-def split_params(codec: GaussianConditionalLatentCodec, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2C, K) entropy parameters -> scales, means (C, K), in the order the latent codec's ``chunks`` declares."""
+def scales_first(codec: GaussianConditionalLatentCodec) -> bool:
+    """Whether the latent codec's ``chunks`` put the scales before the means (ValueError if they are not those two)."""
     if codec.chunks not in (("scales", "means"), ("means", "scales")):
         raise ValueError(f"Gaussian parameters must be scales and means, got {codec.chunks}")
+    return codec.chunks[0] == "scales"
+
+
+def split_params(codec: GaussianConditionalLatentCodec, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2C, K) entropy parameters -> scales, means (C, K), in the order the latent codec's ``chunks`` declares."""
     a, b = params.chunk(2, 0)
-    return (a, b) if codec.chunks[0] == "scales" else (b, a)
+    return (a, b) if scales_first(codec) else (b, a)
+
+
+def compiled_tables(gc: GaussianConditional) -> tuple[np.ndarray, FlatTables] | None:
+    """What the compiled fixed-point coding steps read: ``index_table`` as an array and the model's flat CDF
+    tables, in one look-up per step (kept until any of their tensors changes); None where ``index_table`` is."""
+
+    def build():
+        table = index_table(gc)
+        return None if table is None else (table.numpy(), model_tables(gc))
+
+    tensors = (gc.scale_table, gc.quantized_cdf, gc.cdf_length, gc.offset)
+    return cached(gc, "compiled_tables", tensors, build)
 
 
 def gaussian_bits(codec: GaussianConditionalLatentCodec, y: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -89,13 +106,13 @@ def code_gaussian(
     is exact either way. Fixed-point ``params`` (float64 integers, what real coding uses) give fixed-point decoded
     values, in one compiled step per side; ``code_gaussian_reference`` is the same as tensor operations."""
     gc = codec.gaussian_conditional
-    table = index_table(gc) if params.dtype == torch.float64 else None
-    if table is None or params.device.type != "cpu":
+    compiled = compiled_tables(gc) if params.dtype == torch.float64 else None
+    if compiled is None or params.device.type != "cpu":
         return code_gaussian_reference(coder, codec, y, params)
     scales, means = split_params(codec, params)
     shape, out = means.shape, torch.empty(means.numel(), dtype=torch.float64)
     s, m, o = (t.reshape(-1).contiguous().numpy() for t in (scales, means, out))
-    table, tables = table.numpy(), model_tables(gc)
+    table, tables = compiled
     if isinstance(coder, SymbolReader):
         coder.run(_decode_fixed, s, m, table, *tables, *FLAT_FLAG_TABLES, o)
     else:
@@ -116,18 +133,16 @@ def code_gaussian_at(
     columns ``at`` of ``out`` (C, N) in place: one compiled step per side for the floor, the coding and the
     scatter, the same symbols and values as the separate steps."""
     gc = codec.gaussian_conditional
-    table = index_table(gc) if acc.dtype == torch.float64 else None
-    if table is None or acc.device.type != "cpu" or out.device.type != "cpu" or not out.is_contiguous():
+    compiled = compiled_tables(gc) if acc.dtype == torch.float64 else None
+    if compiled is None or acc.device.type != "cpu" or out.device.type != "cpu" or not out.is_contiguous():
         out[:, at] = code_gaussian(coder, codec, y, exact.floor_activations(acc.clone()))
         return
-    split_params(codec, acc)  # checks the chunks
-    scales_first = codec.chunks[0] == "scales"
-    table, tables, a = table.numpy(), model_tables(gc), acc.contiguous().numpy()
+    (table, tables), first, a = compiled, scales_first(codec), acc.contiguous().numpy()
     if isinstance(coder, SymbolReader):
-        coder.run(_decode_at, a, scales_first, table, *tables, *FLAT_FLAG_TABLES, out.numpy(), at.numpy())
+        coder.run(decode_at, a, first, table, *tables, *FLAT_FLAG_TABLES, out.numpy(), at.numpy())
     else:
         values = y.double().contiguous().numpy()
-        flag, symbols, indexes = _encode_at(values, a, scales_first, table, out.numpy(), at.numpy())
+        flag, symbols, indexes = encode_at(values, a, first, table, out.numpy(), at.numpy())
         if flag >= 0:
             coder.flag(bool(flag))
         coder.add(tables, symbols, indexes)
@@ -243,7 +258,7 @@ def _scatter(values, out, at):  # pragma: no cover - compiled
 
 
 @kernel()
-def _decode_at(
+def decode_at(
     words, pos, x, acc, scales_first, indexes, cdf, start, length, offset, fcdf, fstart, flength, foffset, out, at
 ):  # pragma: no cover - compiled
     """``code_gaussian_at``'s decoding: ``_decode_fixed`` of the floored accumulator, scattered to ``out``."""
@@ -257,7 +272,7 @@ def _decode_at(
 
 
 @kernel()
-def _encode_at(y, acc, scales_first, indexes, out, at):  # pragma: no cover - compiled
+def encode_at(y, acc, scales_first, indexes, out, at):  # pragma: no cover - compiled
     """``code_gaussian_at``'s coding: ``_encode_fixed`` of the values ``y`` (C, K) with the floored accumulator."""
     scales, means = _params_from_acc(acc, scales_first)
     values = np.empty(scales.shape[0])

@@ -16,15 +16,16 @@ from torch import nn
 
 from mutualfc.entropy import SymbolCoder, SymbolReader, SymbolWriter
 from mutualfc.entropy.gaussian import code_gaussian_at
+from mutualfc.latent_codecs.group_pass import code_group, group_weights
 from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
 from mutualfc.nn import cell_stack, exact
 from mutualfc.nn.caching import cached
+from mutualfc.nn.context import context_at
 from mutualfc.nn.layers import conv, upconv
 from mutualfc.nn.sparse import (
     accumulate,
     affine_parts,
     columns,
-    context_at,
     positions,
     stack_at,
     take_columns,
@@ -111,6 +112,11 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 else:
                     channel_ctx = stack_at(layers, y_hat[:, :start], cells, memo)
                 side_acc = side_acc.addmm(w_side[:, : channel_ctx.shape[0]], channel_ctx)
+            weights = group_weights(cb, side_acc)
+            if weights is not None:  # both steps in one compiled pass: the same symbols and values
+                out = y_cols[start : start + g]
+                code_group(coder, cb, weights, y_[k], side_acc, y_hat_[k], out, cells, idxs[1], (h, w), memo)
+                continue
             for step, (lo, hi) in enumerate(bounds):
                 if lo == hi:
                     continue

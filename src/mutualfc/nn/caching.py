@@ -23,15 +23,21 @@ def stamps(tensors: Iterable[torch.Tensor]) -> tuple:
     return tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
 
 
-def cached(owner: nn.Module, name: str, tensors: tuple[torch.Tensor, ...], build: Callable[[], T]) -> T:
+def cached(
+    owner: nn.Module,
+    name: str,
+    tensors: Iterable[torch.Tensor] | Callable[[], Iterable[torch.Tensor]],
+    build: Callable[[], T],
+) -> T:
     """``build()``, cached on ``owner`` until one of ``tensors`` is replaced or changed in place. Within a
-    ``coding_scope`` the tensors are checked once (they cannot change while one image is coded)."""
+    ``coding_scope`` the tensors are checked once (they cannot change while one image is coded); ``tensors`` may be
+    a function that lists them, called only then."""
     hits = getattr(_scope, "hits", None)
     if hits is not None:
         value = hits.get((id(owner), name), hits)  # ``hits`` itself: not there
         if value is not hits:
             return value
-    key = stamps(tensors)
+    key = stamps(tensors() if callable(tensors) else tensors)
     hit = owner.__dict__.get(f"_mutualfc_{name}")
     if hit is None or hit[0] != key:
         hit = (key, build())

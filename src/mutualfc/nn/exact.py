@@ -190,12 +190,19 @@ def activations(acc: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor
     if acc.device.type != "cpu" or not acc.is_contiguous() or acc.dtype != torch.float64:
         out = floor_activations(acc)
         return acc.copy_(gelu_reference(out)) if gelu else out
-    _floor_flat(acc.view(-1).numpy(), _gelu_gap_array(), -_GELU_RANGE * 2**ACT_BITS, ACT_LIMIT, gelu)
+    floor_flat(acc.view(-1).numpy(), *activation_tables(), gelu)
     return acc
 
 
+def activation_tables() -> tuple[np.ndarray, int, float]:
+    """What ``floor_flat`` reads besides the values: the GELU table's gaps, its first fixed-point value and the
+    activations' clamp."""
+    return _gelu_gap_array(), -_GELU_RANGE * 2**ACT_BITS, ACT_LIMIT
+
+
 @kernel()
-def _floor_flat(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: bool) -> None:  # pragma: no cover
+def floor_flat(acc: np.ndarray, gap: np.ndarray, lo: int, limit: float, gelu: bool) -> None:  # pragma: no cover
+    """``activations`` of a flat accumulator, in place (``activation_tables`` gives the other arguments)."""
     for i in range(acc.shape[0]):
         v = min(max(np.floor(acc[i]), -limit), limit)
         acc[i] = _gelu_value(v, gap, lo) if gelu else v

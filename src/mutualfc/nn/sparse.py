@@ -68,25 +68,10 @@ def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
     return ((rows.view(1, 1, -1) + i.view(-1, 1, 1)) * (width * f) + cols.view(1, 1, -1) + i.view(1, -1, 1)).view(-1)
 
 
-def _map_positions(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Raster indices of map cells (rows, cols), clamped into an h x w map, and a mask of those outside it (None when
-    none is): what a zero-padded convolution reads, without padding the map."""
-    outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
-    flat = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
-    return flat, outside if bool(outside.any()) else None
-
-
-def _gather(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -> torch.Tensor:
+def gather_columns(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -> torch.Tensor:
     """(C, N) columns at ``flat``, +0 where ``outside`` (the padding), as ``F.pad`` gives."""
     out = take_columns(x, flat)
     return out if outside is None else out.masked_fill_(outside, 0.0)
-
-
-def _sources(flat: torch.Tensor, outside: torch.Tensor | None, lookup: torch.Tensor | None = None) -> torch.Tensor:
-    """Map positions ``flat`` -> the source column each reads (``lookup``: column of each map position, -1 where
-    the map is 0; None: the map's own raster index), -1 where ``outside`` the map (the padding)."""
-    src = flat if lookup is None else lookup[flat]
-    return src if outside is None else src.masked_fill(outside, -1)
 
 
 def patch_rows(x: torch.Tensor, src: torch.Tensor, taps: int) -> torch.Tensor:
@@ -96,7 +81,7 @@ def patch_rows(x: torch.Tensor, src: torch.Tensor, taps: int) -> torch.Tensor:
     transposing)."""
     k = src.numel() // taps
     if x.device.type != "cpu" or x.dtype not in (torch.float64, torch.float32) or x.requires_grad:
-        return _gather(x, src.clamp(min=0), src < 0).view(x.shape[0] * taps, k).T
+        return gather_columns(x, src.clamp(min=0), src < 0).view(x.shape[0] * taps, k).T
     return torch.from_numpy(_patch_rows(x.numpy(), src.view(taps, k).numpy()))
 
 
@@ -178,73 +163,6 @@ def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tenso
         return w[:, :split].contiguous(), w[:, split:].contiguous(), b
 
     return cached(conv, f"parts{split}", exact.weight_tensors(conv), build)
-
-
-def context_at(
-    conv: nn.Conv2d, x: torch.Tensor, idx: torch.Tensor, memo: dict | None = None, nonzero: torch.Tensor | None = None
-) -> torch.Tensor:
-    """A (masked, grouped, one input channel per group) context convolution of ``x`` (1, C, H, W) evaluated at
-    raster positions ``idx`` only -> (C_out, K): the taps the mask zeroes are not read at all, nor (fixed point)
-    the positions outside ``nonzero`` (raster positions off which ``x`` is 0: a map of the coded cells)."""
-    c, h, w = x.shape[1:]
-    k, pad = conv.kernel_size[0], conv.padding[0]
-    if conv.groups != c or conv.weight.shape[1] != 1:
-        raise ValueError("context convolution must have one input channel per group")
-
-    fixed = x.dtype == torch.float64
-
-    def taps_and_weights():
-        weight = exact.scaled_params(conv)[0] if fixed else exact.effective_weight(conv)
-        taps = weight.flatten(1).abs().sum(0).nonzero().squeeze(1)  # kernel offsets any output uses
-        return taps, weight.flatten(1)[:, taps].view(c, -1, taps.numel())  # (C, out per group, taps)
-
-    key = tuple(t for t in (conv.weight, exact.conv_mask(conv)) if t is not None)
-    taps, wt = cached(conv, f"taps{int(fixed)}", key, taps_and_weights)
-
-    def gather_at():  # (K * taps) in the map, which of them fall outside it, and the source of each (-1 outside)
-        r, col = idx // w, idx % w
-        rows, cols = (r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1)
-        flat, outside = _map_positions(rows, cols, h, w)
-        live = np.ones(h * w, np.bool_) if nonzero is None else cell_map(nonzero, (h, w)).view(-1).bool().numpy()
-        return flat, outside, _sources(flat, outside).view(-1, taps.numel()), live, nonzero
-
-    key = ("context", k, pad, h, w, *taps.tolist(), None if nonzero is None else id(nonzero))
-    flat, outside, src, live, _ = memoized(memo, key, idx, gather_at)
-    if fixed and x.device.type == "cpu" and not intgemm.counting():  # one compiled pass: gather, products, floor
-        b = exact.scaled_params(conv)[1]
-        return torch.from_numpy(_grouped_context(x.reshape(c, -1).numpy(), src.numpy(), live, wt.numpy(), b.numpy(),
-                                                 exact.ACT_LIMIT)).T  # fmt: skip
-    patches = _gather(x.reshape(c, -1), flat, outside).view(c, -1, taps.numel())  # (C, K, taps)
-    acc = torch.bmm(wt, patches.transpose(1, 2)).reshape(-1, idx.numel())
-    if fixed:
-        return exact.floor_activations(acc.add_(exact.scaled_params(conv)[1].view(-1, 1)))
-    return acc + conv.bias.view(-1, 1)
-
-
-@kernel()
-def _grouped_context(x, src, live, wt, bias, limit):  # pragma: no cover - compiled
-    """``context_at``'s fixed-point path: x (C, N) read at ``src`` (K, taps; -1 reads 0, as does a position that
-    is not ``live``), weights (C, O, taps) -> floor(sum + bias), clamped, as rows (K, C O). Each cell's live taps
-    are listed first, so the products loop over those only. Exact: every partial sum is an integer times the
-    output's power of two, below 2**53 (``exact.scaled_params``), whatever the order."""
-    c_in, per, taps = wt.shape
-    k = src.shape[0]
-    out = np.empty((k, c_in * per))
-    tap, pos = np.empty(taps, np.int64), np.empty(taps, np.int64)
-    for i in range(k):
-        n = 0
-        for t in range(taps):
-            j = src[i, t]
-            if j >= 0 and live[j]:
-                tap[n], pos[n] = t, j
-                n += 1
-        for c in range(c_in):
-            for o in range(per):
-                s = bias[c * per + o]
-                for m in range(n):
-                    s += wt[c, o, tap[m]] * x[c, pos[m]]
-                out[i, c * per + o] = min(max(np.floor(s), -limit), limit)
-    return out
 
 
 class Columns(NamedTuple):

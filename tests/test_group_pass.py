@@ -1,0 +1,44 @@
+"""The channel groups' compiled coding pass (``latent_codecs.group_pass``) writes and reads the streams of the
+step-by-step loop (which runs while a MAC counter watches: ``float64_products``), for any set of coded cells."""
+
+import pytest
+import torch
+
+from mutualfc.latent_codecs.group_pass import group_weights
+from mutualfc.nn.intgemm import float64_products
+from tests.test_mutual_model import _net, random_levels
+
+H, W = 8, 10
+
+
+def _keeps():
+    """All cells, a block, one anchor cell (no non-anchors), one non-anchor cell (no anchors), a scatter."""
+    block = torch.zeros(1, 1, H, W, dtype=torch.bool)
+    block[..., 2:6, 3:8] = True
+    anchor, other = torch.zeros_like(block), torch.zeros_like(block)
+    anchor[..., 4, 6] = True  # (4 + 6) even: an anchor
+    other[..., 4, 5] = True
+    scatter = torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(4)) < 0.3
+    return [None, block, anchor, other, scatter]
+
+
+@pytest.fixture(scope="module")
+def net():
+    return _net()
+
+
+@pytest.mark.parametrize("keep", _keeps(), ids=["all", "block", "anchor", "non-anchor", "scatter"])
+@pytest.mark.parametrize("quality", [0, 2.5])
+def test_compiled_group_pass_codes_what_the_step_by_step_loop_codes(net, keep, quality):
+    lv = random_levels(11, h=H, w=W)
+    groups = net.bfc.latent_codec.latent_codec["y"]
+    like = torch.zeros(1, 1, dtype=torch.float64)
+    assert all(group_weights(groups.latent_codec[f"y{k}"], like) is not None for k in range(len(groups.groups)))
+    strings, meta = net.compress(lv, quality, keep=keep)
+    with float64_products():  # the step-by-step loop, its products as torch products
+        assert all(group_weights(groups.latent_codec[f"y{k}"], like) is None for k in range(len(groups.groups)))
+        reference, _ = net.compress(lv, quality, keep=keep)
+        stepwise = net.decompress(strings, meta["size"], quality)
+    assert strings == reference
+    compiled = net.decompress(strings, meta["size"], quality)
+    assert all(torch.equal(compiled[k], stepwise[k]) and torch.equal(compiled[k], meta["levels"][k]) for k in lv)
