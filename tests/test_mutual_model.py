@@ -609,6 +609,30 @@ def test_integer_layers_round_half_up_exactly():
         assert torch.equal(out, requantize(torch.nn.functional.linear(x.T, w.flatten(1), b_int).T, inv))
 
 
+def test_dequantization_rounds_half_up_exactly_with_each_columns_multipliers():
+    """``exact.rescale`` (the decoder's inverse gains, one compiled pass) is floor(x m / 2**s + 1/2), clamped, for
+    the integers computed in Python, the tier's columns by their own multipliers; the tensor form gives the same."""
+    from mutualfc.nn.exact import ACT_LIMIT, rescale
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.round(torch.randn(5, 12, generator=g, dtype=torch.float64) * 2**20)
+    x[0, [0, 2, 3, 4]] = torch.tensor(
+        [3.0, -3.0, 2**27, -(2**27)], dtype=torch.float64
+    )  # halves (3 * 2**15 / 2**16), clamped values
+    m = torch.randint(1, 2**20, (5,), generator=g).double()
+    m[0] = 2**15
+    other, cols = torch.randint(1, 2**20, (5,), generator=g).double(), torch.tensor([1, 7, 8])
+    out = rescale(x, m, 16, other, cols)
+    for c in range(5):
+        for j in range(12):
+            mult = int((other if j in cols.tolist() else m)[c])
+            ref = (2 * int(x[c, j]) * mult + 2**16) // 2**17
+            assert out[c, j] == max(-ACT_LIMIT, min(ACT_LIMIT, ref)), (c, j)
+    assert float(out[0, 0]) == 2.0 and float(out[0, 2]) == -1.0  # half up, also below zero
+    tensor_form = rescale(x.clone().requires_grad_(), m, 16, other, cols)  # not compiled: a tensor that needs grad
+    assert torch.equal(tensor_form.detach(), out)
+
+
 def test_tiers_residual_cells_and_boost_round_trip_and_trade_bits_for_error():
     """The second tier (kept cells whose base is coded at a lower quality, signalled in the mask stream), the
     residual stream limited to some kept cells, and a finer residual (boost, in a fourth stream) all decode to the

@@ -71,11 +71,10 @@ class GainUnit(nn.Module):
     ) -> torch.Tensor:  # fmt: skip
         """Fixed-point columns ``x`` (C, N) times the inverse gains at ``quality``, ``shift`` fractional bits
         dropped, exactly; ``low``: (quality, column indexes) of the columns coded at a lower quality (a tier)."""
-        out = exact.rescale(x, self.inverse_fixed(quality, boost), shift)
-        if low is not None and low[1].numel():
-            q, idx = low
-            out[:, idx] = exact.rescale(x[:, idx], self.inverse_fixed(q, boost), shift)
-        return out
+        multiplier = self.inverse_fixed(quality, boost)
+        if low is None or not low[1].numel():
+            return exact.rescale(x, multiplier, shift)
+        return exact.rescale(x, multiplier, shift, self.inverse_fixed(low[0], boost), low[1])
 
 
 def boost_factor(boost: int) -> float:

@@ -316,9 +316,33 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     return torch.bitwise_right_shift(acc + half, e.view(-1, 1)).double().clamp_(-ACT_LIMIT, ACT_LIMIT)
 
 
-def rescale(x: torch.Tensor, multiplier: torch.Tensor, shift: int) -> torch.Tensor:
-    """floor(x * multiplier / 2**shift + 1/2) for fixed-point integers ``x`` (C, N) and integer multipliers (C,)."""
-    return (x * multiplier.view(-1, 1)).mul_(2.0**-shift).add_(0.5).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+def rescale(
+    x: torch.Tensor, multiplier: torch.Tensor, shift: int, other: torch.Tensor | None = None,
+    columns: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """floor(x * multiplier / 2**shift + 1/2), clamped, for fixed-point integers ``x`` (C, N) and integer multipliers
+    (C,); the columns ``columns`` (indexes) by the multipliers ``other`` instead. Exact (the products are integers
+    below 2**53, the power of two and the half exact): one compiled pass on the CPU, the same values."""
+    if x.device.type == "cpu" and x.dtype == torch.float64 and x.dim() == 2 and not x.requires_grad:
+        pick = np.zeros(x.shape[1], np.bool_)
+        if columns is not None:
+            pick[columns.numpy()] = True
+        other = multiplier if other is None else other
+        return torch.from_numpy(_rescale(x.numpy(), multiplier.numpy(), other.numpy(), pick, 2.0**-shift, ACT_LIMIT))
+    out = (x * multiplier.view(-1, 1)).mul_(2.0**-shift).add_(0.5).floor_().clamp_(-ACT_LIMIT, ACT_LIMIT)
+    if columns is not None:
+        out[:, columns] = rescale(x[:, columns], other, shift)
+    return out
+
+
+@kernel()
+def _rescale(x, multiplier, other, pick, scale, limit):  # pragma: no cover - compiled
+    out = np.empty(x.shape)
+    for c in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            m = other[c] if pick[j] else multiplier[c]
+            out[c, j] = min(max(np.floor(x[c, j] * m * scale + 0.5), -limit), limit)
+    return out
 
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
