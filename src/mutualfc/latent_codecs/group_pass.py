@@ -1,11 +1,12 @@
-"""One channel group's checkerboard steps (anchors, then the others) as one compiled pass per side.
+"""One channel group's checkerboard steps (anchors, then the others) in few calls per side.
 
 Each step runs the context convolution, the entropy parameters' two exact layers and the Gaussian coding; at the
-tens of cells a step codes at low rates, calling them one by one from Python costs more than their arithmetic. The
-compiled pass runs the same exact integer operations (float64 products of integers, exact in any order; the same
-floors, clamps and GELU table) and the same coding kernels, so its symbols and decoded values are the step-by-step
-loop's (tested). That loop still runs where the pass does not apply: another device, a MAC counter (which must see
-torch products), another layer structure.
+tens of cells a step codes at low rates, the step-by-step loop's layers of calls cost more than their arithmetic.
+Here each step is the compiled context convolution, two torch products (MKL, on the caller's threads) and the
+compiled activation and coding kernels: the same exact integer operations (float64 products of integers, exact in
+any order; the same floors, clamps and GELU table), so the same symbols and decoded values as the step-by-step loop
+(tested). That loop still runs where this does not apply: another device, a MAC counter, another layer structure.
+(Products inside the compiled kernels would call SciPy's OpenBLAS, whose own threads compete with torch's.)
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from mutualfc.nn.sparse import affine_parts
 
 
 class GroupWeights(NamedTuple):
-    """What the compiled pass reads of one group's layers (numpy views of the cached exact weights)."""
+    """What the steps read of one group's layers (the cached exact weights)."""
 
     ctx: ContextWeights  # the context convolution's
+    ctx_weights: np.ndarray  # (C, out per group, taps)
     ctx_bias: np.ndarray
-    first: np.ndarray  # the entropy parameters' first layer on the context (C_hidden, C_context)
+    first: torch.Tensor  # the entropy parameters' first layer on the context (C_hidden, C_context)
     gelu: bool
-    last: np.ndarray  # the last layer (2 C, C_hidden)
-    last_bias: np.ndarray
+    last: torch.Tensor  # the last layer (2 C, C_hidden)
+    last_bias: torch.Tensor  # (2 C, 1)
     scales_first: bool
     index_table: np.ndarray
     tables: FlatTables
@@ -57,10 +59,10 @@ def group_weights(cb: CheckerboardLatentCodec, like: torch.Tensor) -> GroupWeigh
         if tabled is None or any(c.kernel_size != (1, 1) or c.groups != 1 for c in (first, last)):
             return None
         w_last, b_last = exact.scaled_params(last)
+        ctx = context_weights(conv, True)
         return GroupWeights(
-            context_weights(conv, True), exact.scaled_params(conv)[1].numpy(),
-            affine_parts(first, conv.out_channels)[0].numpy(), isinstance(act, nn.GELU), w_last.contiguous().numpy(),
-            b_last.numpy(), scales_first(cb.latent_codec["y"]), *tabled,
+            ctx, ctx.weights.numpy(), exact.scaled_params(conv)[1].numpy(), affine_parts(first, conv.out_channels)[0],
+            isinstance(act, nn.GELU), w_last, b_last.view(-1, 1), scales_first(cb.latent_codec["y"]), *tabled,
         )  # fmt: skip
 
     def tensors():
@@ -79,80 +81,34 @@ def code_group(
     is its entropy parameters' first layer on everything but the spatial context (bias included); ``cells`` are the
     anchors, then the non-anchors ``others`` (the same tensor for every group, so that ``memo`` knows their reads);
     the decoded values go to ``out`` (g, H W), a map that is 0 elsewhere, and to ``cols`` (g, K) at ``cells``."""
-    w = weights
+    w, reader = weights, isinstance(coder, SymbolReader)
     reads = context_sources(cb.context_prediction, size, others, w.ctx, memo, cells)
-    args = (side.contiguous().numpy(), cells.numel() - others.numel(), out.numpy(), cols.numpy(), cells.numpy(),
-            reads.src.numpy(), reads.live, w.ctx.weights.numpy(), w.ctx_bias, w.first, *exact.activation_tables(),
-            w.gelu, w.last, w.last_bias, w.scales_first, w.index_table, *w.tables)  # fmt: skip
-    if isinstance(coder, SymbolReader):
-        coder.run(_decode_group, *args, *FLAT_FLAG_TABLES)
-        return
-    for flag, symbols, indexes in _encode_group(y.double().contiguous().numpy(), *args):
+    gap, act_lo, limit = exact.activation_tables()
+    ymap, at, n_anchors = out.numpy(), cells.numpy(), cells.numel() - others.numel()
+    for step, (lo, hi) in enumerate(((0, n_anchors), (n_anchors, cells.numel()))):
+        if lo == hi:
+            continue
+        if step:  # the non-anchors read the anchors decoded into ``out``
+            ctx = grouped_context(ymap, reads.src.numpy(), reads.live, w.ctx_weights, w.ctx_bias, limit)
+            acc = torch.addmm(side[:, lo:hi], w.first, torch.from_numpy(ctx).T)
+        else:
+            acc = side[:, lo:hi].clone(memory_format=torch.contiguous_format)
+        exact.floor_flat(acc.view(-1).numpy(), gap, act_lo, limit, w.gelu)
+        gauss = torch.mm(w.last, acc).add_(w.last_bias).numpy()
+        if reader:
+            coder.run(decode_at, gauss, w.scales_first, w.index_table, *w.tables, *FLAT_FLAG_TABLES, ymap, at[lo:hi])
+            continue
+        values = y[:, lo:hi].double().contiguous().numpy()
+        flag, symbols, indexes = encode_at(values, gauss, w.scales_first, w.index_table, ymap, at[lo:hi])
         if flag >= 0:
             coder.flag(bool(flag))
         coder.add(w.tables, symbols, indexes)
+    _take(ymap, at, cols.numpy())
 
 
 @kernel()
-def _parameters(
-    side, lo, hi, others, ymap, src, live, wt, ctx_bias, first, gap, act_lo, limit, gelu, last, last_bias
-):  # pragma: no cover - compiled
-    """A step's Gaussians (2 C, hi - lo), before the floor: the first layer's accumulator for its cells (``side``
-    plus, for the non-anchors (``others``), the spatial context of the anchors decoded into ``ymap``), activated,
-    through the last layer."""
-    acc = side[:, lo:hi].copy()
-    if others:  # the non-anchors read the anchors: one row of ``src`` per non-anchor
-        ctx = grouped_context(ymap, src, live, wt, ctx_bias, limit)  # (K, C_context)
-        acc += np.dot(first, ctx.T.copy())
-    exact.floor_flat(acc.reshape(-1), gap, act_lo, limit, gelu)
-    gauss = np.dot(last, acc)
-    for i in range(gauss.shape[0]):
-        gauss[i] += last_bias[i]
-    return gauss
-
-
-@kernel()
-def _decode_group(
-    words, pos, x, side, n_anchors, ymap, cols, cells, src, live, wt, ctx_bias, first, gap, act_lo, limit, gelu,
-    last, last_bias, first_scales, table, cdf, start, length, offset, fcdf, fstart, flength, foffset,
-):  # pragma: no cover  # fmt: skip
-    """Decodes one group (``code_group``'s arguments) from the stream ``words`` at ``pos`` in state ``x`` -> (pos, x,
-    symbols read)."""
-    count = 0
-    for step in range(2):
-        lo, hi = (0, n_anchors) if step == 0 else (n_anchors, cells.shape[0])
-        if lo == hi:
-            continue
-        gauss = _parameters(side, lo, hi, step == 1, ymap, src, live, wt, ctx_bias, first, gap, act_lo, limit,
-                            gelu, last, last_bias)  # fmt: skip
-        pos, x, n = decode_at(words, pos, x, gauss, first_scales, table, cdf, start, length, offset, fcdf, fstart,
-                              flength, foffset, ymap, cells[lo:hi])  # fmt: skip
-        count += n
-    _take(ymap, cells, cols)
-    return pos, x, count
-
-
-@kernel()
-def _encode_group(
-    y, side, n_anchors, ymap, cols, cells, src, live, wt, ctx_bias, first, gap, act_lo, limit, gelu, last, last_bias,
-    first_scales, table, cdf, start, length, offset,
-):  # pragma: no cover  # fmt: skip
-    """Codes one group, its values ``y`` (g, K) at ``cells`` -> per step (flag, symbols, table indexes), as
-    ``encode_at`` gives them."""
-    steps = []
-    for step in range(2):
-        lo, hi = (0, n_anchors) if step == 0 else (n_anchors, cells.shape[0])
-        if lo == hi:
-            continue
-        gauss = _parameters(side, lo, hi, step == 1, ymap, src, live, wt, ctx_bias, first, gap, act_lo, limit,
-                            gelu, last, last_bias)  # fmt: skip
-        steps.append(encode_at(y[:, lo:hi].copy(), gauss, first_scales, table, ymap, cells[lo:hi]))
-    _take(ymap, cells, cols)
-    return steps
-
-
-@kernel(inline=True)
 def _take(ymap, cells, cols):  # pragma: no cover - compiled
+    """The decoded map's columns at ``cells`` -> ``cols`` (C, K), in place."""
     for c in range(cols.shape[0]):
         for i in range(cells.shape[0]):
             cols[c, i] = ymap[c, cells[i]]
