@@ -32,6 +32,16 @@ def test_digit_products_equal_the_float64_product_exactly(peak, kernel):
     assert got is not None and torch.equal(got, _reference(conv, x, src, taps))
 
 
+@pytest.mark.parametrize("cells", [3, 200])  # fewer digit rows than weight rows, and more: either operand order
+def test_digit_products_in_either_operand_order_equal_the_float64_product(cells):
+    torch.manual_seed(cells)
+    conv = torch.nn.Conv2d(32, 96, 3)
+    x = torch.randint(-30_000, 30_001, (32, cells + 5)).double()
+    src = torch.randint(-1, cells + 5, (9 * cells,))
+    got = intgemm.linear_at(conv, x, src, 9)
+    assert got is not None and torch.equal(got, _reference(conv, x, src, 9))
+
+
 def test_the_largest_weights_and_activations_stay_exact():
     """Weights at the top of their integer range and every activation at the limit, over the largest fan-in: sums
     far beyond int32 (each digit product's sum stays within it), recombined exactly."""

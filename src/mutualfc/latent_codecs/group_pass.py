@@ -48,28 +48,30 @@ def group_weights(cb: CheckerboardLatentCodec, like: torch.Tensor) -> GroupWeigh
     """The pass's view of the group ``cb`` for fixed-point columns like ``like``; None where it does not apply."""
     if like.device.type != "cpu" or like.dtype != torch.float64 or intgemm.counting():
         return None
-    ep, conv = cb.entropy_parameters, cb.context_prediction
+    return cached(cb, "group_pass", lambda: _group_tensors(cb), lambda: _group_weights(cb))
+
+
+def _group_weights(cb: CheckerboardLatentCodec) -> GroupWeights | None:
+    ep, conv, gcl = cb.entropy_parameters, cb.context_prediction, cb.latent_codec["y"]
+    if len(ep) != 3 or not isinstance(ep[1], (nn.GELU, nn.Identity)) or conv.groups != conv.in_channels:
+        return None
+    first, act, last = ep
+    tabled = compiled_tables(gcl.gaussian_conditional)
+    if tabled is None or any(c.kernel_size != (1, 1) or c.groups != 1 for c in (first, last)):
+        return None
+    w_last, b_last = exact.scaled_params(last)
+    ctx = context_weights(conv, True)
+    return GroupWeights(
+        ctx, ctx.weights.numpy(), exact.scaled_params(conv)[1].numpy(), affine_parts(first, conv.out_channels)[0],
+        isinstance(act, nn.GELU), w_last, b_last.view(-1, 1), scales_first(gcl), *tabled,
+    )  # fmt: skip
+
+
+def _group_tensors(cb: CheckerboardLatentCodec) -> list[torch.Tensor]:
+    """What ``_group_weights`` derives from: the layers' weights and the Gaussian's tables."""
     gc = cb.latent_codec["y"].gaussian_conditional
-
-    def build() -> GroupWeights | None:
-        if len(ep) != 3 or not isinstance(ep[1], (nn.GELU, nn.Identity)) or conv.groups != conv.in_channels:
-            return None
-        first, act, last = ep
-        tabled = compiled_tables(gc)
-        if tabled is None or any(c.kernel_size != (1, 1) or c.groups != 1 for c in (first, last)):
-            return None
-        w_last, b_last = exact.scaled_params(last)
-        ctx = context_weights(conv, True)
-        return GroupWeights(
-            ctx, ctx.weights.numpy(), exact.scaled_params(conv)[1].numpy(), affine_parts(first, conv.out_channels)[0],
-            isinstance(act, nn.GELU), w_last, b_last.view(-1, 1), scales_first(cb.latent_codec["y"]), *tabled,
-        )  # fmt: skip
-
-    def tensors():
-        layers = (conv, *(m for m in ep if isinstance(m, nn.Conv2d)))
-        return [*(t for m in layers for t in exact.weight_tensors(m)), gc.scale_table, gc.quantized_cdf]
-
-    return cached(cb, "group_pass", tensors, build)
+    layers = (cb.context_prediction, *(m for m in cb.entropy_parameters if isinstance(m, nn.Conv2d)))
+    return [*(t for m in layers for t in exact.weight_tensors(m)), gc.scale_table, gc.quantized_cdf]
 
 
 def code_group(

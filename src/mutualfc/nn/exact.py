@@ -142,7 +142,7 @@ def scaled_params(conv: nn.Conv2d, bits: int = ACT_BITS) -> tuple[torch.Tensor, 
         w, b, inv = int_params(conv, bits)
         return (w.flatten(1) * inv).contiguous(), b * inv.view(-1)
 
-    return cached(conv, f"scaled_params{bits}", weight_tensors(conv), build)
+    return cached(conv, f"scaled_params{bits}", lambda: weight_tensors(conv), build)
 
 
 def floor_activations(acc: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
 An exact layer (``mutualfc.nn.exact``) multiplies fixed-point integers by integer weights; in float64 every partial
 sum is exact, and so is any other way of forming the same integer sum. Splitting each activation into balanced
 base-256 digits (-128..127) and each 12-bit weight into two, every digit product sums to at most
-fan-in * 2**14 < 2**31 in int32, exactly, in any order; one ``_int_mm`` of all activation digits (stacked as rows)
-by both weight digits (stacked as columns) gives them all. The recombined sum is the same integer as the float64
+fan-in * 2**14 < 2**31 in int32, exactly, in any order; one ``_int_mm`` of both weight digits (stacked as rows) by
+all activation digits (stacked as columns) gives them all. The recombined sum is the same integer as the float64
 product, so the layer's output is the same whichever path runs, on every machine: which one runs may depend on the
 shape and the values (the number of digits follows the largest activation).
 """
@@ -65,7 +65,7 @@ def usable(x: torch.Tensor, rows: int, fan_in: int, out: int, taps: int) -> bool
 
 def digit_weights(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A layer's integer weights (``exact.int_params``), inputs in (tap, channel) order, as two balanced base-256
-    digits side by side, (taps C_in, 2 out) int8 (low digit first), with its integer bias and per-output scale
+    digits stacked, (2 out, taps C_in) int8 (low digits first), with its integer bias and per-output scale
     (float64, (out,))."""
 
     def build():
@@ -75,7 +75,7 @@ def digit_weights(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         high = (w - low) // 256
         if int(high.abs().max()) > 127:
             raise ValueError(f"weights over two digits: {int(w.abs().max())}")
-        digits = torch.cat([low, high]).to(torch.int8).T.contiguous()
+        digits = torch.cat([low, high]).to(torch.int8).contiguous()
         return digits, b.reshape(-1).contiguous(), inv.reshape(-1).contiguous()
 
     return cached(conv, "digit_weights", exact.weight_tensors(conv), build)
@@ -93,13 +93,15 @@ def linear_at(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: 
     if count == 0:
         return None
     w, b, inv = digit_weights(conv)
+    rows = torch.from_numpy(digits)
+    by_outputs = rows.shape[0] < w.shape[0]  # oneDNN re-lays out the second operand on every call: the smaller one
     try:
-        products = torch._int_mm(torch.from_numpy(digits), w)  # (count K, 2 out) int32
+        products = torch._int_mm(w, rows.T) if by_outputs else torch._int_mm(rows, w.T)
     except (RuntimeError, NotImplementedError):  # a build without the CPU kernel: float64 from now on
         global _HAS_INT_MM
         _HAS_INT_MM = False
         return None
-    return torch.from_numpy(_recombine(products.numpy(), count, k, b.numpy(), inv.numpy()))
+    return torch.from_numpy(_recombine(products.numpy(), by_outputs, count, k, b.numpy(), inv.numpy()))
 
 
 @kernel()
@@ -164,11 +166,22 @@ def _patch_digits(x: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, int]:  # 
 
 
 @kernel()
-def _recombine(p: np.ndarray, count: int, n: int, bias: np.ndarray, inv: np.ndarray) -> np.ndarray:  # pragma: no cover
-    """Digit products (count N, 2 out) int32 -> (sum + bias) * scale, (N, out) float64: exact (the int64 sum is the
-    float64 product's integer, below 2**53 by the exact layers' bounds; the scale is a power of two)."""
+def _recombine(p, by_outputs, count, n, bias, inv):  # pragma: no cover - compiled
+    """Digit products, (2 out, count N) (``by_outputs``) or (count N, 2 out) int32 -> (sum + bias) * scale, (N, out)
+    float64: exact (the int64 sum is the float64 product's integer, below 2**53 by the exact layers' bounds; the
+    scale is a power of two)."""
     out_channels = bias.shape[0]
     acc = np.empty((n, out_channels))
+    if by_outputs:  # each loop over the cells runs along contiguous rows
+        col = np.empty(n, np.int64)
+        for o in range(out_channels):
+            col[:] = 0
+            for d in range(count - 1, -1, -1):
+                for i in range(n):
+                    col[i] = col[i] * 256 + np.int64(p[out_channels + o, d * n + i]) * 256 + np.int64(p[o, d * n + i])
+            for i in range(n):
+                acc[i, o] = (np.float64(col[i]) + bias[o]) * inv[o]
+        return acc
     row = np.empty(out_channels, np.int64)
     for i in range(n):  # each loop over the outputs runs along contiguous rows
         row[:] = 0

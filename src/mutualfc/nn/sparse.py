@@ -162,7 +162,7 @@ def affine_parts(conv: nn.Conv2d, split: int) -> tuple[torch.Tensor, torch.Tenso
         w, b = exact.scaled_params(conv)
         return w[:, :split].contiguous(), w[:, split:].contiguous(), b
 
-    return cached(conv, f"parts{split}", exact.weight_tensors(conv), build)
+    return cached(conv, f"parts{split}", lambda: exact.weight_tensors(conv), build)
 
 
 class Columns(NamedTuple):
