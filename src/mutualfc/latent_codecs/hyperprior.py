@@ -135,16 +135,17 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
 def _hyper_parts(cg: nn.Module, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact weights (``affine_parts``) of every group's entropy-parameter first layer that multiply the hyper
     parameters (its last ``n_params`` inputs), stacked group after group, and their biases, (groups x C,)."""
-    firsts = [cg.latent_codec[f"y{k}"].entropy_parameters[0] for k in range(len(cg.groups))]
+
+    def firsts():
+        return [cg.latent_codec[f"y{k}"].entropy_parameters[0] for k in range(len(cg.groups))]
 
     def build():
-        parts = [affine_parts(f, f.in_channels - n_params) for f in firsts]
+        parts = [affine_parts(f, f.in_channels - n_params) for f in firsts()]
         if len({w.shape[0] for _, w, _ in parts}) != 1:
             raise ValueError("the groups' entropy-parameter layers differ in width")
         return torch.cat([w for _, w, _ in parts]).contiguous(), torch.cat([b.view(-1) for _, _, b in parts])
 
-    tensors = tuple(t for f in firsts for t in exact.weight_tensors(f))
-    return cached(cg, f"hyper_parts{n_params}", tensors, build)
+    return cached(cg, f"hyper_parts{n_params}", lambda: [t for f in firsts() for t in exact.weight_tensors(f)], build)
 
 
 def masked_hyperprior_codec(m: int, n_hyper: int, groups: tuple[int, ...]) -> MaskedHyperpriorLatentCodec:
