@@ -29,8 +29,8 @@ _PARAMS = (
     "activations",
     *(f"<method '{m}' of 'torch._C.TensorBase' objects>" for m in ("addmm", "addmm_")),
 )
-# each group's checkerboard steps run as one compiled pass: cProfile sees them whole
-_GROUPS = "  channel groups' steps (compiled: spatial context, entropy parameters, Gaussian coding)"
+# each group's checkerboard steps (``latent_codecs.group_pass``): cProfile sees them whole
+_GROUPS = "  channel groups' steps (spatial context, entropy parameters, Gaussian coding)"
 # stage -> (file suffix, function name(s)[, "file:function" that calls it]): cumulative time of the function (only
 # in the calls that caller makes, where one is named); stages nest as the code does (the rows
 # are not exclusive: "latent coding" includes its rANS calls)

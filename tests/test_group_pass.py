@@ -1,5 +1,5 @@
-"""The channel groups' compiled coding pass (``latent_codecs.group_pass``) writes and reads the streams of the
-step-by-step loop (which runs while a MAC counter watches: ``float64_products``), for any set of coded cells."""
+"""The channel groups' coding pass (``latent_codecs.group_pass``) writes and reads the streams of the step-by-step
+loop (which runs while a MAC counter watches: ``float64_products``), for any set of coded cells."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def net():
 
 @pytest.mark.parametrize("keep", _keeps(), ids=["all", "block", "anchor", "non-anchor", "scatter"])
 @pytest.mark.parametrize("quality", [0, 2.5])
-def test_compiled_group_pass_codes_what_the_step_by_step_loop_codes(net, keep, quality):
+def test_group_pass_codes_what_the_step_by_step_loop_codes(net, keep, quality):
     lv = random_levels(11, h=H, w=W)
     groups = net.bfc.latent_codec.latent_codec["y"]
     like = torch.zeros(1, 1, dtype=torch.float64)

@@ -113,7 +113,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                     channel_ctx = stack_at(layers, y_hat[:, :start], cells, memo)
                 side_acc = side_acc.addmm(w_side[:, : channel_ctx.shape[0]], channel_ctx)
             weights = group_weights(cb, side_acc)
-            if weights is not None:  # both steps in one compiled pass: the same symbols and values
+            if weights is not None:  # both steps in few calls (``group_pass``): the same symbols and values
                 out = y_cols[start : start + g]
                 code_group(coder, cb, weights, y_[k], side_acc, y_hat_[k], out, cells, idxs[1], (h, w), memo)
                 continue

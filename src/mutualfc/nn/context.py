@@ -1,7 +1,8 @@
 """The checkerboard context convolution (masked, one input channel per group) evaluated at the coded cells only.
 
-Its taps, weights and each cell's sources are separate steps (``context_weights``, ``context_sources``), so that a
-compiled coding pass (``latent_codecs.group_pass``) can run the convolution itself (``grouped_context``) inside.
+Its taps, weights and each cell's sources are separate steps (``context_weights``, ``context_sources``), so that the
+channel groups' coding steps (``latent_codecs.group_pass``) can call the compiled convolution (``grouped_context``)
+directly.
 """
 
 from __future__ import annotations
