@@ -9,6 +9,7 @@ from compressai.ops import quantize_ste
 
 from mutualfc.entropy import SymbolCoder, medians
 from mutualfc.nn import exact
+from mutualfc.nn.caching import cached
 from mutualfc.nn.sparse import Columns, affine, block_indexes, cell_map, conv_at, positions, scatter, zero_input
 
 
@@ -46,7 +47,8 @@ class MaskedHyperLatentCodec(HyperLatentCodec):
         size = tuple(mask.shape[-2:])
         c, (h, w) = eb.channels, (size[0] // 2, size[1] // 2)
         idx = self._coded_positions(mask)
-        centre = exact.to_fixed(medians(eb).detach().view(c, 1))  # the grid's centres, on the fixed-point grid
+        # the grid's centres, on the fixed-point grid
+        centre = cached(eb, "fixed_centres", (eb.quantiles,), lambda: exact.to_fixed(medians(eb).detach().view(c, 1)))
         z_hat = centre.expand(c, h * w).clone()
         if idx.numel():
             k = idx.numel()

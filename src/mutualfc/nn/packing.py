@@ -81,10 +81,9 @@ class LevelPacker(nn.Module):
         rows = []
         for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
             c = self.ch[k] // self.factor[k] ** 2
-            unproj = getattr(self, f"unproj_{k}")
-            weights = cached(self, f"unproj_wide{k}{bits}", (unproj,), lambda u=unproj, c=c: exact.wide_weights(
-                u.view(c, c), None, bits))  # fmt: skip
-            mean = exact.to_fixed(getattr(self, f"mean_{k}").view(c, 1), bits)
+            unproj, mean = getattr(self, f"unproj_{k}"), getattr(self, f"mean_{k}")
+            weights, mean = cached(self, f"unproj_wide{k}{bits}", (unproj, mean), lambda u=unproj, m=mean, c=c: (
+                exact.wide_weights(u.view(c, c), None, bits), exact.to_fixed(m.view(c, 1), bits)))  # fmt: skip
             x = exact.wide_linear(weights, part.reshape(c, -1)) + mean
             rows.append((x * 2.0**-bits).float().reshape(part.shape))
         return torch.cat(rows, 0)
