@@ -27,11 +27,9 @@ def _map_positions(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> tu
     return flat, outside if bool(outside.any()) else None
 
 
-def _sources(flat: torch.Tensor, outside: torch.Tensor | None, lookup: torch.Tensor | None = None) -> torch.Tensor:
-    """Map positions ``flat`` -> the source column each reads (``lookup``: column of each map position, -1 where
-    the map is 0; None: the map's own raster index), -1 where ``outside`` the map (the padding)."""
-    src = flat if lookup is None else lookup[flat]
-    return src if outside is None else src.masked_fill(outside, -1)
+def _sources(flat: torch.Tensor, outside: torch.Tensor | None) -> torch.Tensor:
+    """Map positions ``flat`` -> the raster index each reads, -1 where ``outside`` the map (the padding)."""
+    return flat if outside is None else flat.masked_fill(outside, -1)
 
 
 class ContextSources(NamedTuple):
@@ -79,17 +77,17 @@ def context_sources(
     (kept in ``memo`` for the next group: every group reads at the same cells); ``nonzero``: the raster positions
     off which the map is 0."""
     h, w = size
-    k, pad = conv.kernel_size[0], conv.padding[0]
-
-    key, taps = ("context", k, pad, h, w, *taps.key, None if nonzero is None else id(nonzero)), taps.taps
+    k, pad, offsets = conv.kernel_size[0], conv.padding[0], taps.taps
 
     def build():
         r, col = idx // w, idx % w
-        rows, cols = (r.view(-1, 1) + taps // k - pad).reshape(-1), (col.view(-1, 1) + taps % k - pad).reshape(-1)
+        rows = (r.view(-1, 1) + offsets // k - pad).reshape(-1)
+        cols = (col.view(-1, 1) + offsets % k - pad).reshape(-1)
         flat, outside = _map_positions(rows, cols, h, w)
         live = np.ones(h * w, np.bool_) if nonzero is None else cell_map(nonzero, size).view(-1).bool().numpy()
-        return ContextSources(flat, outside, _sources(flat, outside).view(-1, taps.numel()), live), nonzero
+        return ContextSources(flat, outside, _sources(flat, outside).view(-1, offsets.numel()), live), nonzero
 
+    key = ("context", k, pad, h, w, *taps.key, None if nonzero is None else id(nonzero))
     return memoized(memo, key, idx, build)[0]
 
 
