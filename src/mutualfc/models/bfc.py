@@ -135,8 +135,7 @@ class BFCNet(nn.Module):
     def decoded_levels(self, y_hat: torch.Tensor, mask: torch.Tensor, quality: float) -> dict[str, torch.Tensor]:
         """Real decoding of the base levels alone (separate-scale codec), cell by cell, exactly."""
         kept = positions(mask)
-        blocks = self.pack.fixed_to_blocks(self.packed_cells(y_hat, kept, quality), SYNTHESIS_BITS)
-        return self.pack.paint(self.pack.split_blocks(blocks), kept, mask.shape[-2:])
+        return self.pack.paint_fixed(self.packed_cells(y_hat, kept, quality), SYNTHESIS_BITS, kept, mask.shape[-2:])
 
     def init_from_data(
         self, levels: dict[str, torch.Tensor], samples: int, sensitivity: dict[str, torch.Tensor]

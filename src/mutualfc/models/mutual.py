@@ -14,7 +14,7 @@ from mutualfc.models.plan import CodingPlan
 from mutualfc.models.residual import ResidualCoder, decode_residual_info, encode_residual_info
 from mutualfc.nn import exact
 from mutualfc.nn.caching import in_coding_scope, stamps
-from mutualfc.nn.packing import LevelPacker, crop_levels, pad_levels
+from mutualfc.nn.packing import crop_levels, pad_levels
 from mutualfc.nn.sparse import affine, positions, put_columns
 
 
@@ -104,7 +104,7 @@ class MutualFeatureNet(FeatureCompressionModel):
         kept cell that carries no residual takes column 0 (the mean features), so only column 0 and the cells
         ``carry`` (indexes among the kept cells; None: none) are predicted: each column is predicted on its own and
         exactly, so leaving the others out changes no value. -> (packed channels, 1 + K), or (packed channels, 1)
-        when every cell takes column 0 (``LevelPacker.paint`` fills the maps with it)."""
+        when every cell takes column 0 (``LevelPacker.paint_fixed`` fills the maps with it)."""
         if self.cfg.predict_uncorrected or (carry is not None and carry.numel() == base.shape[1] - 1):
             return self.mfc.predict_cells(base, SYNTHESIS_BITS)  # every column is used as predicted
         if carry is None:  # every cell takes column 0, the synthesis of a latent of 0: one column for all
@@ -144,10 +144,12 @@ class MutualFeatureNet(FeatureCompressionModel):
         reads = self.res.context_positions(at, tuple(y_hat.shape[-2:]))
         return self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low, at=reads), at)
 
-    def _blocks(self, base: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Packed fixed-point columns -> every level's blocks (C, f, f, 1 + K) in feature units."""
-        return self.bfc.pack.split_blocks(self.bfc.pack.fixed_to_blocks(base, SYNTHESIS_BITS)) | \
-            self.mfc.pack.split_blocks(self.mfc.pack.fixed_to_blocks(target, SYNTHESIS_BITS))  # fmt: skip
+    def _levels(
+        self, base: torch.Tensor, target: torch.Tensor, kept: torch.Tensor, size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """Packed fixed-point columns (1 + K, or 1 for every cell) -> every level's map in feature units."""
+        return self.bfc.pack.paint_fixed(base, SYNTHESIS_BITS, kept, size) | \
+            self.mfc.pack.paint_fixed(target, SYNTHESIS_BITS, kept, size)  # fmt: skip
 
     def _with_residual(
         self, target: torch.Tensor, correction: torch.Tensor, cells: torch.Tensor | None
@@ -200,7 +202,7 @@ class MutualFeatureNet(FeatureCompressionModel):
         base = self.bfc.packed_cells(y_hat, kept, quality, low)
         pred = rec = None  # the encoder paints levels only when asked to (the streams do not need them)
         if reconstruct:
-            pred = rec = LevelPacker.paint(self._blocks(base, self._prediction(base, None)), kept, padded)
+            pred = rec = self._levels(base, self._prediction(base, None), kept, padded)
         if use:
             p, k = self.res.pack, self.finest
             coded = None
@@ -230,7 +232,7 @@ class MutualFeatureNet(FeatureCompressionModel):
                 return strings, {"size": size, "levels": None, "prediction": None}
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
             corrected = self._with_residual(target, correction, cells)
-            rec = LevelPacker.paint(self._blocks(base, corrected), kept, padded)
+            rec = self._levels(base, corrected, kept, padded)
         names = self.cfg.levels
         return strings, {"size": size, "levels": crop_levels(rec, names, size),
                          "prediction": crop_levels(pred, names, size)}  # fmt: skip
@@ -262,4 +264,4 @@ class MutualFeatureNet(FeatureCompressionModel):
             target = self._with_residual(target, correction, cells)
         else:
             target = self._prediction(base, None)
-        return crop_levels(LevelPacker.paint(self._blocks(base, target), kept, padded), self.cfg.levels, size)
+        return crop_levels(self._levels(base, target, kept, padded), self.cfg.levels, size)

@@ -3,12 +3,14 @@ per-cell form real coding uses, and padding to whole hyper-latent cells."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mutualfc.nn import exact
 from mutualfc.nn.caching import cached
+from mutualfc.nn.kernels import kernel
 from mutualfc.nn.sparse import block_indexes, put_columns, take_columns
 
 
@@ -80,13 +82,37 @@ class LevelPacker(nn.Module):
         (float32, converted from the exact fixed-point result)."""
         rows = []
         for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
-            c = self.ch[k] // self.factor[k] ** 2
-            unproj, mean = getattr(self, f"unproj_{k}"), getattr(self, f"mean_{k}")
-            weights, mean = cached(self, f"unproj_wide{k}{bits}", (unproj, mean), lambda u=unproj, m=mean, c=c: (
-                exact.wide_weights(u.view(c, c), None, bits), exact.to_fixed(m.view(c, 1), bits)))  # fmt: skip
-            x = exact.wide_linear(weights, part.reshape(c, -1)) + mean
-            rows.append((x * 2.0**-bits).float().reshape(part.shape))
+            x, mean = self._unprojected(k, part, bits)
+            rows.append(((x + mean) * 2.0**-bits).float().reshape(part.shape))
         return torch.cat(rows, 0)
+
+    def _unprojected(self, k: str, part: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Level ``k``'s packed rows (C f f, N) -> its inverse metric applied, exactly: (C, f f N) fixed-point
+        integers without the mean, and the mean (C, 1) in the same fixed point."""
+        c = self.ch[k] // self.factor[k] ** 2
+        unproj, mean = getattr(self, f"unproj_{k}"), getattr(self, f"mean_{k}")
+        weights, mean = cached(self, f"unproj_wide{k}{bits}", (unproj, mean), lambda u=unproj, m=mean, c=c: (
+            exact.wide_weights(u.view(c, c), None, bits), exact.to_fixed(m.view(c, 1), bits)))  # fmt: skip
+        return exact.wide_linear(weights, part.reshape(c, -1)), mean
+
+    def paint_fixed(
+        self, u: torch.Tensor, bits: int, kept: torch.Tensor, size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """``paint(split_blocks(fixed_to_blocks(u, bits)), kept, size)``: after the exact products, the mean, the
+        scale, the conversion to float32 and the painting of each level in one compiled pass that writes every
+        value of the maps once (the same values)."""
+        if u.device.type != "cpu":
+            return self.paint(self.split_blocks(self.fixed_to_blocks(u, bits)), kept, size)
+        h, w = size
+        at = kept.numpy() if u.shape[1] > 1 else kept.new_zeros(0).numpy()  # one column: every cell takes it
+        out = {}
+        for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
+            x, mean = self._unprojected(k, part, bits)
+            f = self.factor[k]
+            blocks = x.view(-1, f, f, u.shape[1]).contiguous().numpy()
+            maps = _paint_fixed(blocks, mean.view(-1).contiguous().numpy(), 2.0**-bits, at, h, w)
+            out[k] = torch.from_numpy(maps).view(1, -1, h * f, w * f)
+        return out
 
     def packed_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The metric of every level as one affine map from per-cell blocks in feature units to the packed codec
@@ -161,4 +187,29 @@ def crop_levels(levels: dict[str, torch.Tensor], names: tuple[str, ...], size: t
     for i, name in enumerate(names):
         f = 2 ** (len(names) - 1 - i)
         out[name] = levels[name][..., : h * f, : w * f]
+    return out
+
+
+@kernel()
+def _paint_fixed(blocks, mean, scale, kept, h, w):  # pragma: no cover - compiled
+    """Fixed-point blocks (C, f, f, 1 + K) and means (C,) -> float32 maps (C, h f, w f): column 0 everywhere (row
+    by row, copied), then the cells ``kept`` their columns; each value ``float32((value + mean) * scale)``, as
+    ``fixed_to_blocks`` converts it."""
+    c, f, n = blocks.shape[0], blocks.shape[1], blocks.shape[3]
+    out = np.empty((c, h * f, w * f), np.float32)
+    row = np.empty(w * f, np.float32)
+    for ch in range(c):
+        m = mean[ch]
+        for i in range(f):
+            for j in range(f):
+                v = np.float32((blocks[ch, i, j, 0] + m) * scale)
+                for x in range(w):
+                    row[x * f + j] = v
+            for y in range(h):
+                out[ch, y * f + i, :] = row
+        for col in range(1, n):
+            y, x = kept[col - 1] // w, kept[col - 1] % w
+            for i in range(f):
+                for j in range(f):
+                    out[ch, y * f + i, x * f + j] = np.float32((blocks[ch, i, j, col] + m) * scale)
     return out
