@@ -712,6 +712,52 @@ def test_estimated_bits_track_the_coded_stream():
     assert real == pytest.approx(estimate, rel=0.03) and estimate > 5000
 
 
+def test_estimated_bits_by_table_equal_the_normal_cdfs_to_rounding():
+    """The bits table's look-ups (the compiled pass for fixed-point parameters, and the tensor form for real ones)
+    give the information content computed from the two normal CDFs, up to the rounding of the logarithm and of the
+    sum over C channels (a few units in the last place of each: C * 2**-50 relative bounds them), including the
+    distances beyond the table, which cost the 30-bit floor. Fails when a look-up reads the wrong scale, the wrong
+    distance, or the mean at the wrong scale."""
+    from mutualfc.entropy import gaussian_bits
+    from mutualfc.entropy.gaussian import scale_indexes
+
+    codec = _net().res.codec
+    gc = codec.gaussian_conditional
+    g = torch.Generator().manual_seed(1)
+    c, k = 64, 300
+    idx = torch.randint(0, gc.scale_table.numel(), (c, k), generator=g)
+    scales = gc.scale_table[idx].double() * torch.empty(c, k).uniform_(0.9, 1.0, generator=g).double()
+    means = torch.randn(c, k, generator=g).double() * 5
+    y = means + scales * torch.randn(c, k, generator=g).double() * 3
+    y[:, :5] += 1e4  # far beyond every scale: the floor
+    fixed = [torch.round(t * 2**ACT_BITS) for t in (scales, means)]
+    real = [t * 2.0**-ACT_BITS for t in fixed]  # the same Gaussians as real numbers (exact in float32)
+    order = (lambda t: t) if codec.chunks[0] == "scales" else (lambda t: t[::-1])  # noqa: E731
+    for params, scale in ((torch.cat(order(fixed)), fixed[0]), (torch.cat(order(real)).float(), real[0].float())):
+        table_scale = gc.scale_table[scale_indexes(gc, scale)].double()
+        v = torch.round(y.float().double() - real[1]).abs()
+        p = torch.special.ndtr((0.5 - v) / table_scale) - torch.special.ndtr((-0.5 - v) / table_scale)
+        reference = -torch.log2(p.clamp_min(2.0**-30)).sum(0)
+        torch.testing.assert_close(gaussian_bits(codec, y.float(), params), reference, rtol=c * 2.0**-50, atol=0)
+    params = torch.cat(order(fixed))
+    assert torch.equal(gaussian_bits(codec, y.float(), params)[:5], torch.full((5,), 30.0 * c, dtype=torch.float64))
+
+
+def test_levels_painted_from_the_exact_products_equal_the_blocks_painted():
+    """The decoder's one pass from the packed fixed-point columns to the maps equals the blocks (``fixed_to_blocks``)
+    painted (``paint``): for kept cells in any order, a single column for every cell, and no kept cell. Fails when
+    a cell takes another's column or a value is converted otherwise."""
+    net = _net()
+    g = torch.Generator().manual_seed(2)
+    size = (6, 9)
+    for pack in (net.bfc.pack, net.mfc.pack):
+        for kept, n in ((torch.randperm(54, generator=g)[:20], 21), (torch.arange(54), 1), (torch.arange(0), 1)):
+            u = torch.randint(-(2**20), 2**20, (pack.channels, n), generator=g).double()
+            want = pack.paint(pack.split_blocks(pack.fixed_to_blocks(u, SYNTHESIS_BITS)), kept, size)
+            got = pack.paint_fixed(u, SYNTHESIS_BITS, kept, size)
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_malformed_tier_and_residual_settings_are_refused():
     net, lv = _net(), random_levels(8, h=8, w=10)
     low = torch.zeros(1, 1, 8, 10, dtype=torch.bool)
