@@ -42,3 +42,28 @@ def test_group_pass_codes_what_the_step_by_step_loop_codes(net, keep, quality):
     assert strings == reference
     compiled = net.decompress(strings, meta["size"], quality)
     assert all(torch.equal(compiled[k], stepwise[k]) and torch.equal(compiled[k], meta["levels"][k]) for k in lv)
+
+
+def test_compiled_index_maps_equal_their_tensor_forms():
+    """The compiled reads of the context convolution (``context_sources``) and the cell blocks' raster indices
+    (``block_indexes``) equal the tensor forms (which int32 positions take), cells at the map's edges included.
+    Fails when a tap's offset, the clamp into the map or the (row, column, cell) order differs."""
+    from mutualfc.nn.context import context_sources, context_weights
+    from mutualfc.nn.sparse import block_indexes
+
+    g = torch.Generator().manual_seed(5)
+    cells = torch.randperm(H * W, generator=g)[:30]
+    edges = torch.tensor([0, W - 1, (H - 1) * W, H * W - 1])
+    idx = torch.cat([edges, cells])
+    for f in (1, 2, 4):
+        assert torch.equal(block_indexes(idx, W, f), block_indexes(idx.int(), W, f).long())
+    conv = _net().bfc.latent_codec.latent_codec["y"].latent_codec["y1"].context_prediction
+    taps = context_weights(conv, True)
+    for nonzero in (None, cells):
+        compiled = context_sources(conv, (H, W), idx, taps, None, nonzero)
+        tensors = context_sources(conv, (H, W), idx.int(), taps, None, nonzero)
+        assert torch.equal(compiled.flat, tensors.flat) and torch.equal(compiled.src, tensors.src)
+        assert compiled.outside is not None and torch.equal(compiled.outside, tensors.outside)
+        assert (compiled.src == -1).any() and (compiled.live == tensors.live).all()
+    inner = torch.tensor([3 * W + 4])  # every tap inside the map
+    assert context_sources(conv, (H, W), inner, taps).outside is None

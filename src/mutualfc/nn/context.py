@@ -80,15 +80,51 @@ def context_sources(
     k, pad, offsets = conv.kernel_size[0], conv.padding[0], taps.taps
 
     def build():
+        live = np.ones(h * w, np.bool_)
+        if idx.device.type == "cpu" and idx.dtype == offsets.dtype == torch.int64:  # one compiled pass
+            flat, outside, src, any_outside = _reads(idx.contiguous().numpy(), offsets.numpy(), k, pad, h, w)
+            if nonzero is not None:
+                live = _live(nonzero.contiguous().numpy(), h * w)
+            flat, src = torch.from_numpy(flat), torch.from_numpy(src)
+            outside = torch.from_numpy(outside) if any_outside else None
+            return ContextSources(flat, outside, src.view(-1, offsets.numel()), live), nonzero
         r, col = idx // w, idx % w
         rows = (r.view(-1, 1) + offsets // k - pad).reshape(-1)
         cols = (col.view(-1, 1) + offsets % k - pad).reshape(-1)
         flat, outside = _map_positions(rows, cols, h, w)
-        live = np.ones(h * w, np.bool_) if nonzero is None else cell_map(nonzero, size).view(-1).bool().numpy()
+        if nonzero is not None:
+            live = cell_map(nonzero, size).view(-1).bool().numpy()
         return ContextSources(flat, outside, _sources(flat, outside).view(-1, offsets.numel()), live), nonzero
 
     key = ("context", k, pad, h, w, *taps.key, None if nonzero is None else id(nonzero))
     return memoized(memo, key, idx, build)[0]
+
+
+@kernel()
+def _reads(idx, offsets, k, pad, h, w):  # pragma: no cover - compiled
+    """``context_sources``' reads: for each position and tap, the map position clamped into the map, whether it
+    is outside (all flat, position-major), the source (-1 outside) and whether any is outside."""
+    n, t = idx.shape[0], offsets.shape[0]
+    flat, src = np.empty(n * t, np.int64), np.empty(n * t, np.int64)
+    outside = np.zeros(n * t, np.bool_)
+    any_outside = False
+    for i in range(n):
+        r0, c0 = idx[i] // w - pad, idx[i] % w - pad
+        for j in range(t):
+            r, c = r0 + offsets[j] // k, c0 + offsets[j] % k
+            out = r < 0 or r >= h or c < 0 or c >= w
+            at = min(max(r, 0), h - 1) * w + min(max(c, 0), w - 1)
+            flat[i * t + j], src[i * t + j], outside[i * t + j] = at, -1 if out else at, out
+            any_outside |= out
+    return flat, outside, src, any_outside
+
+
+@kernel()
+def _live(nonzero, n):  # pragma: no cover - compiled
+    live = np.zeros(n, np.bool_)
+    for i in range(nonzero.shape[0]):
+        live[nonzero[i]] = True
+    return live
 
 
 def context_at(

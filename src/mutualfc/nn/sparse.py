@@ -63,9 +63,22 @@ def scatter(cells: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], fill:
 def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
     """Raster indices, in a map ``f`` times finer, of the f x f blocks under the cells ``cells`` (raster indices in a
     map ``width`` wide), ordered (row in block, column in block, cell): the ``(C, f, f, K)`` layout of cell blocks."""
+    if cells.device.type == "cpu" and cells.dtype == torch.int64:  # one compiled pass
+        return torch.from_numpy(_block_indexes(cells.contiguous().numpy(), width, f))
     i = torch.arange(f)
     rows, cols = (cells // width) * f, (cells % width) * f
     return ((rows.view(1, 1, -1) + i.view(-1, 1, 1)) * (width * f) + cols.view(1, 1, -1) + i.view(1, -1, 1)).view(-1)
+
+
+@kernel()
+def _block_indexes(cells: np.ndarray, width: int, f: int) -> np.ndarray:  # pragma: no cover - compiled
+    k = cells.shape[0]
+    out = np.empty(f * f * k, np.int64)
+    for i in range(f):
+        for j in range(f):
+            for c in range(k):
+                out[(i * f + j) * k + c] = ((cells[c] // width) * f + i) * (width * f) + (cells[c] % width) * f + j
+    return out
 
 
 def gather_columns(x: torch.Tensor, flat: torch.Tensor, outside: torch.Tensor | None) -> torch.Tensor:
