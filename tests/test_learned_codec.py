@@ -139,6 +139,20 @@ def test_damaged_or_foreign_payloads_fail_cleanly(task, ckpt, features):
         codec.encode(features, 9)
 
 
+@pytest.mark.parametrize("arch", ["mutual", "separate"])
+def test_a_model_that_decodes_non_finite_levels_is_refused(task, features, tmp_path, arch):
+    """Decoders return finite maps or an error: a model whose statistics hold a NaN (a broken checkpoint) makes
+    every decode fail with a clear message, for the level it reaches, instead of handing NaNs to the detector."""
+    need_shared_weights()
+    codec = create_codec(arch, task, checkpoint=str(_write_checkpoint(tmp_path / f"{arch}.pt", arch=arch)))
+    data = codec.encode(features, 2)
+    assert all(torch.isfinite(v).all() for v in codec.decode(data).levels.values())
+    pack = codec.net.mfc.pack if arch == "mutual" else codec.net.codecs["p3"].pack
+    pack.mean_p3[0, 3] = float("nan")
+    with pytest.raises(BitstreamError, match="decoded level p3 is not finite"):
+        codec.decode(data)
+
+
 def test_checkpoint_errors(task, tmp_path):
     need_shared_weights()
     other = _write_checkpoint(tmp_path / "other.pt", task="faster-rcnn-r50")

@@ -287,11 +287,8 @@ class LearnedFeatureCodec(FeatureCodec):
         shape = self.task.level_shapes(geometry)[self._level]
         try:
             levels = self.net.decompress(streams, tuple(shape[1:]), q)
-        except (ValueError, RuntimeError, IndexError) as e:
+        except (ValueError, RuntimeError, IndexError) as e:  # a non-finite level among them (``decompress``)
             raise BitstreamError(f"cannot decode {self.name} payload: {str(e).splitlines()[0]}") from None
-        for k, t in levels.items():
-            if not torch.isfinite(t.sum()):  # a non-finite value makes the sum non-finite (one pass, no temporaries)
-                raise BitstreamError(f"decoded level {k} is not finite")
         return FeatureSet(levels, geometry)
 
     def quality_for_bpp(self, x: FeatureSet, target_bpp: float, pixels: int, steps: int = 8) -> tuple[float, bytes]:

@@ -78,7 +78,8 @@ def decode_tiers(data: bytes, size: tuple[int, int]) -> tuple[torch.Tensor | Non
 
 class FeatureCompressionModel(CompressionModel):
     """Base of the learned feature codecs' networks: ``forward`` for training, ``compress`` / ``decompress`` for
-    real bits (call ``update()`` first, or load a checkpoint that carries the tables)."""
+    real bits (call ``update()`` first, or load a checkpoint that carries the tables). ``decompress`` returns
+    finite levels or raises ValueError (``LevelPacker.paint_fixed`` checks them as it writes them)."""
 
     pad_multiple = 2  # at the coarsest level, so that the hyper-latent (/2) tiles the latent exactly
     has_tiers = False  # whether ``compress`` can code some kept cells at a lower quality (``encode_tiers``)

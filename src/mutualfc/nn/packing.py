@@ -100,18 +100,24 @@ class LevelPacker(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """``paint(split_blocks(fixed_to_blocks(u, bits)), kept, size)``: after the exact products, the mean, the
         scale, the conversion to float32 and the painting of each level in one compiled pass that writes every
-        value of the maps once (the same values)."""
-        if u.device.type != "cpu":
-            return self.paint(self.split_blocks(self.fixed_to_blocks(u, bits)), kept, size)
+        value of the maps once (the same values). Raises ValueError when a value is not finite (possible only with
+        non-finite weights or statistics): decoders return finite maps or nothing."""
         h, w = size
-        at = kept.numpy() if u.shape[1] > 1 else kept.new_zeros(0).numpy()  # one column: every cell takes it
-        out = {}
-        for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
-            x, mean = self._unprojected(k, part, bits)
-            f = self.factor[k]
-            blocks = x.view(-1, f, f, u.shape[1]).contiguous().numpy()
-            maps = _paint_fixed(blocks, mean.view(-1).contiguous().numpy(), 2.0**-bits, at, h, w)
-            out[k] = torch.from_numpy(maps).view(1, -1, h * f, w * f)
+        if u.device.type != "cpu":
+            out = self.paint(self.split_blocks(self.fixed_to_blocks(u, bits)), kept, size)
+            finite = {k: bool(torch.isfinite(v.sum())) for k, v in out.items()}
+        else:
+            at = kept.numpy() if u.shape[1] > 1 else kept.new_zeros(0).numpy()  # one column: every cell takes it
+            out, finite = {}, {}
+            for k, part in zip(self.names, u.split([self.ch[k] for k in self.names], 0), strict=True):
+                x, mean = self._unprojected(k, part, bits)
+                f = self.factor[k]
+                blocks = x.view(-1, f, f, u.shape[1]).contiguous().numpy()
+                maps, finite[k] = _paint_fixed(blocks, mean.view(-1).contiguous().numpy(), 2.0**-bits, at, h, w)
+                out[k] = torch.from_numpy(maps).view(1, -1, h * f, w * f)
+        for k, ok in finite.items():
+            if not ok:
+                raise ValueError(f"decoded level {k} is not finite")
         return out
 
     def packed_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,15 +200,17 @@ def crop_levels(levels: dict[str, torch.Tensor], names: tuple[str, ...], size: t
 def _paint_fixed(blocks, mean, scale, kept, h, w):  # pragma: no cover - compiled
     """Fixed-point blocks (C, f, f, 1 + K) and means (C,) -> float32 maps (C, h f, w f): column 0 everywhere (row
     by row, copied), then the cells ``kept`` their columns; each value ``float32((value + mean) * scale)``, as
-    ``fixed_to_blocks`` converts it."""
+    ``fixed_to_blocks`` converts it. Also whether every value is finite."""
     c, f, n = blocks.shape[0], blocks.shape[1], blocks.shape[3]
     out = np.empty((c, h * f, w * f), np.float32)
     row = np.empty(w * f, np.float32)
+    finite = True
     for ch in range(c):
         m = mean[ch]
         for i in range(f):
             for j in range(f):
                 v = np.float32((blocks[ch, i, j, 0] + m) * scale)
+                finite &= np.isfinite(v)
                 for x in range(w):
                     row[x * f + j] = v
             for y in range(h):
@@ -211,5 +219,7 @@ def _paint_fixed(blocks, mean, scale, kept, h, w):  # pragma: no cover - compile
             y, x = kept[col - 1] // w, kept[col - 1] % w
             for i in range(f):
                 for j in range(f):
-                    out[ch, y * f + i, x * f + j] = np.float32((blocks[ch, i, j, col] + m) * scale)
-    return out
+                    v = np.float32((blocks[ch, i, j, col] + m) * scale)
+                    finite &= np.isfinite(v)
+                    out[ch, y * f + i, x * f + j] = v
+    return out, finite
