@@ -162,15 +162,10 @@ def _refill(words, pos, x):
 
 
 @kernel(inline=True)
-def decode_symbol(words, pos, x, k, cdf, start, length, offset):  # pragma: no cover - compiled
-    """One symbol with table ``k`` from the state ``x`` reading ``words`` at ``pos`` -> (symbol, pos, x): for
-    compiled callers (``Decoder.decode`` and the Gaussian coder)."""
-    base = start[k]
-    n = length[k]
-    cum = np.int64(x & _MASK)
-    # the last entry at or below ``cum`` (CompressAI searches linearly from the table's start for the entry after
-    # it): galloping out from the symbol 0, where most symbols are, then bisecting; cdf[0] = 0 <= cum < cdf[n - 1]
-    s0 = min(max(-offset[k], 0), n - 2)
+def _symbol_at(cdf, base, n, s0, cum):  # pragma: no cover - compiled
+    """The last entry of the table at ``base`` (``n`` entries) at or below ``cum`` (CompressAI searches linearly
+    from the table's start for the entry after it): galloping out from ``s0``, the symbol 0, where most symbols
+    are, then bisecting; cdf[0] = 0 <= cum < cdf[n - 1]."""
     step = 1
     if cdf[base + s0] <= cum:
         lo, hi = s0, s0 + 1
@@ -188,39 +183,66 @@ def decode_symbol(words, pos, x, k, cdf, start, length, offset):  # pragma: no c
             hi = mid
         else:
             lo = mid
-    s = lo
-    f = np.uint64(cdf[base + s + 1] - cdf[base + s])
-    x = f * (x >> _P) + (x & _MASK) - np.uint64(cdf[base + s])
+    return lo
+
+
+@kernel()
+def _escaped_value(words, pos, x, top):  # pragma: no cover - compiled
+    """After an escape symbol: its value, sent 4 bits at a time, its length first -> (value, pos, x). A call of
+    its own, out of the decoding loops (rare)."""
+    val = np.int64(x & _BMASK)
+    x = x >> _B
     pos, x = _refill(words, pos, x)
-    value = np.int64(s)
-    top = n - 2
-    if value == top:  # an escape: the value follows 4 bits at a time, its length first
+    count = val
+    while val == _BYPASS_MAX:
         val = np.int64(x & _BMASK)
         x = x >> _B
         pos, x = _refill(words, pos, x)
-        count = val
-        while val == _BYPASS_MAX:
-            val = np.int64(x & _BMASK)
-            x = x >> _B
-            pos, x = _refill(words, pos, x)
-            count += val
-        raw = np.int64(0)
-        for b in range(count):
-            val = np.int64(x & _BMASK)
-            x = x >> _B
-            pos, x = _refill(words, pos, x)
-            # a 32-bit value: CompressAI's shift by 32 and more is x86's, which takes the count modulo 32
-            raw |= (val << ((b * BYPASS_BITS) & 31)) & 0xFFFFFFFF
-        raw = raw - (1 << 32) if raw >= 1 << 31 else raw  # as int32
-        value = raw >> 1
-        value = -value - 1 if raw & 1 else value + top
+        count += val
+    raw = np.int64(0)
+    for b in range(count):
+        val = np.int64(x & _BMASK)
+        x = x >> _B
+        pos, x = _refill(words, pos, x)
+        # a 32-bit value: CompressAI's shift by 32 and more is x86's, which takes the count modulo 32
+        raw |= (val << ((b * BYPASS_BITS) & 31)) & 0xFFFFFFFF
+    raw = raw - (1 << 32) if raw >= 1 << 31 else raw  # as int32
+    value = raw >> 1
+    return (-value - 1 if raw & 1 else value + top), pos, x
+
+
+@kernel(inline=True)
+def decode_symbol(words, pos, x, k, cdf, start, length, offset):  # pragma: no cover - compiled
+    """One symbol with table ``k`` from the state ``x`` reading ``words`` at ``pos`` -> (symbol, pos, x), for
+    compiled callers that decode one symbol (a flag); ``decode_symbols`` decodes many, faster."""
+    base, n = start[k], length[k]
+    s = _symbol_at(cdf, base, n, min(max(-offset[k], 0), n - 2), np.int64(x & _MASK))
+    x = np.uint64(cdf[base + s + 1] - cdf[base + s]) * (x >> _P) + (x & _MASK) - np.uint64(cdf[base + s])
+    pos, x = _refill(words, pos, x)
+    value = np.int64(s)
+    if value == n - 2:  # an escape
+        value, pos, x = _escaped_value(words, pos, x, n - 2)
     return np.int32(value + offset[k]), pos, x
 
 
 @kernel()
-def _decode(words, pos, x, indexes, cdf, start, length, offset, out):  # pragma: no cover - compiled
+def decode_symbols(words, pos, x, indexes, cdf, start, length, offset, out):  # pragma: no cover - compiled
+    """``decode_symbol`` with each table of ``indexes`` in turn into ``out`` -> (pos, x): its steps written out in
+    the loop, the refill inline and the escape a call (numba's inlining of the tuple-returning ``decode_symbol``
+    runs about half as fast)."""
+    words_n = words.shape[0]
     for i in range(indexes.shape[0]):
-        out[i], pos, x = decode_symbol(words, pos, x, indexes[i], cdf, start, length, offset)
+        k = indexes[i]
+        base, n = start[k], length[k]
+        s = _symbol_at(cdf, base, n, min(max(-offset[k], 0), n - 2), np.int64(x & _MASK))
+        x = np.uint64(cdf[base + s + 1] - cdf[base + s]) * (x >> _P) + (x & _MASK) - np.uint64(cdf[base + s])
+        if x < _L:
+            x = (x << _W) | (np.uint64(words[pos]) if pos < words_n else np.uint64(0))
+            pos += 1
+        value = np.int64(s)
+        if value == n - 2:  # an escape
+            value, pos, x = _escaped_value(words, pos, x, n - 2)
+        out[i] = np.int32(value + offset[k])
     return pos, x
 
 
@@ -238,7 +260,7 @@ class Decoder:
     def decode(self, indexes: np.ndarray, tables: FlatTables) -> np.ndarray:
         """The next symbols, one per table index (int32 array) -> int32 array."""
         out = np.empty(indexes.shape[0], np.int32)
-        self._pos, self._x = _decode(self._words, self._pos, self._x, indexes, *tables, out)
+        self._pos, self._x = decode_symbols(self._words, self._pos, self._x, indexes, *tables, out)
         return out
 
     def run(self, kernel, *args):

@@ -9,7 +9,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.latent_codecs import GaussianConditionalLatentCodec
 
-from mutualfc.entropy.ans import FlatTables, decode_symbol
+from mutualfc.entropy.ans import FlatTables, decode_symbol, decode_symbols
 from mutualfc.entropy.rans import FLAT_FLAG_TABLES, SymbolCoder, SymbolReader, model_tables
 from mutualfc.nn import exact
 from mutualfc.nn.caching import cached
@@ -241,14 +241,17 @@ def _decode_fixed(
     if floor:
         flag, pos, x = decode_symbol(words, pos, x, 0, fcdf, fstart, flength, foffset)
         every, count = flag == 1, 1
+    coded = idx if every else idx[idx != 0]  # the tables of the symbols sent, in order
+    symbols = np.empty(coded.shape[0], np.int32)
+    pos, x = decode_symbols(words, pos, x, coded, cdf, start, length, offset, symbols)
+    j = 0
     for i in range(scales.shape[0]):
         if every or idx[i] != 0:
-            v, pos, x = decode_symbol(words, pos, x, idx[i], cdf, start, length, offset)
-            out[i] = min(max(v * _STEP + means[i], -_LIMIT), _LIMIT)
-            count += 1
+            out[i] = min(max(symbols[j] * _STEP + means[i], -_LIMIT), _LIMIT)
+            j += 1
         else:
             out[i] = means[i]
-    return pos, x, count
+    return pos, x, count + j
 
 
 @kernel()
