@@ -67,3 +67,16 @@ def test_compiled_index_maps_equal_their_tensor_forms():
         assert (compiled.src == -1).any() and (compiled.live == tensors.live).all()
     inner = torch.tensor([3 * W + 4])  # every tap inside the map
     assert context_sources(conv, (H, W), inner, taps).outside is None
+
+
+def test_compiled_column_gather_equals_gather_and_refuses_indexes_out_of_range():
+    from mutualfc.nn.sparse import take_columns
+
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    idx = torch.tensor([39, 0, 7, 7, 21])
+    for t in (x, x.float(), x[:, ::2], x.T.contiguous().T):  # either dtype, strided views
+        i = idx.clamp(max=t.shape[1] - 1)
+        assert torch.equal(take_columns(t, i), torch.gather(t, 1, i.expand(t.shape[0], -1)))
+    for bad in (torch.tensor([40]), torch.tensor([-1])):
+        with pytest.raises(IndexError):
+            take_columns(x, bad)
