@@ -96,9 +96,10 @@ def test_decoding_is_bit_identical_across_runs_and_thread_counts():
 
 
 def test_derived_weights_follow_the_weights_between_images_and_are_checked_once_per_image():
-    """The exact layers' derived weights are cached until the weights change: a change between two images is seen
-    by the next one (a stream of the new weights, not the old), while inside one image's coding
-    (``coding_scope``) each cache is checked once."""
+    """The exact layers' derived weights are cached until the weights change: a change between two images (in
+    place, or a parameter or buffer replaced) is seen by the next one (a stream of the new weights, not the old),
+    while inside one image's coding (``coding_scope``) each cache is checked once, and from one image to the next
+    the model's tensors are checked once."""
     from mutualfc.nn import exact
     from mutualfc.nn.caching import cached, coding_scope
 
@@ -112,6 +113,19 @@ def test_derived_weights_follow_the_weights_between_images_and_are_checked_once_
     with torch.no_grad():
         first.weight.mul_(2.0)
     assert net.compress(lv, 3)[0] == before
+    # replaced rather than changed: a new parameter object, new storage under the same object, a new buffer
+    first.weight = torch.nn.Parameter(first.weight.detach() * 0.5)
+    assert net.compress(lv, 3)[0] == after
+    first.weight.data = first.weight.detach() * 2.0
+    assert net.compress(lv, 3)[0] == before
+    gc = net.bfc.latent_codec.latent_codec["y"].latent_codec["y0"].latent_codec["y"].gaussian_conditional
+    table = gc.scale_table
+    gc.scale_table = table * 1.5  # coarser scales: other streams
+    assert net.compress(lv, 3)[0] != before
+    gc.scale_table = table
+    assert net.compress(lv, 3)[0] == before
+    carried = net.__dict__["_mutualfc_scope"]  # nothing changed since: the same look-ups, checked once
+    assert net.compress(lv, 3)[0] == before and net.__dict__["_mutualfc_scope"] is carried
     builds = []
     conv = torch.nn.Conv2d(3, 2, 1)
     with coding_scope():

@@ -14,6 +14,21 @@ from torch import nn
 
 T = TypeVar("T")
 _scope = threading.local()  # .hits: {(id(owner), name): value} while a ``coding_scope`` is open in this thread
+_structure = [0]  # counts the registrations (or replacements) of parameters, buffers and submodules in watched modules
+_watched: set[int] = set()  # ids of the modules of the models whose look-ups carry over (``_carried_hits``)
+
+
+def _registered(module: nn.Module, *_) -> None:
+    if id(module) in _watched:  # not the containers a slice of a ``Sequential`` makes
+        _structure[0] += 1  # returns None: the registration goes ahead unchanged
+
+
+for _hook in (
+    nn.modules.module.register_module_parameter_registration_hook,
+    nn.modules.module.register_module_buffer_registration_hook,
+    nn.modules.module.register_module_module_registration_hook,
+):
+    _hook(_registered)
 
 
 def stamps(tensors: Iterable[torch.Tensor]) -> tuple:
@@ -48,27 +63,41 @@ def cached(
 
 
 @contextlib.contextmanager
-def coding_scope():
+def coding_scope(model: nn.Module | None = None):
     """Within it (this thread), ``cached`` checks each cache's tensors once: for the coding of one image, during
     which no weight changes, instead of at each of the dozens of look-ups of the same layers. Nested scopes share
-    the outermost one."""
+    the outermost one. With the ``model`` that owns every cache looked up inside, the look-ups of its last scope
+    stand while none of its parameters and buffers has changed since (one check of them all, ``_carried_hits``)."""
     if getattr(_scope, "hits", None) is not None:
         yield
         return
-    _scope.hits = {}
+    _scope.hits = {} if model is None else _carried_hits(model)
     try:
         yield
     finally:
         _scope.hits = None
 
 
+def _carried_hits(model: nn.Module) -> dict:
+    """The look-ups of ``model``'s last scope if none of its tensors changed in place (version) or moved (data
+    pointer), and no parameter, buffer or submodule was registered in one of its modules since; else none."""
+    state = model.__dict__.get("_mutualfc_scope")
+    if state is not None and state[0] == _structure[0] and state[2] == stamps(state[1]):
+        return state[3]
+    _watched.update(id(m) for m in model.modules())
+    structure, tensors = _structure[0], [*model.parameters(), *model.buffers()]
+    hits: dict = {}
+    model.__dict__["_mutualfc_scope"] = (structure, tensors, stamps(tensors), hits)
+    return hits
+
+
 def in_coding_scope(fn: Callable[..., T]) -> Callable[..., T]:
-    """``fn`` run inside a ``coding_scope``."""
+    """``fn``, a method of the model that owns every cache it looks up, run inside that model's ``coding_scope``."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with coding_scope():
-            return fn(*args, **kwargs)
+    def wrapper(self, *args, **kwargs):
+        with coding_scope(self):
+            return fn(self, *args, **kwargs)
 
     return wrapper
 
