@@ -213,8 +213,9 @@ def _paint_fixed(blocks, mean, scale, kept, h, w):  # pragma: no cover - compile
                 finite &= np.isfinite(v)
                 for x in range(w):
                     row[x * f + j] = v
-            for y in range(h):
-                out[ch, y * f + i, :] = row
+            for y in range(h):  # element by element: a slice per row costs more than its copy
+                for x in range(w * f):
+                    out[ch, y * f + i, x] = row[x]
         for col in range(1, n):
             y, x = kept[col - 1] // w, kept[col - 1] % w
             for i in range(f):
