@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -15,11 +16,11 @@ from torch import nn
 T = TypeVar("T")
 _scope = threading.local()  # .hits: {(id(owner), name): value} while a ``coding_scope`` is open in this thread
 _structure = [0]  # counts the registrations (or replacements) of parameters, buffers and submodules in watched modules
-_watched: set[int] = set()  # ids of the modules of the models whose look-ups carry over (``_carried_hits``)
+_watched: weakref.WeakSet = weakref.WeakSet()  # the modules of the models whose look-ups carry over (``_carried_hits``)
 
 
 def _registered(module: nn.Module, *_) -> None:
-    if id(module) in _watched:  # not the containers a slice of a ``Sequential`` makes
+    if module in _watched:  # not the containers a slice of a ``Sequential`` makes
         _structure[0] += 1  # returns None: the registration goes ahead unchanged
 
 
@@ -84,7 +85,7 @@ def _carried_hits(model: nn.Module) -> dict:
     state = model.__dict__.get("_mutualfc_scope")
     if state is not None and state[0] == _structure[0] and state[2] == stamps(state[1]):
         return state[3]
-    _watched.update(id(m) for m in model.modules())
+    _watched.update(model.modules())
     structure, tensors = _structure[0], [*model.parameters(), *model.buffers()]
     hits: dict = {}
     model.__dict__["_mutualfc_scope"] = (structure, tensors, stamps(tensors), hits)
