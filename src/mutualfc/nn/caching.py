@@ -83,13 +83,19 @@ def _carried_hits(model: nn.Module) -> dict:
     """The look-ups of ``model``'s last scope if none of its tensors changed in place (version) or moved (data
     pointer), and no parameter, buffer or submodule was registered in one of its modules since; else none."""
     state = model.__dict__.get("_mutualfc_scope")
-    if state is not None and state[0] == _structure[0] and state[2] == stamps(state[1]):
-        return state[3]
+    if state is not None and state[0] == _structure[0] and state[3] == _model_stamp(state[1], state[2]):
+        return state[4]
     _watched.update(model.modules())
     structure, tensors = _structure[0], [*model.parameters(), *model.buffers()]
+    versioned = [t for t in tensors if not t.is_inference()]  # a tensor's inference mode never changes
     hits: dict = {}
-    model.__dict__["_mutualfc_scope"] = (structure, tensors, stamps(tensors), hits)
+    model.__dict__["_mutualfc_scope"] = (structure, tensors, versioned, _model_stamp(tensors, versioned), hits)
     return hits
+
+
+def _model_stamp(tensors: list[torch.Tensor], versioned: list[torch.Tensor]) -> tuple:
+    """``stamps`` of a model's tensors, held by ``_carried_hits`` (so their identities cannot change)."""
+    return tuple(t.data_ptr() for t in tensors), tuple(t._version for t in versioned)
 
 
 def in_coding_scope(fn: Callable[..., T]) -> Callable[..., T]:
