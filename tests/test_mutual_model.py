@@ -772,6 +772,26 @@ def test_levels_painted_from_the_exact_products_equal_the_blocks_painted():
             assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
+def test_cells_gathered_from_unpadded_levels_read_them_as_padded():
+    """The encoder gathers the coded cells' blocks from the levels as they come (odd sizes included): the same
+    values as from the replicate-padded copy it used to make, at every cell of the padded grid (edges included),
+    in the compiled pass and in the tensor form (int32 cells). Fails when a block reads past the last row or
+    column instead of repeating it."""
+    from mutualfc.nn.packing import pad_levels
+
+    net = _net()
+    lv = random_levels(7, h=7, w=9)
+    padded, size = pad_levels(lv, net.cfg.levels, net.pad_multiple)
+    grid = tuple(padded[net.cfg.levels[-1]].shape[-2:])
+    assert grid != size  # 7 x 9 pads to 8 x 10
+    cells = torch.arange(grid[0] * grid[1])
+    for pack in (net.bfc.pack, net.mfc.pack):
+        for at in (cells, cells.int()):
+            got = pack.gather_cells(lv, at, grid[1])
+            want = pack.gather_cells(padded, at, grid[1])
+            assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_malformed_tier_and_residual_settings_are_refused():
     net, lv = _net(), random_levels(8, h=8, w=10)
     low = torch.zeros(1, 1, 8, 10, dtype=torch.bool)

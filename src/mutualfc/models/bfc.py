@@ -47,13 +47,18 @@ class BFCNet(nn.Module):
         self.latent_codec = masked_hyperprior_codec(m, cfg.hyper, self.groups)
         self.gain = GainUnit(cfg.qualities, m, *cfg.gains)
 
-    def analysis(self, levels: dict[str, torch.Tensor], kept: torch.Tensor | None = None) -> torch.Tensor:
+    def analysis(
+        self, levels: dict[str, torch.Tensor], kept: torch.Tensor | None = None, width: int | None = None
+    ) -> torch.Tensor:
         """-> latent (before the gains). ``kept``: raster positions that will be coded (real coding): only those are
-        computed (from the levels' blocks there, the metric folded into the transform), as columns (C, K)."""
+        computed (from the levels' blocks there, the metric folded into the transform), as columns (C, K), in a grid
+        ``width`` cells wide (None: the coarsest level's; a level smaller than the grid reads as padded,
+        ``LevelPacker.gather_cells``)."""
         if kept is None:
             return self.lin_a(self.pack.pack(levels))
         k = self.pack.names[-1]
-        blocks = self.pack.gather_cells(levels, kept, levels[k].shape[-1] // self.pack.factor[k])
+        width = levels[k].shape[-1] // self.pack.factor[k] if width is None else width
+        blocks = self.pack.gather_cells(levels, kept, width)
         x = torch.cat([blocks[k].reshape(self.pack.ch[k], kept.numel()) for k in self.pack.names])
 
         def fold():  # the metric folded into the analysis: latent = W A x + (W a + b)

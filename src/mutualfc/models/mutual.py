@@ -178,7 +178,8 @@ class MutualFeatureNet(FeatureCompressionModel):
         plan = CodingPlan.of(plan, **overrides)
         quality, keep, residual_keep, boost = plan.quality, plan.keep, plan.residual_keep, plan.boost
         low_keep, low_step, residual_rd = plan.low_keep, plan.low_step, plan.residual_rd
-        x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
+        x = {k: levels[k].float() for k in self.cfg.levels}  # not padded: the cells' gathers read them as padded
+        size = tuple(x[self.cfg.levels[-1]].shape[-2:])
         mask = self.coded_mask(keep, size)
         kept, padded = positions(mask), tuple(mask.shape[-2:])
         low = None
@@ -188,7 +189,7 @@ class MutualFeatureNet(FeatureCompressionModel):
             in_low = self.coded_mask(low_keep, size).flatten()[kept] > 0
             low = (quality - low_step / TIER_STEP, in_low.nonzero().squeeze(1)) if bool(in_low.any()) else None
         with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
-            y0 = self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept)  # (C, K): the kept cells' latents
+            y0 = self.bfc.analysis({k: x[k] for k in self.cfg.base}, kept, padded[1])  # (C, K): at the kept cells
             y = y0 * self.bfc.gain(quality)[0].view(-1, 1)
             if low is not None:  # the tier's cells at its quality's gains
                 y[:, low[1]] = y0[:, low[1]] * self.bfc.gain(low[0])[0].view(-1, 1)

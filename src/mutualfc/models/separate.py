@@ -59,13 +59,14 @@ class SeparateFeatureNet(FeatureCompressionModel):
         if plan.low_step or plan.boost or plan.residual_keep is not None:
             raise ValueError("the separate network codes no tiers and no residual stream")
         quality, keep = plan.quality, plan.keep
-        x, size = pad_levels(levels, self.cfg.levels, self.pad_multiple)
+        size = tuple(levels[self.cfg.levels[-1]].shape[-2:])
         mask = self.coded_mask(keep, size)
         kept = positions(mask)
         strings, rec = [encode_mask(keep)], {}
         for k, bfc in self.codecs.items():
             with reproducible_threads():  # the float analysis: what is coded must not depend on the thread count
-                y = bfc.analysis({k: x[k]}, kept) * bfc.gain(quality)[0].view(-1, 1)
+                x = {k: levels[k].float()}  # not padded: the cells' gathers read it as padded
+                y = bfc.analysis(x, kept, mask.shape[-1]) * bfc.gain(quality)[0].view(-1, 1)
             lc = bfc.latent_codec.compress(y, mask)  # exact arithmetic from here on: any thread count
             strings.append(lc["strings"][0])
             if reconstruct:

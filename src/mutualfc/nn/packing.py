@@ -58,12 +58,14 @@ class LevelPacker(nn.Module):
     # -- per-cell form (real coding): the coarsest-level cells as columns, each level's f x f block per cell ------
     def gather_cells(self, levels: dict[str, torch.Tensor], kept: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
         """-> each level's blocks at the coarsest-level cells ``kept`` (raster indices in a map ``width`` wide), as
-        (C, f, f, K) in the level's own units."""
+        (C, f, f, K) in the level's own units. A level smaller than the cells' grid reads as ``pad_levels`` pads it
+        (its last row and column repeated), without a padded copy."""
         out = {}
         for k in self.names:
             f, x = self.factor[k], levels[k][0]
             c = x.shape[0]
-            out[k] = take_columns(x.reshape(c, -1), block_indexes(kept, width, f)).view(c, f, f, kept.numel())
+            at = block_indexes(kept, width, f, tuple(x.shape[-2:]))
+            out[k] = take_columns(x.reshape(c, -1), at).view(c, f, f, kept.numel())
         return out
 
     def features_to_cells(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:

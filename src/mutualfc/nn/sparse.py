@@ -75,24 +75,30 @@ def scatter(cells: torch.Tensor, idx: torch.Tensor, size: tuple[int, int], fill:
     return put_columns(out, idx, cells).view(1, c, *size)
 
 
-def block_indexes(cells: torch.Tensor, width: int, f: int) -> torch.Tensor:
+def block_indexes(cells: torch.Tensor, width: int, f: int, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Raster indices, in a map ``f`` times finer, of the f x f blocks under the cells ``cells`` (raster indices in a
-    map ``width`` wide), ordered (row in block, column in block, cell): the ``(C, f, f, K)`` layout of cell blocks."""
+    map ``width`` wide), ordered (row in block, column in block, cell): the ``(C, f, f, K)`` layout of cell blocks.
+    ``size``: the finer map's (rows, columns) when it is smaller than ``width * f`` wide or the cells' rows times f
+    high: positions beyond it read its last row or column (what replicate padding would give); None: the whole
+    blocks are inside, the map ``width * f`` wide."""
+    h, w = size if size is not None else (2**62, width * f)
     if cells.device.type == "cpu" and cells.dtype == torch.int64:  # one compiled pass
-        return torch.from_numpy(_block_indexes(cells.contiguous().numpy(), width, f))
+        return torch.from_numpy(_block_indexes(cells.contiguous().numpy(), width, f, h, w))
     i = torch.arange(f)
-    rows, cols = (cells // width) * f, (cells % width) * f
-    return ((rows.view(1, 1, -1) + i.view(-1, 1, 1)) * (width * f) + cols.view(1, 1, -1) + i.view(1, -1, 1)).view(-1)
+    rows = ((cells // width) * f).view(1, 1, -1) + i.view(-1, 1, 1)
+    cols = ((cells % width) * f).view(1, 1, -1) + i.view(1, -1, 1)
+    return (rows.clamp(max=h - 1) * w + cols.clamp(max=w - 1)).view(-1)
 
 
 @kernel()
-def _block_indexes(cells: np.ndarray, width: int, f: int) -> np.ndarray:  # pragma: no cover - compiled
+def _block_indexes(cells: np.ndarray, width: int, f: int, h: int, w: int) -> np.ndarray:  # pragma: no cover
     k = cells.shape[0]
     out = np.empty(f * f * k, np.int64)
     for i in range(f):
         for j in range(f):
             for c in range(k):
-                out[(i * f + j) * k + c] = ((cells[c] // width) * f + i) * (width * f) + (cells[c] % width) * f + j
+                row, col = min((cells[c] // width) * f + i, h - 1), min((cells[c] % width) * f + j, w - 1)
+                out[(i * f + j) * k + c] = row * w + col
     return out
 
 
