@@ -287,7 +287,7 @@ class LearnedFeatureCodec(FeatureCodec):
         shape = self.task.level_shapes(geometry)[self._level]
         try:
             levels = self.net.decompress(streams, tuple(shape[1:]), q)
-        except (ValueError, RuntimeError, IndexError) as e:  # a non-finite level among them (``decompress``)
+        except (ValueError, RuntimeError, IndexError) as e:  # a malformed payload, or a level not finite
             raise BitstreamError(f"cannot decode {self.name} payload: {str(e).splitlines()[0]}") from None
         return FeatureSet(levels, geometry)
 
