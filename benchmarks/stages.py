@@ -64,7 +64,7 @@ STAGES = {
         ("residual entropy parameters (exact)", "models/residual.py", "entropy_params"),
         ("residual decoding", "models/residual.py", "decompress"),
         ("residual correction (exact)", "models/residual.py", "correction_cells"),
-        ("painting the levels", "nn/packing.py", "paint"),
+        ("painting the levels (inverse metric included)", "nn/packing.py", "paint_fixed"),
     ],
 }
 
