@@ -145,11 +145,20 @@ class MutualFeatureNet(FeatureCompressionModel):
         return self.res.entropy_params(self.bfc.context(y_hat, quality, kept, low, at=reads), at)
 
     def _levels(
-        self, base: torch.Tensor, target: torch.Tensor, kept: torch.Tensor, size: tuple[int, int]
-    ) -> dict[str, torch.Tensor]:
-        """Packed fixed-point columns (1 + K, or 1 for every cell) -> every level's map in feature units."""
+        self, base: torch.Tensor, target: torch.Tensor, kept: torch.Tensor, size: tuple[int, int],
+        target_at: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Packed fixed-point columns (1 + K, or 1 for every cell) -> every level's map in feature units.
+        ``target_at``: the cells of the target's columns after column 0 (which every other cell takes), if they are
+        not ``kept``."""
+        target_at = kept if target_at is None else target_at
         return self.bfc.pack.paint_fixed(base, SYNTHESIS_BITS, kept, size) | \
-            self.mfc.pack.paint_fixed(target, SYNTHESIS_BITS, kept, size)  # fmt: skip
+            self.mfc.pack.paint_fixed(target, SYNTHESIS_BITS, target_at, size)  # fmt: skip
+
+    def _corrected(self, target: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+        """The residual stream's correction added to the finest level's packed channels of ``target``, clamped."""
+        n = self.res.pack.channels
+        return torch.cat([target[:n] + correction, target[n:]]).clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT)
 
     def _with_residual(
         self, target: torch.Tensor, correction: torch.Tensor, cells: torch.Tensor | None
@@ -157,9 +166,8 @@ class MutualFeatureNet(FeatureCompressionModel):
         """The prediction with the residual stream's correction added to the finest level's packed channels;
         ``cells``: indexes among the kept cells of those that carry the residual (None: all of them), the others
         first as ``_uncorrected`` has them."""
-        target = self._uncorrected(target, torch.arange(target.shape[1] - 1) if cells is None else cells)
-        n = self.res.pack.channels
-        return torch.cat([target[:n] + correction, target[n:]]).clamp_(-exact.ACT_LIMIT, exact.ACT_LIMIT)
+        return self._corrected(self._uncorrected(target, torch.arange(target.shape[1] - 1) if cells is None else cells),
+                               correction)  # fmt: skip
 
     @torch.inference_mode()
     @in_coding_scope
@@ -260,9 +268,13 @@ class MutualFeatureNet(FeatureCompressionModel):
             boost, cells = decode_residual_info(info, kept.numel())
             at = kept if cells is None else kept[cells]
             r_hat = self.res.decompress(strings[n], self._residual_params(y_hat, quality, kept, low, at))
+            if not self.cfg.predict_uncorrected:  # the cells without the residual take column 0: only ``at`` painted
+                cols = None if cells is None else torch.cat([cells.new_zeros(1), cells + 1])
+                target = self.mfc.predict_cells(base if cols is None else base.index_select(1, cols), SYNTHESIS_BITS)
+                target = self._corrected(target, self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost))
+                return crop_levels(self._levels(base, target, kept, padded, at), self.cfg.levels, size)
             correction = self.res.correction_cells(r_hat, quality, SYNTHESIS_BITS, boost, cells, kept.numel())
-            target = self._prediction(base, torch.arange(kept.numel()) if cells is None else cells)
-            target = self._with_residual(target, correction, cells)
+            target = self._with_residual(self._prediction(base, torch.arange(kept.numel())), correction, cells)
         else:
             target = self._prediction(base, None)
         return crop_levels(self._levels(base, target, kept, padded), self.cfg.levels, size)
