@@ -105,6 +105,19 @@ def model_tables(model: EntropyModel) -> FlatTables:
 
 
 _FLAT: dict[int, tuple[Tables, FlatTables]] = {}
+_JOINED: dict[tuple[int, ...], tuple[list[FlatTables], FlatTables, list[int]]] = {}
+
+
+def _joined(sets: list[FlatTables]) -> tuple[FlatTables, list[int]]:
+    """``join_tables`` of these table sets, kept for the next stream that uses the same sets in the same order (every
+    image of a model: the sets are the model's cached ``model_tables``, held here so that their ids stay theirs)."""
+    key = tuple(id(t) for t in sets)
+    hit = _JOINED.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], sets, strict=True)):
+        if len(_JOINED) > 64:
+            _JOINED.clear()
+        hit = _JOINED[key] = (list(sets), *join_tables(sets))
+    return hit[1], hit[2]
 
 
 class SymbolWriter:
@@ -143,7 +156,7 @@ class SymbolWriter:
         if not self._parts:
             return b""
         sets = list({id(t): t for t, _, _ in self._parts}.values())  # each table set once, in order of first use
-        tables, firsts = join_tables(sets)
+        tables, firsts = _joined(sets)
         first = {id(t): f for t, f in zip(sets, firsts, strict=True)}
         symbols = np.concatenate([s for _, s, _ in self._parts])
         indexes = np.concatenate([i + np.int32(first[id(t)]) for t, _, i in self._parts])
