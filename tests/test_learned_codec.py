@@ -93,6 +93,28 @@ def test_decoding_in_another_process_is_bit_identical(task, ckpt, features, tmp_
         assert np.array_equal(dec[k], v.numpy()), k
 
 
+def test_skip_mask_is_computed_on_one_thread_whatever_the_callers_count(task, ckpt, features, monkeypatch):
+    """The objectness map decides which cells are coded. At the caller's thread count YOLOX-Nano's differs in its
+    last bits between one and two threads (its convolutions), so a value at the threshold could code other cells:
+    like the encoder's other float steps it runs on one thread, and the same features give the same bytes."""
+    obj = task.objectness_map(features.levels)
+    codec = create_codec("mutual", task, checkpoint=str(ckpt), skip_below=float(obj.flatten().median()))
+    seen, objectness = [], task.objectness_map
+    monkeypatch.setattr(
+        task, "objectness_map", lambda levels: (seen.append(torch.get_num_threads()), objectness(levels))[1]
+    )
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = codec.encode(features, 3)
+        assert torch.get_num_threads() == 2  # restored
+        torch.set_num_threads(1)
+        one = codec.encode(features, 3)
+    finally:
+        torch.set_num_threads(n)
+    assert seen == [1, 1] and one == two
+
+
 def test_target_bpp_meets_the_budget(task, ckpt, features, example_images):
     codec = create_codec("mutual", task, checkpoint=str(ckpt))
     pixels = example_images[0].shape[0] * example_images[0].shape[1]

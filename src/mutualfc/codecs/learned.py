@@ -251,7 +251,8 @@ class LearnedFeatureCodec(FeatureCodec):
         use = op.residual == "on" or (op.residual == "auto" and self.rd_lambda(op.quality) is not None)
         plan = CodingPlan(op.quality, residual=use, residual_rd=op.residual_rd)
         if op.skip_below > 0:
-            objectness = self.task.objectness_map(x.levels)
+            with reproducible_threads():  # it decides what is coded: not the thread count's floats (YOLOX's differ)
+                objectness = self.task.objectness_map(x.levels)
             plan = plan.replace(keep=objectness >= op.skip_below)
             if op.tier_step:
                 plan = plan.replace(low_keep=objectness < op.tier_below, low_step=op.tier_step)
