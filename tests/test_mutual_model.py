@@ -552,6 +552,21 @@ def test_wide_linear_is_exact_on_both_of_its_paths():
         assert torch.equal(wide_linear(weights, x), ref)
 
 
+def test_affine_activations_equal_the_product_then_the_activation_bit_for_bit():
+    """The compiled bias-floor-activation pass after the product does the same float64 operations as the torch
+    steps it replaces: the same bits, signed zeros included."""
+    from mutualfc.nn.exact import ACT_BITS, activations, affine_activations, affine_columns, scaled_params
+
+    g = torch.Generator().manual_seed(1)
+    conv = torch.nn.Conv2d(40, 24, 1)
+    w, b = scaled_params(conv)
+    x = torch.round(torch.randn(40, 9, generator=g, dtype=torch.float64) * 2**ACT_BITS * 4)
+    x[:, 0] = 0.0  # a column of zeros: the bias alone, floored
+    for act in (torch.nn.GELU(), torch.nn.Identity(), None):
+        got, ref = affine_activations(w, x, b, act), activations(affine_columns(w, x, b), act)
+        assert got.shape == ref.shape and got.numpy().tobytes() == ref.numpy().tobytes()
+
+
 def test_exact_gelu_is_the_rounded_gelu_everywhere():
     """Inside [-8, 8) the table's round(GELU(k / 256) * 256); 0 below, the input itself above, exactly: the compiled
     pass over columns (contiguous or a transposed view) and the tensor reference alike."""

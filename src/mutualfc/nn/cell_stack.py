@@ -72,7 +72,7 @@ def stack_at_cells(
     wb, bb = exact.scaled_params(mid)
     b = exact.activations_from_rows(F.linear(patch_rows(a, src, k * k), wb, bb), act_b)
     wc, bc = exact.scaled_params(last)
-    return exact.activations(exact.affine_columns(wc, b, bc), None)
+    return exact.affine_activations(wc, b, bc, None)
 
 
 @kernel()

@@ -181,6 +181,25 @@ def affine_columns(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> torc
     return torch.mm(w, x).add_(bias.view(-1, 1))
 
 
+def affine_activations(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, act: nn.Module | None) -> torch.Tensor:
+    """``activations(affine_columns(w, x, bias), act)``: after the product, the bias, the floor, the clamp and
+    ``act`` in one compiled pass on the CPU (the same float64 operations, so the same values)."""
+    acc = torch.mm(w, x)
+    known = act is None or isinstance(act, (nn.GELU, nn.Identity))  # else ``activations`` raises
+    if acc.device.type != "cpu" or acc.dtype != torch.float64 or not known:
+        return activations(acc.add_(bias.view(-1, 1)), act)
+    _biased_floor(acc.numpy(), bias.reshape(-1).numpy(), *activation_tables(), isinstance(act, nn.GELU))
+    return acc
+
+
+@kernel()
+def _biased_floor(acc, bias, gap, lo, limit, gelu):  # pragma: no cover - compiled
+    for o in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            v = min(max(np.floor(acc[o, j] + bias[o]), -limit), limit)
+            acc[o, j] = _gelu_value(v, gap, lo) if gelu else v
+
+
 def activations(acc: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
     """``activation(act, floor_activations(acc))`` in place, for an accumulator in any layout (columns, as
     ``affine_columns`` gives them): one compiled pass for a contiguous CPU tensor."""
@@ -308,12 +327,25 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     lo_x, hi_x = torch.aminmax(x)
     peak = int(max(-float(lo_x), float(hi_x)))  # an integer: the product below is Python's, exact
     if peak * weights.row_bound < weights.fast_bound:
-        acc = affine_columns(weights.whole, x, weights.bias_low)
+        acc = torch.mm(weights.whole, x)
+        if acc.device.type == "cpu":  # the steps below in one compiled pass: the same float64 operations
+            w = weights
+            _wide_finish(acc.numpy(), *(t.view(-1).numpy() for t in (w.bias_low, w.inv_scale, w.bias_high)), ACT_LIMIT)
+            return acc
+        acc.add_(weights.bias_low)
         return acc.mul_(weights.inv_scale).floor_().add_(weights.bias_high).clamp_(-ACT_LIMIT, ACT_LIMIT)
     hi, lo, b, e = weights.hi, weights.lo, weights.bias, weights.shift
     acc = F.linear(x.T, hi).T.long() * 2**WIDE_SPLIT + F.linear(x.T, lo).T.long() + b.view(-1, 1)
     half = torch.where(e > 0, torch.ones_like(e) << (e - 1).clamp(min=0), torch.zeros_like(e)).view(-1, 1)
     return torch.bitwise_right_shift(acc + half, e.view(-1, 1)).double().clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+@kernel()
+def _wide_finish(acc, low, scale, high, limit):  # pragma: no cover - compiled
+    """``wide_linear``'s one-product path after the product, in place: floor((acc + low) * scale) + high, clamped."""
+    for o in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            acc[o, j] = min(max(np.floor((acc[o, j] + low[o]) * scale[o]) + high[o], -limit), limit)
 
 
 def rescale(

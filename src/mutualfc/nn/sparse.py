@@ -152,7 +152,7 @@ def _product(conv: nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: i
             return exact.activations_from_rows(acc, act)
     if src is None and x.dtype == torch.float64:  # columns in, columns out: no transposed operand
         w, b = exact.scaled_params(conv)
-        return exact.activations(exact.affine_columns(w, x, b), act)
+        return exact.affine_activations(w, x, b, act)
     return _linear(conv, x.T if src is None else patch_rows(x, src, taps), act)
 
 
