@@ -186,7 +186,7 @@ def affine_activations(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, act
     ``act`` in one compiled pass on the CPU (the same float64 operations, so the same values)."""
     acc = torch.mm(w, x)
     known = act is None or isinstance(act, (nn.GELU, nn.Identity))  # else ``activations`` raises
-    if acc.device.type != "cpu" or acc.dtype != torch.float64 or not known:
+    if acc.device.type != "cpu" or acc.dtype != torch.float64 or acc.requires_grad or not known:
         return activations(acc.add_(bias.view(-1, 1)), act)
     _biased_floor(acc.numpy(), bias.reshape(-1).numpy(), *activation_tables(), isinstance(act, nn.GELU))
     return acc
@@ -194,6 +194,7 @@ def affine_activations(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, act
 
 @kernel()
 def _biased_floor(acc, bias, gap, lo, limit, gelu):  # pragma: no cover - compiled
+    """``floor_flat`` of ``acc`` (out, N) plus each output's bias, in place."""
     for o in range(acc.shape[0]):
         for j in range(acc.shape[1]):
             v = min(max(np.floor(acc[o, j] + bias[o]), -limit), limit)
@@ -328,7 +329,7 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     peak = int(max(-float(lo_x), float(hi_x)))  # an integer: the product below is Python's, exact
     if peak * weights.row_bound < weights.fast_bound:
         acc = torch.mm(weights.whole, x)
-        if acc.device.type == "cpu":  # the steps below in one compiled pass: the same float64 operations
+        if acc.device.type == "cpu" and not acc.requires_grad:  # the steps below in one compiled pass: the same ops
             w = weights
             _wide_finish(acc.numpy(), *(t.view(-1).numpy() for t in (w.bias_low, w.inv_scale, w.bias_high)), ACT_LIMIT)
             return acc
