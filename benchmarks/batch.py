@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from mutualfc.codecs import create_codec
 from mutualfc.eval.coco import CocoDataset
+from mutualfc.eval.runner import cpu_model
 from mutualfc.images import load_image
 from mutualfc.io import atomic_write_text
 from mutualfc.pipeline import Decoder, Encoder
@@ -79,7 +79,7 @@ def main() -> int:
             print(f"{task_name} batch {b}: encode {r['encode_img_s']:.1f} img/s, decode {r['decode_img_s']:.1f} "
                   f"img/s, both {r['end_to_end_img_s']:.1f} img/s, identical to batch 1: {same}")  # fmt: skip
     meta = {"images": len(images), "input_shapes": shapes, "threads": args.threads, "repeat": args.repeat,
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__}  # fmt: skip
+            "machine": cpu_model(), "torch": torch.__version__}  # fmt: skip
     out = Path(args.out_dir)
     atomic_write_text(out / "batch.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
     cmd = f"python benchmarks/batch.py --images {args.images} --batches {args.batches} --tasks {args.tasks}"

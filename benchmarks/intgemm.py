@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mutualfc.eval.runner import cpu_model
 from mutualfc.nn import exact, intgemm
 from mutualfc.nn.sparse import patch_rows
 
@@ -80,7 +81,7 @@ def main() -> int:
             print(f"error: {name}: the two paths differ", flush=True)
             return 1
     setup = {"threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
-             "processor": platform.processor() or platform.machine()}  # fmt: skip
+             "processor": cpu_model()}  # fmt: skip
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "intgemm.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=1) + "\n")
     lines = [

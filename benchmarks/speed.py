@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from mutualfc.codecs import create_codec
 from mutualfc.eval.coco import CocoDataset
+from mutualfc.eval.runner import cpu_model
 from mutualfc.images import load_image
 from mutualfc.io import atomic_write_text
 from mutualfc.tasks import create_task
@@ -93,7 +93,7 @@ def main() -> int:
                "end_to_end_ms": round((enc + dec + front + back) / n, 1)}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    meta = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
+    meta = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
             "repeat": args.repeat, "statistic": "mean over images of the fastest of `repeat` passes",
             "passes": "each pass times every codec in turn"}  # fmt: skip
     out = Path(args.out_dir)

@@ -27,6 +27,7 @@ def test_bpp_counts_every_byte_of_the_files_over_original_pixels(task, tmp_path)
         header, _ = unpack(f.read_bytes())
         assert header.param == 30
     assert set(rec) >= {"codec", "param", "bpp", "map", "map50", "n_images", "kmac_per_pixel"}
+    assert isinstance(rec["cpu"], str) and rec["cpu"].strip()  # the machine its seconds were measured on
     kmac = rec["kmac_per_pixel"]  # counted on the first image; x265 runs outside torch: not counted
     assert kmac["images"] == 1 and kmac["front"] > 0 and kmac["encoder"] is None
     json.dumps(rec)

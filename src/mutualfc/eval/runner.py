@@ -41,6 +41,19 @@ def versions() -> dict:
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; else what ``platform`` knows): timings and the exact products'
+    fastest path depend on it, and ``platform.processor()`` is empty on Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_detection(task, dataset: CocoDataset, progress: bool = True) -> list[dict]:
     results = []
     for rec in tqdm(dataset.records, desc="detect", unit="img", disable=not progress):
@@ -136,6 +149,7 @@ def evaluate_point(
         "task_s_per_image": round(t_task / n, 5),
         "dataset": str(dataset.annotations or dataset.root),
         "versions": versions(),
+        "cpu": cpu_model(),  # the seconds above are this CPU's
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "executor": executor_info(kind, jobs if parallel else 1, done),
         "kmac_per_pixel": kmac,
