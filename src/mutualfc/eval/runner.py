@@ -149,7 +149,7 @@ def evaluate_point(
         "task_s_per_image": round(t_task / n, 5),
         "dataset": str(dataset.annotations or dataset.root),
         "versions": versions(),
-        "cpu": cpu_model(),  # the seconds above are this CPU's
+        "cpu": cpu_model(),  # this process's CPU: the seconds are its unless ``executor`` names other nodes
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "executor": executor_info(kind, jobs if parallel else 1, done),
         "kmac_per_pixel": kmac,
