@@ -552,6 +552,30 @@ def test_wide_linear_is_exact_on_both_of_its_paths():
         assert torch.equal(wide_linear(weights, x), ref)
 
 
+def test_wide_linear_gives_the_same_bits_as_rows_and_as_columns(monkeypatch):
+    """A narrow product runs as rows (``x.T @ w.T``, ``exact.few_columns``), a wide one as columns: both orders give
+    the same bits (signed zeros included) on either side of the threshold, and the exact integers."""
+    from mutualfc.nn import exact
+
+    g = torch.Generator().manual_seed(3)
+    weights = exact.wide_weights(torch.randn(40, 120, generator=g), torch.randn(40, generator=g), 14)
+    for n in (1, 2, exact.FEW_COLUMNS, exact.FEW_COLUMNS + 1):
+        x = torch.round(torch.randn(120, n, generator=g, dtype=torch.float64) * 2**14)
+        x[:, 0] = 0.0  # the bias alone: products of -0.0 and +0.0
+        assert int(x.abs().amax()) * weights.row_bound < weights.fast_bound  # the one-product path
+        out = {}
+        for few in (0, 10**6):
+            monkeypatch.setattr(exact, "FEW_COLUMNS", few)
+            out[few] = exact.wide_linear(weights, x)
+        assert out[0].shape == (40, n) and out[0].is_contiguous() and out[10**6].is_contiguous()
+        assert out[0].numpy().tobytes() == out[10**6].numpy().tobytes()
+        acc = weights.whole.numpy().astype(object) @ x.numpy().astype(object)  # Python integers: exact
+        ref = [[(int(a) + int(b) + (1 << (int(e) - 1) if e > 0 else 0)) >> int(e) for a in row]
+               for row, b, e in zip(acc, weights.bias, weights.shift, strict=True)]  # fmt: skip
+        ref = torch.tensor(ref, dtype=torch.float64).clamp(-exact.ACT_LIMIT, exact.ACT_LIMIT)
+        assert torch.equal(out[0], ref)
+
+
 def test_affine_activations_equal_the_product_then_the_activation_bit_for_bit():
     """The compiled bias-floor-activation pass after the product does the same float64 operations as the torch
     steps it replaces: the same bits, signed zeros included."""

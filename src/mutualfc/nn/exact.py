@@ -318,6 +318,16 @@ def wide_params(conv: nn.Conv2d, bits: int) -> WideWeights:
     return cached(conv, f"wide{bits}", (conv.weight, conv.bias), lambda: wide_weights(conv.weight, conv.bias, bits))
 
 
+FEW_COLUMNS = 96  # up to this many columns, ``wide_linear``'s product runs as rows (``few_columns``)
+
+
+def few_columns(x: torch.Tensor) -> bool:
+    """Whether columns ``x`` (in, N) are few enough that ``x.T @ w.T`` (rows, ``x.T`` made contiguous) beats
+    ``w @ x`` for the wide layers' weights: the CPU's BLAS runs a narrow product faster that way
+    (benchmarks/intgemm.py measures both orders)."""
+    return x.shape[1] <= FEW_COLUMNS
+
+
 def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     """``wide_weights`` applied to fixed-point columns (in, N) -> (out, N), exactly. While ``max|x|`` times the
     largest row sum of ``|w|`` keeps every partial sum (and the low part of the bias) within 2**52, one float64
@@ -328,11 +338,16 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     lo_x, hi_x = torch.aminmax(x)
     peak = int(max(-float(lo_x), float(hi_x)))  # an integer: the product below is Python's, exact
     if peak * weights.row_bound < weights.fast_bound:
-        acc = torch.mm(weights.whole, x)
-        if acc.device.type == "cpu" and not acc.requires_grad:  # the steps below in one compiled pass: the same ops
-            w = weights
-            _wide_finish(acc.numpy(), *(t.view(-1).numpy() for t in (w.bias_low, w.inv_scale, w.bias_high)), ACT_LIMIT)
+        if x.device.type == "cpu" and not (x.requires_grad or weights.whole.requires_grad):
+            w = weights  # the steps after the product in one compiled pass: the same operations
+            tables = (*(t.view(-1).numpy() for t in (w.bias_low, w.inv_scale, w.bias_high)), ACT_LIMIT)
+            if few_columns(x):  # as rows: the same sums (exact in any order), faster for few columns
+                rows = torch.mm(x.T.contiguous(), weights.whole.T)
+                return torch.from_numpy(_wide_finish_rows(rows.numpy(), *tables))
+            acc = torch.mm(weights.whole, x)
+            _wide_finish(acc.numpy(), *tables)
             return acc
+        acc = torch.mm(weights.whole, x)
         acc.add_(weights.bias_low)
         return acc.mul_(weights.inv_scale).floor_().add_(weights.bias_high).clamp_(-ACT_LIMIT, ACT_LIMIT)
     hi, lo, b, e = weights.hi, weights.lo, weights.bias, weights.shift
@@ -347,6 +362,16 @@ def _wide_finish(acc, low, scale, high, limit):  # pragma: no cover - compiled
     for o in range(acc.shape[0]):
         for j in range(acc.shape[1]):
             acc[o, j] = min(max(np.floor((acc[o, j] + low[o]) * scale[o]) + high[o], -limit), limit)
+
+
+@kernel()
+def _wide_finish_rows(rows, low, scale, high, limit):  # pragma: no cover - compiled
+    """``_wide_finish`` of the accumulator as rows (N, out) -> columns (out, N), a new array."""
+    out = np.empty((rows.shape[1], rows.shape[0]))
+    for j in range(rows.shape[0]):
+        for o in range(rows.shape[1]):
+            out[o, j] = min(max(np.floor((rows[j, o] + low[o]) * scale[o]) + high[o], -limit), limit)
+    return out
 
 
 def rescale(
