@@ -2,8 +2,6 @@
 and int8 digit products (``mutualfc.nn.intgemm``), for the layer shapes the shipped codecs use, with the digit
 counts real activations take. Checks that both give the same values (exactly) and prints the speed of each, so
 that on another CPU (AVX2, ARM) one can see whether the digit path still pays where ``intgemm.usable`` takes it.
-Then the wide (23-bit) synthesis and prediction products in both operand orders (``exact.wide_linear`` as columns,
-``w @ x``, and as rows, ``x.T @ w.T``), to show where ``exact.FEW_COLUMNS`` should lie on this CPU.
 Writes results/intgemm.json and results/intgemm.md.
 
     python benchmarks/intgemm.py --threads 1
@@ -35,39 +33,12 @@ SHAPES = [
     ("channel context 3x3 (float64 path)", 64, 64, 3, 200, 30_000),
     ("trunk input 1x1 (float64 path)", 768, 128, 1, 300, 30_000),
 ]
-# (name, out, in): the wide layers of the shipped codecs (YOLOv5n's mutual model)
-WIDE = [("base synthesis", 768, 768), ("MFCNet prediction", 1024, 768), ("residual correction", 1024, 512)]
-WIDE_COLUMNS = (2, 8, 24, 48, 96, 128, 192)
 
 
 def _float64(conv: torch.nn.Conv2d, x: torch.Tensor, src: torch.Tensor | None, taps: int) -> torch.Tensor:
     """The float64 path: the patch matrix times the layer's scaled integer weights."""
     w, b = exact.scaled_params(conv)
     return F.linear(x.T if src is None else patch_rows(x, src, taps), w, b)
-
-
-def _wide_orders(repeat: int) -> list[dict]:
-    """``exact.wide_linear`` as columns and as rows at the wide layers' shapes: identical values, and the time of
-    each (activations of 20 bits, as the decoded base takes them)."""
-    rows = []
-    for name, c_out, c_in in WIDE:
-        weights = exact.wide_weights(torch.randn(c_out, c_in) / c_in**0.5, torch.randn(c_out), 14)
-        for n in WIDE_COLUMNS:
-            x = torch.randint(-(2**20), 2**20, (c_in, n)).double()
-            ms, out = {}, {}
-            for order, few in (("columns", 0), ("rows", 1 << 30)):
-                before, exact.FEW_COLUMNS = exact.FEW_COLUMNS, few
-                try:
-                    out[order] = exact.wide_linear(weights, x)
-                    ms[order] = _time(functools.partial(exact.wide_linear, weights, x), repeat)
-                finally:
-                    exact.FEW_COLUMNS = before
-            rows.append({"layer": name, "out": c_out, "in": c_in, "columns": n, "columns_ms": round(ms["columns"], 3),
-                         "rows_ms": round(ms["rows"], 3), "speedup": round(ms["columns"] / ms["rows"], 2),
-                         "identical": bool(torch.equal(out["columns"], out["rows"])),
-                         "rows_taken": n <= exact.FEW_COLUMNS})  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
 
 
 def _time(fn, repeat: int) -> float:
@@ -109,15 +80,10 @@ def main() -> int:
         if not same:
             print(f"error: {name}: the two paths differ", flush=True)
             return 1
-    wide = _wide_orders(args.repeat)
-    if not all(r["identical"] for r in wide):
-        print("error: the wide products' two orders differ", flush=True)
-        return 1
     setup = {"threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
              "processor": cpu_model()}  # fmt: skip
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"setup": setup, "rows": rows, "wide_orders": wide}
-    (args.out_dir / "intgemm.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out_dir / "intgemm.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=1) + "\n")
     lines = [
         f"# Exact products: float64 vs int8 digit products ({args.threads} thread(s), fastest of {args.repeat})",
         "",
@@ -131,21 +97,6 @@ def main() -> int:
         f"| {r['layer']} | {r['in']} | {r['out']} | {r['kernel']} | {r['cells']} | {r['peak']} | {r['float64_ms']} "
         f"| {r['digits_ms']} | {r['speedup']}x | {'yes' if r['digit_path_taken'] else 'no'} |"
         for r in rows
-    ]
-    lines += [
-        "",
-        f"## The wide (23-bit) products in both operand orders (``exact.FEW_COLUMNS`` = {exact.FEW_COLUMNS})",
-        "",
-        "`exact.wide_linear` as columns (`w @ x`) and as rows (`x.T @ w.T`, `x.T` made contiguous); identical values "
-        "in every row; `rows taken`: the order the codec uses for this many columns.",
-        "",
-        "| layer | out | in | columns | as columns ms | as rows ms | speed-up | rows taken |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['layer']} | {r['out']} | {r['in']} | {r['columns']} | {r['columns_ms']} | {r['rows_ms']} | "
-        f"{r['speedup']}x | {'yes' if r['rows_taken'] else 'no'} |"
-        for r in wide
     ]
     (args.out_dir / "intgemm.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out_dir / 'intgemm.md'}")

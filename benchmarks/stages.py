@@ -123,8 +123,10 @@ def main() -> int:
             print(json.dumps(row), flush=True)
     out = Path(args.out_dir)
     atomic_write_text(out / "profile.json", json.dumps({"threads": args.threads, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Profile of the learned codecs ({args.images} images, {args.threads} threads, cProfile)", "",
-             f"`python benchmarks/stages.py --images {args.images} --points {args.points} --threads {args.threads}`"
+    lines = [f"# Profile of the learned codecs: {task.name} ({args.images} images, {args.threads} threads, cProfile)",
+             "",
+             f"`python benchmarks/stages.py --images {args.images} --points {args.points} --threads {args.threads}"
+             f"{'' if args.task == 'yolov5n-coco' else ' --task ' + args.task}`"
              "; ms per image, cumulative per stage (an indented row is part of the unindented row above it; "
              "stages nested in one another count in each; cProfile adds its own overhead to every call, so the "
              "sum is above benchmarks/speed.py's figures).", ""]  # fmt: skip

@@ -323,8 +323,7 @@ FEW_COLUMNS = 96  # up to this many columns, ``wide_linear``'s product runs as r
 
 def few_columns(x: torch.Tensor) -> bool:
     """Whether columns ``x`` (in, N) are few enough that ``x.T @ w.T`` (rows, ``x.T`` made contiguous) beats
-    ``w @ x`` for the wide layers' weights: the CPU's BLAS runs a narrow product faster that way
-    (benchmarks/intgemm.py measures both orders)."""
+    ``w @ x`` for the wide layers' weights inside the codec (``benchmarks/wide_orders.py`` times both there)."""
     return x.shape[1] <= FEW_COLUMNS
 
 
