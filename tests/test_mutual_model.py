@@ -570,7 +570,7 @@ def test_wide_linear_gives_the_same_bits_as_rows_and_as_columns(monkeypatch):
         assert out[0].shape == (40, n) and out[0].is_contiguous() and out[10**6].is_contiguous()
         assert out[0].numpy().tobytes() == out[10**6].numpy().tobytes()
         acc = weights.whole.numpy().astype(object) @ x.numpy().astype(object)  # Python integers: exact
-        ref = [[(int(a) + int(b) + (1 << (int(e) - 1) if e > 0 else 0)) >> int(e) for a in row]
+        ref = [[(int(a) + int(b) + ((1 << (int(e) - 1)) if e > 0 else 0)) >> int(e) for a in row]
                for row, b, e in zip(acc, weights.bias, weights.shift, strict=True)]  # fmt: skip
         ref = torch.tensor(ref, dtype=torch.float64).clamp(-exact.ACT_LIMIT, exact.ACT_LIMIT)
         assert torch.equal(out[0], ref)
