@@ -337,7 +337,7 @@ def wide_linear(weights: WideWeights, x: torch.Tensor) -> torch.Tensor:
     lo_x, hi_x = torch.aminmax(x)
     peak = int(max(-float(lo_x), float(hi_x)))  # an integer: the product below is Python's, exact
     if peak * weights.row_bound < weights.fast_bound:
-        if x.device.type == "cpu" and not (x.requires_grad or weights.whole.requires_grad):
+        if x.device.type == "cpu" and not x.requires_grad:  # the weights never need a gradient (``wide_weights``)
             w = weights  # the steps after the product in one compiled pass: the same operations
             tables = (*(t.view(-1).numpy() for t in (w.bias_low, w.inv_scale, w.bias_high)), ACT_LIMIT)
             if few_columns(x):  # as rows: the same sums (exact in any order), faster for few columns
