@@ -34,6 +34,11 @@ def cmd_train_run(args) -> int:
         model["base"] = [x.strip() for x in args.base.split(",")]
     if args.residual is not None:
         model["residual"] = args.residual
+    if args.groups:
+        model["groups"] = _groups(args.groups)
+    for name in ("hyper", "width"):
+        if getattr(args, name) is not None:
+            model[name] = getattr(args, name)
     cfg = TrainConfig(cache=args.cache, task=args.task, weights=args.weights or "", model=model, steps=args.steps,
                       batch=args.batch, crop=args.crop,
                       lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
@@ -77,6 +82,16 @@ def cmd_train_schedule(args) -> int:
     return 0
 
 
+def _groups(text: str) -> list[int]:
+    try:
+        groups = [int(x) for x in text.split(",")]
+    except ValueError:
+        groups = []
+    if not groups or min(groups) <= 0:
+        raise MutualFCError(f"--groups {text!r}: comma-separated positive integers, e.g. 1,1,2,4,16")
+    return groups
+
+
 def _skip_threshold(text: str) -> float | str:
     """``--skip-below``: a number in [0, 1) or 'schedule'."""
     if text == "schedule":
@@ -111,6 +126,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--arch", default="mutual", choices=["mutual", "separate"], help="network (default: mutual)")
     q.add_argument("--base", help="mutual: comma-separated base levels coded by BFCNet (default: p4,p5)")
     q.add_argument("--residual", type=int, help="mutual: residual latent channels, 0 = no residual (default: 128)")
+    q.add_argument(
+        "--groups",
+        metavar="SIZES",
+        help="mutual: relative sizes of the latent's channel groups, coded one after the other, each in the "
+        "context of the ones before; fewer groups decode in fewer sequential steps (default: 1,1,2,4,16)",
+    )
+    q.add_argument("--hyper", type=int, help="mutual: hyper-latent channels (default: 128)")
+    q.add_argument(
+        "--width",
+        type=int,
+        help="mutual: channels of the trunk that gives the residual stream its context (default: 128)",
+    )
     q.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from the matching weights of a trained checkpoint (zoo file or a run's last.pt), "
                    "e.g. to fine-tune; parts that do not match start as usual (default: none)")  # fmt: skip
