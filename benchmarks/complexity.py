@@ -16,9 +16,11 @@ from mutualfc.eval.complexity import PARTS, measure
 from mutualfc.images import image_files, load_image
 from mutualfc.io import atomic_write_text
 from mutualfc.tasks import create_task
+from mutualfc.zoo import ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
-POINTS = [("none", None), ("mutual", 0), ("mutual", 4), ("mutual", 7.75), ("separate", 4), ("hevc-feature", 22),
+POINTS = [("none", None), ("mutual", 0), ("mutual", 4), ("mutual", 7.75), ("mutual-fast", 0), ("mutual-fast", 4),
+          ("mutual-fast", 7.75), ("separate", 4), ("hevc-feature", 22),
           ("vvc-feature", 22), ("hevc-image", 37), ("vvc-image", 37), ("jpeg", 50), ("webp", 50)]  # fmt: skip
 
 
@@ -38,6 +40,8 @@ def main() -> int:
             opts = {"vvc_encoder": args.vvc_encoder} if codec_name.startswith("vvc") else {}
             if codec_name.startswith("vvc") and not Path(args.vvc_encoder).is_file():
                 continue
+            if codec_name.startswith(("mutual", "separate")) and (codec_name, name) not in ZOO:
+                continue  # no zoo model of this codec for this task
             codec = None if codec_name == "none" else create_codec(codec_name, task, **opts)
             c = measure(task, codec, q, images).to_dict()
             rows.append({"task": name, "codec": codec_name, "param": q, "kmac_per_pixel": c})

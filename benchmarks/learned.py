@@ -29,6 +29,7 @@ REFERENCES = (
     "vvc-feature",
     "vvc-image",
     "separate",
+    "mutual",  # the zoo model: its variants (mutual-fast) against it
     "mutual (previous schedule)",  # the same model before its schedule capped the model quality (YOLOX-Nano)
     "mutual (previous zoo)",  # the zoo model before the 2,006-image retraining and the residual from quality 6
     "mutual (predicted P3)",  # the zoo model before stop 22: uncorrected kept cells took MFCNet's prediction

@@ -66,7 +66,7 @@ def main() -> int:
         name, _, p = spec.partition("=")
         param = float(p) if p else POINTS.get(name, 0)
         codec = create_codec(
-            name, task, **({"checkpoint": args.checkpoint} if args.checkpoint and name == "mutual" else {})
+            name, task, **({"checkpoint": args.checkpoint} if args.checkpoint and name.startswith("mutual") else {})
         )
         codec.decode(codec.encode(codec.prepare(images[0]), param))  # warm-up (caches, thread pools), not counted
         runs.append((task, name, param, codec, [[float("inf")] * 4 for _ in images]))

@@ -12,7 +12,7 @@ from mutualfc import bitstream
 from mutualfc.codecs import create_codec
 from mutualfc.errors import BitstreamError, MutualFCError
 from mutualfc.models import MutualConfig, build_network
-from mutualfc.zoo import export_state
+from mutualfc.zoo import export_state, load_model
 from tests.conftest import need_shared_weights
 from tests.test_mutual_model import SMALL, init_closed_form, random_levels
 
@@ -396,3 +396,22 @@ def test_a_schedule_may_stop_the_model_quality_below_its_top(task, features, tmp
     with pytest.raises(MutualFCError, match="unknown settings"):
         store_schedule(path, tmp_path / "x.pt", {"fidelity_form": 2})
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_fast_variant_is_its_own_codec(task, features):
+    """``mutual-fast`` runs the mutual network with its own zoo model (the lighter entropy model) under its own codec
+    id: it decodes its streams to its encoder's reconstruction, and neither it nor ``mutual`` decodes the other's."""
+    fast, full = create_codec("mutual-fast", task), create_codec("mutual", task)
+    cfg = fast.net.cfg
+    assert (cfg.arch, len(cfg.groups), cfg.hyper, cfg.width) == ("mutual", 3, 64, 64)
+    assert fast.model_tag != full.model_tag and fast.codec_id != full.codec_id
+    data, rec = fast.encode(features, 4), fast.reconstruct(features, 4)[1]
+    assert bitstream.unpack(data)[0].codec_id == fast.codec_id
+    got = fast.decode(data)
+    assert all(torch.equal(got.levels[k], rec.levels[k]) for k in rec.levels)
+    with pytest.raises(BitstreamError, match="codec id"):
+        full.decode(data)
+    with pytest.raises(BitstreamError, match="codec id"):
+        fast.decode(full.encode(features, 4))
+    with pytest.raises(MutualFCError, match="no trained 'mutual-fast' codec for task 'yolox-nano-coco'"):
+        load_model("mutual-fast", "yolox-nano-coco")

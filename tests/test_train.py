@@ -161,14 +161,16 @@ def test_cli_train_schedule_restamps_a_checkpoint_and_refuses_bad_input(tmp_path
 
 
 def test_cli_train_sizes_the_entropy_model(cache, tmp_path, capsys):
-    """``--groups``, ``--hyper`` and ``--width`` reach the model the run trains (its config and its layers);
-    malformed groups are refused with a one-line error."""
+    """``--groups``, ``--hyper``, ``--width`` and ``--uncorrected-cells`` reach the model the run trains (its config
+    and its layers); malformed groups are refused with a one-line error."""
     run = tmp_path / "r"
     rc = cli(["-q", "train", "run", "--cache", str(cache), "--run-dir", str(run), "--steps", "1", "--batch", "2",
-              "--crop", "4", "--groups", "1,3", "--hyper", "16", "--width", "24", "--residual", "8"])  # fmt: skip
+              "--crop", "4", "--groups", "1,3", "--hyper", "16", "--width", "24", "--residual", "8",
+              "--uncorrected-cells", "mean"])  # fmt: skip
     assert rc == 0
     model = __import__("json").loads((run / "config.json").read_text())["model"]
     assert (model["groups"], model["hyper"], model["width"], model["residual"]) == ([1, 3], 16, 24, 8)
+    assert model["predict_uncorrected"] is False
     weights = torch.load(run / "last.pt", weights_only=False)["model"]
     assert weights["bfc.latent_codec.hyper.h_a.0.weight"].shape[0] == 16
     assert weights["bfc.g_s.0.weight"].shape[0] == 24

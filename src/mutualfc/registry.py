@@ -15,6 +15,7 @@ CODEC_IDS: dict[str, int] = {
     "vvc-feature": 6,
     "mutual": 16,
     "separate": 17,
+    "mutual-fast": 18,
 }
 
 TASK_IDS: dict[str, int] = {"yolov5n-coco": 1, "yolox-nano-coco": 2, "fasterrcnn-r50-fpn-coco": 3}

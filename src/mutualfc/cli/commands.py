@@ -136,7 +136,7 @@ def cmd_pseudo_labels(args) -> int:
 
 def cmd_codecs(args) -> int:
     """Every codec with its kind, parameter range and what it is."""
-    from mutualfc.codecs import CODECS, codec_options_of
+    from mutualfc.codecs import CODECS, LearnedFeatureCodec, codec_options_of
 
     for name, cls in CODECS.items():
         doc = " ".join((cls.__doc__ or "").split())
@@ -146,7 +146,7 @@ def cmd_codecs(args) -> int:
                    "param_min": lo, "param_max": hi, "integer_param": cls.integer_param,
                    "default_params": list(cls.default_params), "options": codec_options_of(name),
                    "description": doc}  # fmt: skip
-            if name in ("mutual", "separate"):
+            if issubclass(cls, LearnedFeatureCodec):
                 row["param_max"] = None  # the model's: its top quality + 1 (param_help)
             print(json.dumps(row))
         else:

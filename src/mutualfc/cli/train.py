@@ -39,6 +39,8 @@ def cmd_train_run(args) -> int:
     for name in ("hyper", "width"):
         if getattr(args, name) is not None:
             model[name] = getattr(args, name)
+    if args.uncorrected_cells:
+        model["predict_uncorrected"] = args.uncorrected_cells == "prediction"
     cfg = TrainConfig(cache=args.cache, task=args.task, weights=args.weights or "", model=model, steps=args.steps,
                       batch=args.batch, crop=args.crop,
                       lr=args.lr, lambda_min=args.lambda_min, lambda_max=args.lambda_max, task_weight=args.task_weight,
@@ -133,6 +135,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "context of the ones before; fewer groups decode in fewer sequential steps (default: 1,1,2,4,16)",
     )
     q.add_argument("--hyper", type=int, help="mutual: hyper-latent channels (default: 128)")
+    q.add_argument(
+        "--uncorrected-cells",
+        choices=["prediction", "mean"],
+        help="mutual: what kept cells without a residual decode the finest level to: MFCNet's prediction or, as the "
+        "zoo models do, the mean features (default: prediction)",
+    )
     q.add_argument(
         "--width",
         type=int,

@@ -14,14 +14,14 @@ from mutualfc.codecs.anchors import (
     WebPCodec,
 )
 from mutualfc.codecs.base import Codec, FeatureCodec, ImageCodec
-from mutualfc.codecs.learned import LearnedFeatureCodec, MutualCodec, SeparateCodec
+from mutualfc.codecs.learned import LearnedFeatureCodec, MutualCodec, MutualFastCodec, SeparateCodec
 from mutualfc.errors import MutualFCError
 from mutualfc.registry import CODEC_IDS
 
 CODECS: dict[str, type[Codec]] = {
     c.name: c
     for c in (JPEGCodec, WebPCodec, HEVCImageCodec, VVCImageCodec, HEVCFeatureCodec, VVCFeatureCodec, MutualCodec,
-              SeparateCodec)
+              SeparateCodec, MutualFastCodec)
 }  # fmt: skip
 if {n: c.codec_id for n, c in CODECS.items()} != CODEC_IDS:
     raise ImportError("mutualfc.registry.CODEC_IDS and the codec classes disagree")
