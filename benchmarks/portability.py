@@ -1,12 +1,12 @@
 """Portability matrix: streams encoded on one kernel set decode to the same bytes on every other.
 
-For every image and every learned operating point (mutual 0..8 and the fidelity tiers 7.25, 7.5, 7.75; separate
-0..7), the streams are encoded once with PyTorch's native kernels and once with its generic ones
-(``ATEN_CPU_CAPABILITY=default``: what another CPU model, an ARM server or an older x86 computes); each set is then
-decoded in separate processes under native kernels with 1 and 2 threads and generic kernels with 1 and 2 threads,
-and the SHA-256 of every decoded feature set (the normative output, ``mutualfc.testing.conformance.digest``) is
-compared across the decoders. Resumable: streams and digests already on disk are kept. Writes
-results/portability.json and results/portability.md.
+For every image and every learned operating point of the task's zoo codecs (mutual and mutual-fast 0..8 and the
+fidelity tiers 7.25, 7.5, 7.75; separate 0..7), the streams are encoded once with PyTorch's native kernels and once
+with its generic ones (``ATEN_CPU_CAPABILITY=default``: what another CPU model, an ARM server or an older x86
+computes); each set is then decoded in separate processes under native kernels with 1 and 2 threads and generic
+kernels with 1 and 2 threads, and the SHA-256 of every decoded feature set (the normative output,
+``mutualfc.testing.conformance.digest``) is compared across the decoders. Resumable: streams and digests already on
+disk are kept. Writes results/portability.json and results/portability.md.
 
     python benchmarks/portability.py --data ../shared/data/coco-val212 --work /tmp/portability
 """
@@ -23,7 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-POINTS = [("mutual", q) for q in (*range(8), 7.25, 7.5, 7.75, 8)] + [("separate", q) for q in range(8)]
+_MUTUAL = (*range(8), 7.25, 7.5, 7.75, 8)
+POINTS = [(c, q) for c in ("mutual", "mutual-fast") for q in _MUTUAL] + [("separate", q) for q in range(8)]
+
+
+def task_points(task: str) -> list[tuple[str, float]]:
+    """The points of the codecs the zoo has a model of for ``task``."""
+    from mutualfc.zoo import ZOO
+
+    return [(c, q) for c, q in POINTS if (c, task) in ZOO]
+
+
 ENCODERS = {"native": {}, "default": {"ATEN_CPU_CAPABILITY": "default"}}
 DECODERS = {
     "native-2t": {"OMP_NUM_THREADS": "2"},
@@ -102,7 +112,7 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> None:
         subprocess.run([sys.executable, __file__, *args], env=full, stderr=f, stdout=f, check=True)
 
 
-def compare(work: Path) -> dict:
+def compare(work: Path, points: list[tuple[str, float]]) -> dict:
     """-> per encoder and point: files, files whose digests differ between decoders."""
     rows = []
     for enc in ENCODERS:
@@ -111,14 +121,14 @@ def compare(work: Path) -> dict:
             path = work / f"{enc}-by-{dec}.jsonl"
             digests[dec] = {d["file"]: d["sha256"] for d in map(json.loads, path.read_text().splitlines())}
         files = sorted(set().union(*digests.values()))
-        for codec, q in POINTS:
+        for codec, q in points:
             prefix = f"{codec}-q{q:g}/"
             mine = [f for f in files if f.startswith(prefix)]
             differ = [f for f in mine if len({digests[d].get(f) for d in DECODERS}) != 1]
             rows.append({"encoder": enc, "codec": codec, "quality": q, "files": len(mine), "differ": len(differ),
                          "examples": differ[:3]})  # fmt: skip
     cross = []  # the same image and point encoded on both kernel sets: do the streams themselves agree?
-    for codec, q in POINTS:
+    for codec, q in points:
         d = work / "streams-native" / f"{codec}-q{q:g}"
         same = sum((work / "streams-default" / d.name / p.name).read_bytes() == p.read_bytes()
                    for p in d.glob("*.mfc"))  # fmt: skip
@@ -169,7 +179,7 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
     if args.role == "encode-worker":
-        encode_worker(args.data, args.images, args.out, POINTS, args.task)
+        encode_worker(args.data, args.images, args.out, task_points(args.task), args.task)
         return 0
     if args.role == "decode-worker":
         decode_worker(args.streams, args.out, args.task)
@@ -188,7 +198,7 @@ def main() -> int:
         list(pool.map(lambda ed: _run([a.format(*ed, work=work) for a in decode], DECODERS[ed[1]], log), jobs))
     import torch
 
-    result = compare(work)
+    result = compare(work, task_points(args.task))
     meta = {"data": args.data, "images": args.images, "torch": torch.__version__, "minutes": (time.time() - t0) / 60,
             "command": "python benchmarks/portability.py" + (f" --images {args.images}" if args.images != 212 else "")
             + (f" --task {args.task}" if args.task != "yolov5n-coco" else ""), "task": args.task,
