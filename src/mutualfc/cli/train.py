@@ -131,10 +131,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--groups",
         metavar="SIZES",
-        help="mutual: relative sizes of the latent's channel groups, coded one after the other, each in the "
+        help="relative sizes of the latent's channel groups (each BFCNet's), coded one after the other, each in the "
         "context of the ones before; fewer groups decode in fewer sequential steps (default: 1,1,2,4,16)",
     )
-    q.add_argument("--hyper", type=int, help="mutual: hyper-latent channels (default: 128)")
+    q.add_argument("--hyper", type=int, help="hyper-latent channels (default: 128)")
     q.add_argument(
         "--uncorrected-cells",
         choices=["prediction", "mean"],
