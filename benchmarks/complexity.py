@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mutualfc.codecs import create_codec
+from mutualfc.codecs import LearnedFeatureCodec, codec_class, create_codec
 from mutualfc.eval.complexity import PARTS, measure
 from mutualfc.images import image_files, load_image
 from mutualfc.io import atomic_write_text
@@ -40,7 +40,8 @@ def main() -> int:
             opts = {"vvc_encoder": args.vvc_encoder} if codec_name.startswith("vvc") else {}
             if codec_name.startswith("vvc") and not Path(args.vvc_encoder).is_file():
                 continue
-            if codec_name.startswith(("mutual", "separate")) and (codec_name, name) not in ZOO:
+            learned = codec_name != "none" and issubclass(codec_class(codec_name), LearnedFeatureCodec)
+            if learned and (codec_name, name) not in ZOO:
                 continue  # no zoo model of this codec for this task
             codec = None if codec_name == "none" else create_codec(codec_name, task, **opts)
             c = measure(task, codec, q, images).to_dict()
