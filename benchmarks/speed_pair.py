@@ -5,12 +5,14 @@ On a shared machine single runs move by ±20% with the neighbours' load; two pro
 same load, so their ratio measures the code. Each side encodes and decodes the same images at one quality on one
 thread, ``--passes`` times, and reports the fastest pass in CPU time per image. Needs two cores that nothing else
 of yours uses (a third busy process shares one side's core only). Prints one JSON line per pair and the median
-ratio; writes nothing. ``--pipeline`` times each image's encode and decode between the detector's front and back
-halves, as a split pipeline (and ``benchmarks/speed.py``) runs them: the codec then meets the caches the detector
-leaves, and runs slower than back to back.
+ratio; writes nothing. The two sides may also run two models (``--checkpoint``, ``--baseline-checkpoint``: files
+from ``mutualfc train export``), e.g. a retrained model against the zoo's. ``--pipeline`` times each image's encode
+and decode between the detector's front and back halves, as a split pipeline (and ``benchmarks/speed.py``) runs
+them: the codec then meets the caches the detector leaves, and runs slower than back to back.
 
     git worktree add /tmp/base 4482ff3
     python benchmarks/speed_pair.py --baseline-src /tmp/base/src --pairs 4
+    python benchmarks/speed_pair.py --baseline-src src --codec mutual-fast --checkpoint new.pt --quality 7.75
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def worker(args: argparse.Namespace) -> None:
     from mutualfc.tasks import create_task
 
     torch.set_num_threads(1)
-    codec = create_codec("mutual", create_task("yolov5n-coco"))
+    codec = create_codec(args.codec, create_task("yolov5n-coco"), checkpoint=args.checkpoint)
     ds = CocoDataset(Path(args.data) / "images").subset(args.images)
     images = [load_image(r.path) for r in ds.records]
     xs = [codec.prepare(im) for im in images]
@@ -71,10 +73,12 @@ def worker(args: argparse.Namespace) -> None:
                       "decode_ms": round(dec, 2), "codec_ms": round(enc + dec, 2)}))  # fmt: skip
 
 
-def _side(src: Path, cpu: int | None, args: argparse.Namespace) -> subprocess.Popen:
+def _side(src: Path, cpu: int | None, args: argparse.Namespace, checkpoint: str | None) -> subprocess.Popen:
     env = os.environ | {"PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--worker", "--data", args.data, "--images", str(args.images), "--quality",
-           str(args.quality), "--passes", str(args.passes), *(["--pipeline"] if args.pipeline else [])]  # fmt: skip
+           str(args.quality), "--passes", str(args.passes), "--codec", args.codec,
+           *(["--checkpoint", str(Path(checkpoint).resolve())] if checkpoint else []),
+           *(["--pipeline"] if args.pipeline else [])]  # fmt: skip
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None and hasattr(os, "sched_setaffinity") else None
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=pin)  # noqa: PLW1509
 
@@ -84,7 +88,10 @@ def main() -> int:
     ap.add_argument("--baseline-src", type=Path, help="the baseline's src/ folder (e.g. a git worktree of a commit)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder with images/")
     ap.add_argument("--images", type=int, default=10, help="images per pass (default: %(default)s)")
-    ap.add_argument("--quality", type=float, default=4.0, help="mutual codec quality (default: %(default)s)")
+    ap.add_argument("--quality", type=float, default=4.0, help="the codec's quality (default: %(default)s)")
+    ap.add_argument("--codec", default="mutual", help="learned codec both sides run (default: %(default)s)")
+    ap.add_argument("--checkpoint", help="this side's model file instead of the codec's zoo model (train export)")
+    ap.add_argument("--baseline-checkpoint", help="the baseline side's model file (default: the zoo model)")
     ap.add_argument("--passes", type=int, default=7, help="passes per side; the fastest counts (default: %(default)s)")
     ap.add_argument("--pairs", type=int, default=4, help="side-by-side runs, cores swapped each time (default: 4)")
     ap.add_argument(
@@ -104,7 +111,8 @@ def main() -> int:
     ratios = []
     for i in range(args.pairs):
         a, b = (cpus[i % 2], cpus[(i + 1) % 2]) if len(cpus) >= 2 else (None, None)
-        procs = [_side(args.baseline_src.resolve(), a, args), _side(ROOT / "src", b, args)]
+        procs = [_side(args.baseline_src.resolve(), a, args, args.baseline_checkpoint),
+                 _side(ROOT / "src", b, args, args.checkpoint)]  # fmt: skip
         base, this = (json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
         ratios.append(this["codec_ms"] / base["codec_ms"])
         print(json.dumps({"pair": i + 1, "baseline": base, "this": this, "ratio": round(ratios[-1], 3)}), flush=True)

@@ -92,6 +92,7 @@ def main() -> int:
     ap.add_argument("--points", default="mutual=4,mutual=7.75", help="codec=quality pairs (default: %(default)s)")
     ap.add_argument("--task", default="yolov5n-coco", help="task network (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    ap.add_argument("--checkpoint", help="learned codecs: this model file instead of the zoo's (train export)")
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,7 +101,7 @@ def main() -> int:
     rows = []
     for spec in args.points.split(","):
         name, _, q = spec.partition("=")
-        codec, q = create_codec(name, task), float(q)
+        codec, q = create_codec(name, task, checkpoint=args.checkpoint), float(q)
         xs = [codec.prepare(im) for im in images]
         codec.decode(codec.encode(xs[0], q))  # warm-up: integer weights, tables
         for side in ("encode", "decode"):
