@@ -19,9 +19,9 @@ from mutualfc.models.bfc import SYNTHESIS_BITS
 from mutualfc.models.gain import INV_GAIN_BITS, boost_factor
 from mutualfc.nn.context import context_at
 from mutualfc.nn.exact import ACT_BITS, to_fixed, wide_weights
-from mutualfc.nn.sparse import conv_at, stack_at, trunk_at
+from mutualfc.nn.sparse import affine, conv_at, stack_at, trunk_at
 from mutualfc.tasks import create_task
-from mutualfc.zoo import pack_state, unpack_state
+from mutualfc.zoo import load_model, pack_state, unpack_state
 
 # the levels of the task these tests borrow (a codec config names its task's levels; none are built in)
 LEVELS = {"levels": ("p3", "p4", "p5"), "channels": (64, 128, 256)}
@@ -271,6 +271,59 @@ def test_residual_stream_is_a_rate_distortion_decision():
     for coded, levels in ((strings[:-1], meta["prediction"]), (strings, meta["levels"])):
         dec = net.decompress(coded, meta["size"], 1)  # either choice decodes exactly
         assert all(torch.equal(dec[k], levels[k]) for k in dec)
+
+
+def _decision_inputs(res, q, k=300, seed=3):
+    """Prediction errors ``d`` and ``alt`` (C, K), their residual latents and Gaussians, as the encoder has them."""
+    n, r = res.lin_s.out_channels, res.lin_s.in_channels
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(n, k, generator=g) * 2
+    alt = d + torch.randn(n, k, generator=g)
+    y = affine(res.lin_a, d) * res.gain(q)[0].view(-1, 1)
+    return y, d, alt, torch.cat([torch.rand(r, k, generator=g) * 3 + 0.2, torch.randn(r, k, generator=g)])
+
+
+@pytest.mark.parametrize("zoo", [False, True])
+@torch.no_grad()
+def test_residual_decision_from_the_latents_equals_the_synthesis_path(zoo):
+    """The encoder's residual decision measures each cell's error from its latents (V'V, the analysis being the
+    synthesis' transpose) instead of through the synthesis: the same up to float32 rounding, bounded here from the
+    operands (the direct path's n-channel sums of squares and r-term products, the analysis' n-term sums)."""
+    if zoo:
+        res = load_model("mutual-fast", "yolov5n-coco").net.res
+    else:  # an analysis bias that is not -V'b (a PCA pair has it): the latents are offset, the error is not
+        res = _net().res
+        res.lin_a.bias.add_(torch.linspace(-2, 2, res.lin_a.out_channels))
+    q = 6.5
+    y, d, alt, params = inputs = _decision_inputs(res, q)
+    assert res._transposed_parts() is not None
+    short, bits = res.error_removed(*inputs, q, 0)
+    direct, bits_direct = res.error_removed(*inputs, q, 0, direct=True)
+    assert torch.equal(bits, bits_direct)
+    # float rounding bounds (|fl(x.y) - x.y| <= n u |x|.|y|): the direct path's float32 synthesis and n squares,
+    # the short path's float32 analysis (in its cross term) and n squares of d - b
+    n, r, u = res.lin_s.out_channels, res.lin_s.in_channels, 2.0**-24
+    b, v, gain = (
+        t.double() for t in (res.lin_s.bias.view(-1, 1), res.lin_s.weight.flatten(1), res.gain(q)[0].view(-1, 1))
+    )
+    means = params[r:].double()
+    c = ((torch.round(y.double() - means) + means).float() / gain.float()).double()  # the decoded latent, as coded
+    e = d.double() - b - v @ c
+    direct_err = (2 * e.abs() * (r * u * (v.abs() @ c.abs()) + u * e.abs())).sum(0) + n * u * e.pow(2).sum(0)
+    analysis = v.abs().T @ d.double().abs() + res.lin_a.bias.double().abs().view(-1, 1)
+    short_err = 2 * (c.abs() * ((n + 2) * u * analysis + u * (y.double() / gain).abs())).sum(0)
+    tol = direct_err + short_err + n * u * (d.double() - b).pow(2).sum(0)
+    assert ((short - direct).abs() <= tol).all()
+    assert (short != direct).any()  # two computations, not one path twice
+    thr = float(direct.median() / bits.median())  # a threshold that splits the cells
+    clear = (direct - thr * bits).abs() > tol
+    assert clear.sum() > y.shape[1] // 2
+    assert torch.equal(res.worth(*inputs, q, 0, thr)[clear], (direct >= thr * bits)[clear])
+    moved = _net().res  # an analysis that is no longer the transpose: the synthesis path, bit for bit
+    moved.lin_a.weight.mul_(1.01)
+    assert moved._transposed_parts() is None
+    inputs = _decision_inputs(moved, q)
+    assert torch.equal(moved.error_removed(*inputs, q, 0)[0], moved.error_removed(*inputs, q, 0, direct=True)[0])
 
 
 def test_config_errors():

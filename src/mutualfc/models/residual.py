@@ -12,6 +12,7 @@ from mutualfc.models.base import pack_bits, unpack_bits
 from mutualfc.models.config import MutualConfig
 from mutualfc.models.gain import INV_GAIN_BITS, GainUnit
 from mutualfc.nn import exact
+from mutualfc.nn.caching import cached
 from mutualfc.nn.closed_form import sample_rows, set_pca
 from mutualfc.nn.layers import conv
 from mutualfc.nn.packing import LevelPacker
@@ -93,18 +94,50 @@ class ResidualCoder(nn.Module):
         threshold: float,
     ) -> torch.Tensor:  # fmt: skip
         """The encoder's rate-distortion choice of the cells that carry the residual: (K,) bool, True where a cell's
-        residual (latent columns ``r`` with the Gaussians ``params``, for the prediction error ``d`` in the packed
-        codec space) removes at least ``threshold`` squared error per estimated bit, against ``alt``, the error the
-        cell has without it (before the synthesis offset every cell gets). Every cell's bits are separable (the
-        Gaussians come from the base alone), so one pass decides them all."""
+        residual removes at least ``threshold`` squared error per estimated bit (``error_removed``). Every cell's
+        bits are separable (the Gaussians come from the base alone), so one pass decides them all."""
+        removed, bits = self.error_removed(r, d, alt, params, quality, boost)
+        return removed >= threshold * bits
+
+    def error_removed(
+        self, r: torch.Tensor, d: torch.Tensor, alt: torch.Tensor, params: torch.Tensor, quality: float, boost: int,
+        direct: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """-> the squared error each cell's residual removes and its estimated bits, (K,) float64 each: the residual
+        is the latent columns ``r`` (the analysis of the prediction error ``d`` in the packed codec space, times the
+        gains) with the Gaussians ``params``, against ``alt``, the error the cell has without it (before the
+        synthesis offset every cell gets). ``direct``: through the synthesis even where ``_transposed_parts``
+        allows the shorter way (the same up to float rounding)."""
         bits = gaussian_bits(self.codec, r, params)
         means = split_params(self.codec, params)[1]
         means = means * 2.0**-exact.ACT_BITS if means.dtype == torch.float64 else means
-        r_hat = (torch.round(r.double() - means) + means).float()
-        correction = affine(self.lin_s, r_hat / self.gain(quality, boost)[0].view(-1, 1))
+        gain = self.gain(quality, boost)[0].view(-1, 1)
+        c = (torch.round(r.double() - means) + means).float() / gain  # the decoded latent, without the gains
         offset = self.lin_s.bias.view(-1, 1)  # the correction of a latent of 0
-        removed = (alt - offset).pow(2).sum(0) - (d - correction).pow(2).sum(0)
-        return removed.double() >= threshold * bits
+        before = (alt - offset).pow(2).sum(0).double()
+        transposed = None if direct else self._transposed_parts()
+        if transposed is None:
+            return before - (d - affine(self.lin_s, c)).pow(2).sum(0).double(), bits
+        gram, shift = transposed  # |d - b - V c|^2 = |d - b|^2 - 2 c.V'(d - b) + c.(V'V c); V'(d - b) = r / g - shift
+        c, proj = c.double(), (r / gain).double() - shift
+        after = (d - offset).pow(2).sum(0).double() - 2 * (c * proj).sum(0) + (c * (gram @ c)).sum(0)
+        return before - after, bits
+
+    def _transposed_parts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """When the analysis is the transpose of the synthesis V (the PCA pair the codecs start from; training with
+        frozen transforms keeps it): V'V (r x r) and the analysis bias plus V' b ((r, 1)), float64, with which
+        ``worth`` measures a cell's error from its latents (an r x r product per cell instead of the synthesis'
+        C x r and a C-channel difference); None otherwise. Either way the choice is the encoder's, not decoding."""
+
+        def build():
+            v = self.lin_s.weight.flatten(1)
+            if not torch.equal(self.lin_a.weight.flatten(1), v.T):
+                return None
+            v = v.double()
+            return v.T @ v, (self.lin_a.bias.double() + v.T @ self.lin_s.bias.double()).view(-1, 1)
+
+        tensors = (self.lin_a.weight, self.lin_a.bias, self.lin_s.weight, self.lin_s.bias)
+        return cached(self, "transposed_parts", tensors, build)
 
     def correction_cells(
         self, r_hat: torch.Tensor, quality: float, bits: int, boost: int = 0, cells: torch.Tensor | None = None,
