@@ -413,5 +413,9 @@ def test_the_fast_variant_is_its_own_codec(task, features):
         full.decode(data)
     with pytest.raises(BitstreamError, match="codec id"):
         fast.decode(full.encode(features, 4))
-    with pytest.raises(MutualFCError, match="no trained 'mutual-fast' codec for task 'yolox-nano-coco'"):
-        load_model("mutual-fast", "yolox-nano-coco")
+    with pytest.raises(MutualFCError, match="no trained 'mutual-fast' codec for task 'fasterrcnn-r50-fpn-coco'"):
+        load_model("mutual-fast", "fasterrcnn-r50-fpn-coco")
+    yolox_fast, yolox = load_model("mutual-fast", "yolox-nano-coco"), load_model("mutual", "yolox-nano-coco")
+    cfg = yolox_fast.net.cfg  # YOLOX-Nano's own fast model, under its own schedule
+    assert (len(cfg.groups), cfg.hyper, cfg.width) == (3, 64, 32) and yolox_fast.tag != yolox.tag
+    assert yolox_fast.meta["schedule"] == yolox.meta["schedule"]

@@ -87,6 +87,9 @@ CASES: tuple[tuple[str, str, float, dict, int, tuple[int, int] | None], ...] = (
             ("mutual", 7.75, {}, "-fidelity", 3, (224, 224)),
             ("mutual", 4, {"skip_below": 0}, "-nothing-skipped", 4, (97, 131)),
             ("separate", 3, {}, "", 0, (160, 224)),
+            ("mutual-fast", 2, {}, "", 1, (192, 256)),
+            ("mutual-fast", 4, {}, "-residual", 2, (256, 192)),
+            ("mutual-fast", 7.75, {}, "-fidelity", 4, (224, 224)),
         )
         if HAS_YOLOX_CODECS
     ),
