@@ -326,8 +326,8 @@ class MutualCodec(LearnedFeatureCodec):
 class MutualFastCodec(MutualCodec):
     """The mutual codec with a lighter entropy model, for encoders and decoders short of time: three channel groups
     instead of five (fewer sequential decoding steps), a hyper-latent of half the channels, and a residual stream of
-    half the components whose context trunk is half as wide. Its own zoo model and codec id; it spends more bits than
-    ``mutual`` for the same accuracy (README: the trade-off measured)."""
+    half the components with a narrower context trunk. Its own zoo models and codec id; its top accuracy is below
+    ``mutual``'s (README: the trade-off measured for each network)."""
 
     name = "mutual-fast"
     codec_id = CODEC_IDS["mutual-fast"]
