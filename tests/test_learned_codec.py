@@ -403,7 +403,7 @@ def test_the_fast_variant_is_its_own_codec(task, features):
     id: it decodes its streams to its encoder's reconstruction, and neither it nor ``mutual`` decodes the other's."""
     fast, full = create_codec("mutual-fast", task), create_codec("mutual", task)
     cfg = fast.net.cfg
-    assert (cfg.arch, len(cfg.groups), cfg.hyper, cfg.width) == ("mutual", 3, 64, 64)
+    assert (cfg.arch, len(cfg.groups), cfg.hyper, cfg.width) == ("mutual", 3, 64, 32)
     assert fast.model_tag != full.model_tag and fast.codec_id != full.codec_id
     data, rec = fast.encode(features, 4), fast.reconstruct(features, 4)[1]
     assert bitstream.unpack(data)[0].codec_id == fast.codec_id
