@@ -5,16 +5,21 @@ thread, so that what is coded does not depend on the thread count). Every step i
 ``--repeat`` passes over all the images, and per image and step the fastest pass counts (the ``timeit`` convention:
 the other runs measure the machine's other load, not the code). Passes rather than back-to-back repeats, because a
 shared machine's load comes in bursts of seconds that back-to-back repeats all fall into; each pass times every
-codec in turn, so that a slow stretch of tens of seconds does not fall on one codec only. Prints a table and writes
-results/speed.json and results/speed.md.
+codec in turn, so that a slow stretch of tens of seconds does not fall on one codec only. Where ``hevc-image`` is
+among the codecs, every row also gets its codec time as a ratio to the anchor's in the same task and run (the unit
+issue 27's targets are stated in). ``--runs N`` repeats the whole measurement N times and reports per row the median
+of the runs and the range of the ratio, since a shared machine's single runs move by several percent. Prints a table
+and writes results/speed.json, results/speed.md and results/speed-runs.jsonl (every run's rows).
 
     python benchmarks/speed.py --data ../shared/data/coco-val212 --images 20
+    python benchmarks/speed.py --images 10 --codecs mutual-fast=4,mutual-fast=7.75,hevc-image --repeat 6 --runs 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from mutualfc.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = {"mutual": 4, "separate": 4, "hevc-feature": 22, "hevc-image": 37}
+ANCHOR = "hevc-image"  # the codec every row's time is also stated against
 
 
 def _ms(f, *a):
@@ -36,6 +42,57 @@ def _ms(f, *a):
     t = time.perf_counter()
     out = f(*a)
     return out, 1000 * (time.perf_counter() - t)
+
+
+def measure(runs: list, images: list, repeat: int) -> list[dict]:
+    """One whole measurement: ``repeat`` passes, each timing every codec on every image in turn; per image and step
+    the fastest pass counts. -> one row per codec."""
+    best = [[[float("inf")] * 4 for _ in images] for _ in runs]  # per run, image: front, encode, decode, back
+    sizes = {}  # run index -> (bytes, pixels) of the first pass
+    for r in range(repeat):  # each pass times every codec: all of them see the same stretches of load
+        for j, (_, _, param, codec) in enumerate(runs):
+            nbytes = pixels = 0
+            for i, im in enumerate(images):
+                x, t_front = _ms(codec.prepare, im)  # the front half; nothing for an image codec
+                data, t_enc = _ms(codec.encode, x, param)
+                y, t_dec = _ms(codec.decode, data)
+                _, t_back = _ms(codec.detections, y)
+                best[j][i] = [min(a, b) for a, b in zip(best[j][i], (t_front, t_enc, t_dec, t_back), strict=True)]
+                nbytes, pixels = nbytes + len(data), pixels + im.shape[0] * im.shape[1]
+            sizes.setdefault(j, (nbytes, pixels))
+        print(f"pass {r + 1}/{repeat} done", flush=True)
+    rows = []
+    for j, (task, name, param, _) in enumerate(runs):
+        front, enc, dec, back = (sum(b[k] for b in best[j]) for k in range(4))
+        n, (nbytes, pixels) = len(images), sizes[j]
+        rows.append({"task": task.name, "codec": name, "param": param, "images": n,
+                     "bpp": round(8 * nbytes / pixels, 4), "encode_ms": round(enc / n, 1),
+                     "decode_ms": round(dec / n, 1), "codec_ms": round((enc + dec) / n, 1),
+                     "front_ms": round(front / n, 1), "back_ms": round(back / n, 1),
+                     "end_to_end_ms": round((enc + dec + front + back) / n, 1)})  # fmt: skip
+    return rows
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Each row with ``ratio``: its codec time over the anchor's of the same task in the same run (None without it)."""
+    anchor = {r["task"]: r["codec_ms"] for r in rows if r["codec"] == ANCHOR}
+    return [dict(r, ratio=round(r["codec_ms"] / anchor[r["task"]], 3) if r["task"] in anchor else None) for r in rows]
+
+
+def summarise(every: list[dict]) -> list[dict]:
+    """Per task, codec and point: the median over the runs of every time and ratio, and the ratio's range."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in every:
+        groups.setdefault((r["task"], r["codec"], r["param"]), []).append(r)
+    rows = []
+    for rs in groups.values():
+        row = {k: v for k, v in rs[0].items() if k != "run"}
+        row.update({k: round(statistics.median(r[k] for r in rs), 1) for k in row if k.endswith("_ms")})
+        ratios = [r["ratio"] for r in rs if r["ratio"] is not None]
+        if ratios:
+            row.update(ratio=round(statistics.median(ratios), 3), ratio_range=[min(ratios), max(ratios)])
+        rows.append(row | {"runs": len(rs)})
+    return rows
 
 
 def main() -> int:
@@ -56,12 +113,20 @@ def main() -> int:
         help="comma-separated task networks, side by side in one run (default: %(default)s)",
     )
     ap.add_argument("--checkpoint", help="mutual codec: this checkpoint instead of the zoo's (mutualfc train export)")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="whole measurements in a row; each row reports the median of the runs (default: %(default)s)",
+    )
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
     args = ap.parse_args()
+    if args.runs < 1 or args.repeat < 1:
+        ap.error("--runs and --repeat must be at least 1")
     torch.set_num_threads(args.threads)
     ds = CocoDataset(Path(args.data) / "images").subset(args.images)
     images = [load_image(r.path) for r in ds.records]
-    runs = []  # (task, name, param, codec, best per image: front, encode, decode, back)
+    runs = []  # (task, name, param, codec)
     for task, spec in ((create_task(t), c) for t in args.tasks.split(",") for c in args.codecs.split(",")):
         name, _, p = spec.partition("=")
         param = float(p) if p else POINTS.get(name, 0)
@@ -69,42 +134,36 @@ def main() -> int:
             name, task, **({"checkpoint": args.checkpoint} if args.checkpoint and name.startswith("mutual") else {})
         )
         codec.decode(codec.encode(codec.prepare(images[0]), param))  # warm-up (caches, thread pools), not counted
-        runs.append((task, name, param, codec, [[float("inf")] * 4 for _ in images]))
-    sizes = {}  # run index -> (bytes, pixels) of the first pass
-    for r in range(args.repeat):  # each pass times every codec: all of them see the same stretches of load
-        for j, (_, _, param, codec, best) in enumerate(runs):
-            nbytes = pixels = 0
-            for i, im in enumerate(images):
-                x, t_front = _ms(codec.prepare, im)  # the front half; nothing for an image codec
-                data, t_enc = _ms(codec.encode, x, param)
-                y, t_dec = _ms(codec.decode, data)
-                _, t_back = _ms(codec.detections, y)
-                best[i] = [min(a, b) for a, b in zip(best[i], (t_front, t_enc, t_dec, t_back), strict=True)]
-                nbytes, pixels = nbytes + len(data), pixels + im.shape[0] * im.shape[1]
-            sizes.setdefault(j, (nbytes, pixels))
-        print(f"pass {r + 1}/{args.repeat} done", flush=True)
-    rows = []
-    for j, (task, name, param, _, best) in enumerate(runs):
-        front, enc, dec, back = (sum(b[k] for b in best) for k in range(4))
-        n, (nbytes, pixels) = len(images), sizes[j]
-        row = {"task": task.name, "codec": name, "param": param, "images": n, "bpp": round(8 * nbytes / pixels, 4),
-               "encode_ms": round(enc / n, 1), "decode_ms": round(dec / n, 1),
-               "codec_ms": round((enc + dec) / n, 1), "front_ms": round(front / n, 1), "back_ms": round(back / n, 1),
-               "end_to_end_ms": round((enc + dec + front + back) / n, 1)}  # fmt: skip
-        rows.append(row)
+        runs.append((task, name, param, codec))
+    every = []  # every run's rows
+    for k in range(args.runs):
+        every += [dict(row, run=k + 1) for row in with_ratios(measure(runs, images, args.repeat))]
+        print(f"run {k + 1}/{args.runs} done", flush=True)
+    rows = summarise(every)
+    for row in rows:
         print(json.dumps(row), flush=True)
     meta = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
-            "repeat": args.repeat, "statistic": "mean over images of the fastest of `repeat` passes",
-            "passes": "each pass times every codec in turn"}  # fmt: skip
+            "repeat": args.repeat, "runs": args.runs,
+            "statistic": "mean over images of the fastest of `repeat` passes; with runs > 1, the median of the runs",
+            "passes": "each pass times every codec in turn",
+            "ratio": f"codec_ms / {ANCHOR}'s in the same run"}  # fmt: skip
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out / "speed-runs.jsonl", "".join(json.dumps(r) + "\n" for r in every))
     lines = ["| task | codec | param | bpp | front ms | encode ms | decode ms | back ms | codec enc+dec ms | "
-             "+ front/back (detector) ms |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"+ front/back (detector) ms | codec vs {ANCHOR} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.3f}x"
+        if ratio and args.runs > 1:
+            ratio += f" ({r['ratio_range'][0]:.3f}–{r['ratio_range'][1]:.3f})"
         lines.append(f"| {r['task']} | {r['codec']} | {r['param']:g} | {r['bpp']} | {r['front_ms']} | "
                      f"{r['encode_ms']} | {r['decode_ms']} | {r['back_ms']} | {r['codec_ms']} | "
-                     f"{r['end_to_end_ms']} |")  # fmt: skip
+                     f"{r['end_to_end_ms']} | {ratio} |")  # fmt: skip
+    if args.runs > 1:
+        lines.append(f"\nMedian of {args.runs} runs (ratio: median and range over the runs, each against its own "
+                     f"run's {ANCHOR}); every run's rows: speed-runs.jsonl.")  # fmt: skip
     atomic_write_text(out / "speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
