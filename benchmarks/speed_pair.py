@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> None:
     from mutualfc.tasks import create_task
 
     torch.set_num_threads(1)
-    codec = create_codec(args.codec, create_task("yolov5n-coco"), checkpoint=args.checkpoint)
+    codec = create_codec(args.codec, create_task(args.task), checkpoint=args.checkpoint)
     ds = CocoDataset(Path(args.data) / "images").subset(args.images)
     images = [load_image(r.path) for r in ds.records]
     xs = [codec.prepare(im) for im in images]
@@ -76,7 +76,7 @@ def worker(args: argparse.Namespace) -> None:
 def _side(src: Path, cpu: int | None, args: argparse.Namespace, checkpoint: str | None) -> subprocess.Popen:
     env = os.environ | {"PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--worker", "--data", args.data, "--images", str(args.images), "--quality",
-           str(args.quality), "--passes", str(args.passes), "--codec", args.codec,
+           str(args.quality), "--passes", str(args.passes), "--codec", args.codec, "--task", args.task,
            *(["--checkpoint", str(Path(checkpoint).resolve())] if checkpoint else []),
            *(["--pipeline"] if args.pipeline else [])]  # fmt: skip
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None and hasattr(os, "sched_setaffinity") else None
@@ -90,6 +90,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=10, help="images per pass (default: %(default)s)")
     ap.add_argument("--quality", type=float, default=4.0, help="the codec's quality (default: %(default)s)")
     ap.add_argument("--codec", default="mutual", help="learned codec both sides run (default: %(default)s)")
+    ap.add_argument("--task", default="yolov5n-coco", help="task network both sides run (default: %(default)s)")
     ap.add_argument("--checkpoint", help="this side's model file instead of the codec's zoo model (train export)")
     ap.add_argument("--baseline-checkpoint", help="the baseline side's model file (default: the zoo model)")
     ap.add_argument("--passes", type=int, default=7, help="passes per side; the fastest counts (default: %(default)s)")
