@@ -44,13 +44,13 @@ def _ms(f, *a):
     return out, 1000 * (time.perf_counter() - t)
 
 
-def measure(runs: list, images: list, repeat: int) -> list[dict]:
+def measure(points: list, images: list, repeat: int) -> list[dict]:
     """One whole measurement: ``repeat`` passes, each timing every codec on every image in turn; per image and step
     the fastest pass counts. -> one row per codec."""
-    best = [[[float("inf")] * 4 for _ in images] for _ in runs]  # per run, image: front, encode, decode, back
-    sizes = {}  # run index -> (bytes, pixels) of the first pass
+    best = [[[float("inf")] * 4 for _ in images] for _ in points]  # per point, image: front, encode, decode, back
+    sizes = {}  # point index -> (bytes, pixels) of the first pass
     for r in range(repeat):  # each pass times every codec: all of them see the same stretches of load
-        for j, (_, _, param, codec) in enumerate(runs):
+        for j, (_, _, param, codec) in enumerate(points):
             nbytes = pixels = 0
             for i, im in enumerate(images):
                 x, t_front = _ms(codec.prepare, im)  # the front half; nothing for an image codec
@@ -62,7 +62,7 @@ def measure(runs: list, images: list, repeat: int) -> list[dict]:
             sizes.setdefault(j, (nbytes, pixels))
         print(f"pass {r + 1}/{repeat} done", flush=True)
     rows = []
-    for j, (task, name, param, _) in enumerate(runs):
+    for j, (task, name, param, _) in enumerate(points):
         front, enc, dec, back = (sum(b[k] for b in best[j]) for k in range(4))
         n, (nbytes, pixels) = len(images), sizes[j]
         rows.append({"task": task.name, "codec": name, "param": param, "images": n,
@@ -126,7 +126,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     ds = CocoDataset(Path(args.data) / "images").subset(args.images)
     images = [load_image(r.path) for r in ds.records]
-    runs = []  # (task, name, param, codec)
+    points = []  # (task, name, param, codec)
     for task, spec in ((create_task(t), c) for t in args.tasks.split(",") for c in args.codecs.split(",")):
         name, _, p = spec.partition("=")
         param = float(p) if p else POINTS.get(name, 0)
@@ -134,10 +134,10 @@ def main() -> int:
             name, task, **({"checkpoint": args.checkpoint} if args.checkpoint and name.startswith("mutual") else {})
         )
         codec.decode(codec.encode(codec.prepare(images[0]), param))  # warm-up (caches, thread pools), not counted
-        runs.append((task, name, param, codec))
+        points.append((task, name, param, codec))
     every = []  # every run's rows
     for k in range(args.runs):
-        every += [dict(row, run=k + 1) for row in with_ratios(measure(runs, images, args.repeat))]
+        every += [dict(row, run=k + 1) for row in with_ratios(measure(points, images, args.repeat))]
         print(f"run {k + 1}/{args.runs} done", flush=True)
     rows = summarise(every)
     for row in rows:
