@@ -9,10 +9,13 @@ codec in turn, so that a slow stretch of tens of seconds does not fall on one co
 among the codecs, every row also gets its codec time as a ratio to the anchor's in the same task and run (the unit
 issue 27's targets are stated in). ``--runs N`` repeats the whole measurement N times and reports per row the median
 of the runs and the range of the ratio, since a shared machine's single runs move by several percent. Prints a table
-and writes results/speed.json, results/speed.md and results/speed-runs.jsonl (every run's rows).
+and writes results/speed.json, results/speed.md, results/speed-runs.jsonl (every run's rows) and results/speed.png
+(each point's ratio to the anchor, its range over the runs as a whisker, one panel per task). ``--report-only``
+re-writes the table, the JSON and the plot from an earlier measurement's speed-runs.jsonl without measuring.
 
     python benchmarks/speed.py --data ../shared/data/coco-val212 --images 20
     python benchmarks/speed.py --images 10 --codecs mutual-fast=4,mutual-fast=7.75,hevc-image --repeat 6 --runs 4
+    python benchmarks/speed.py --report-only
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from mutualfc.codecs import create_codec
 from mutualfc.eval.coco import CocoDataset
 from mutualfc.eval.runner import cpu_model
 from mutualfc.images import load_image
-from mutualfc.io import atomic_write_text
+from mutualfc.io import atomic_write_bytes, atomic_write_text
 from mutualfc.tasks import create_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +98,95 @@ def summarise(every: list[dict]) -> list[dict]:
     return rows
 
 
+def table(rows: list[dict], runs: int) -> str:
+    """The Markdown table of ``summarise``'s rows."""
+    lines = ["| task | codec | param | bpp | front ms | encode ms | decode ms | back ms | codec enc+dec ms | "
+             f"+ front/back (detector) ms | codec vs {ANCHOR} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.3f}x"
+        if ratio and runs > 1:
+            ratio += f" ({r['ratio_range'][0]:.3f}–{r['ratio_range'][1]:.3f})"
+        lines.append(f"| {r['task']} | {r['codec']} | {r['param']:g} | {r['bpp']} | {r['front_ms']} | "
+                     f"{r['encode_ms']} | {r['decode_ms']} | {r['back_ms']} | {r['codec_ms']} | "
+                     f"{r['end_to_end_ms']} | {ratio} |")  # fmt: skip
+    if runs > 1:
+        lines.append(f"\nMedian of {runs} runs (ratio: median and range over the runs, each against its own "
+                     f"run's {ANCHOR}); every run's rows: speed-runs.jsonl.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], out: Path) -> bool:
+    """Each point's codec time as a ratio to the anchor (a dot at the median, a whisker over the runs' range), one
+    panel per task, the anchor's 1x dashed -> ``out`` (PNG). False where no row has a ratio (nothing to draw)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks: dict[str, list[dict]] = {}
+    anchor_ms = {r["task"]: r["codec_ms"] for r in rows if r["codec"] == ANCHOR}
+    for r in rows:
+        if r.get("ratio") is not None and r["codec"] != ANCHOR:
+            tasks.setdefault(r["task"], []).append(r)
+    if not tasks:
+        return False
+    height = max(len(v) for v in tasks.values())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 1.0 + 0.42 * height), dpi=120, squeeze=False)
+    for ax, (task, pts) in zip(axes[0], tasks.items(), strict=True):
+        for y, r in enumerate(pts):
+            lo, hi = r.get("ratio_range") or (r["ratio"], r["ratio"])
+            colour = f"C{sorted({p['codec'] for p in pts}).index(r['codec']) % 10}"
+            ax.plot([lo, hi], [y, y], "-", color=colour, lw=2, alpha=0.5)
+            ax.plot(r["ratio"], y, "o", color=colour, ms=5)
+            ax.annotate(f"{r['codec_ms']} ms", (hi, y), xytext=(4, 0), textcoords="offset points", va="center",
+                        fontsize=7)  # fmt: skip
+        ax.set_yticks(range(len(pts)), [f"{r['codec']} {r['param']:g}" for r in pts], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="k", ls="--", lw=1)
+        ax.set_xlim(0, max(1.15, max((r.get("ratio_range") or [r["ratio"]])[-1] for r in pts) * 1.25))
+        ax.set_xlabel(f"codec encode + decode / {ANCHOR}'s, same run")
+        ax.set_title(f"{task} ({ANCHOR}: {anchor_ms[task]} ms)", fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    return True
+
+
+def report(every: list[dict], meta: dict, out: Path) -> list[dict]:
+    """Every run's rows -> speed.json, speed-runs.jsonl, speed.md and speed.png in ``out``; -> the summary rows."""
+    rows = summarise(every)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out / "speed-runs.jsonl", "".join(json.dumps(r) + "\n" for r in every))
+    atomic_write_text(out / "speed.md", table(rows, len({r["run"] for r in every})))
+    plot(rows, out / "speed.png")
+    return rows
+
+
+def _read(path: Path, parse):
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"speed.py: cannot read {path}: {e}") from None
+
+
+def _report_only(out: Path) -> int:
+    """``--report-only``: the table, the JSON (its ``meta`` kept) and the plot again from ``out``'s runs."""
+    runs, summary = out / "speed-runs.jsonl", out / "speed.json"
+    every = _read(runs, lambda text: [json.loads(line) for line in text.splitlines() if line.strip()])
+    if not every or any(not isinstance(r, dict) or "run" not in r for r in every):
+        raise SystemExit(f"speed.py: {runs} holds no measured runs")
+    meta = _read(summary, lambda text: json.loads(text)["meta"]) if summary.is_file() else {}
+    print(table(report(every, meta, out), len({r["run"] for r in every})), end="")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/coco-val212"), help="COCO folder with images/")
@@ -120,7 +212,14 @@ def main() -> int:
         help="whole measurements in a row; each row reports the median of the runs (default: %(default)s)",
     )
     ap.add_argument("--out-dir", default=str(ROOT / "results"), help="where results go (default: results/)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: re-write speed.md, speed.json and speed.png from --out-dir's speed-runs.jsonl",
+    )
     args = ap.parse_args()
+    if args.report_only:
+        return _report_only(Path(args.out_dir))
     if args.runs < 1 or args.repeat < 1:
         ap.error("--runs and --repeat must be at least 1")
     torch.set_num_threads(args.threads)
@@ -139,33 +238,15 @@ def main() -> int:
     for k in range(args.runs):
         every += [dict(row, run=k + 1) for row in with_ratios(measure(points, images, args.repeat))]
         print(f"run {k + 1}/{args.runs} done", flush=True)
-    rows = summarise(every)
-    for row in rows:
-        print(json.dumps(row), flush=True)
     meta = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
             "repeat": args.repeat, "runs": args.runs,
             "statistic": "mean over images of the fastest of `repeat` passes; with runs > 1, the median of the runs",
             "passes": "each pass times every codec in turn",
             "ratio": f"codec_ms / {ANCHOR}'s in the same run"}  # fmt: skip
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    atomic_write_text(out / "speed-runs.jsonl", "".join(json.dumps(r) + "\n" for r in every))
-    lines = ["| task | codec | param | bpp | front ms | encode ms | decode ms | back ms | codec enc+dec ms | "
-             f"+ front/back (detector) ms | codec vs {ANCHOR} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.3f}x"
-        if ratio and args.runs > 1:
-            ratio += f" ({r['ratio_range'][0]:.3f}–{r['ratio_range'][1]:.3f})"
-        lines.append(f"| {r['task']} | {r['codec']} | {r['param']:g} | {r['bpp']} | {r['front_ms']} | "
-                     f"{r['encode_ms']} | {r['decode_ms']} | {r['back_ms']} | {r['codec_ms']} | "
-                     f"{r['end_to_end_ms']} | {ratio} |")  # fmt: skip
-    if args.runs > 1:
-        lines.append(f"\nMedian of {args.runs} runs (ratio: median and range over the runs, each against its own "
-                     f"run's {ANCHOR}); every run's rows: speed-runs.jsonl.")  # fmt: skip
-    atomic_write_text(out / "speed.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    rows = report(every, meta, Path(args.out_dir))
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print(table(rows, args.runs), end="")
     return 0
 
 

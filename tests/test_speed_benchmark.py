@@ -37,3 +37,40 @@ def test_runs_are_summarised_by_their_median_and_the_ratios_range():
     assert mutual["runs"] == 3 and mutual["codec_ms"] == 12.0 and rows["hevc-image"]["codec_ms"] == 50.0
     assert mutual["ratio"] == 0.25 and mutual["ratio_range"] == [0.2, 0.3]  # the median of 0.2, 0.25, 0.3
     assert "run" not in mutual
+
+
+def test_report_only_rewrites_the_same_summary_and_draws_each_task(tmp_path):
+    """``--report-only`` re-derives speed.md and speed.json from the runs a measurement wrote (its meta kept), and
+    speed.png has one panel per task with a ratio."""
+    import json
+    import subprocess
+    import sys
+
+    speed = _speed_module()
+    every = []
+    for k, (ms, anchor) in enumerate([(10.0, 50.0), (12.0, 48.0)]):
+        rows = [_row("a", "mutual", ms), _row("a", "hevc-image", anchor), _row("b", "mutual", 2 * ms),
+                _row("b", "hevc-image", anchor)]  # fmt: skip
+        every += [dict(r, run=k + 1) for r in speed.with_ratios(rows)]
+    meta = {"cpu": "test", "runs": 2}
+    rows = speed.report(every, meta, tmp_path)
+    first = {name: (tmp_path / name).read_bytes() for name in ("speed.md", "speed.json", "speed-runs.jsonl")}
+    assert json.loads(first["speed.json"])["meta"] == meta and len(rows) == 4
+    png = tmp_path / "speed.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+    script = str(ROOT / "benchmarks" / "speed.py")
+    done = subprocess.run([sys.executable, script, "--report-only", "--out-dir", str(tmp_path)], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in first} == first and png.is_file()
+    (tmp_path / "speed-runs.jsonl").write_text("{not json\n")
+    bad = subprocess.run([sys.executable, script, "--report-only", "--out-dir", str(tmp_path)], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert bad.returncode != 0 and "speed-runs.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_plot_draws_nothing_without_an_anchor(tmp_path):
+    speed = _speed_module()
+    assert not speed.plot(speed.summarise([dict(_row("a", "mutual", 10.0), ratio=None, run=1)]), tmp_path / "s.png")
+    assert not (tmp_path / "s.png").exists()
