@@ -161,10 +161,11 @@ def plot(rows: list[dict], out: Path) -> bool:
 def report(every: list[dict], meta: dict, out: Path) -> list[dict]:
     """Every run's rows -> speed.json, speed-runs.jsonl, speed.md and speed.png in ``out``; -> the summary rows."""
     rows = summarise(every)
+    markdown = table(rows, len({r["run"] for r in every}))  # both before anything is written
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "speed.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     atomic_write_text(out / "speed-runs.jsonl", "".join(json.dumps(r) + "\n" for r in every))
-    atomic_write_text(out / "speed.md", table(rows, len({r["run"] for r in every})))
+    atomic_write_text(out / "speed.md", markdown)
     plot(rows, out / "speed.png")
     return rows
 
@@ -183,7 +184,11 @@ def _report_only(out: Path) -> int:
     if not every or any(not isinstance(r, dict) or "run" not in r for r in every):
         raise SystemExit(f"speed.py: {runs} holds no measured runs")
     meta = _read(summary, lambda text: json.loads(text)["meta"]) if summary.is_file() else {}
-    print(table(report(every, meta, out), len({r["run"] for r in every})), end="")
+    try:
+        rows = report(every, meta, out)
+    except (KeyError, TypeError, ValueError) as e:  # rows that are not speed.py's: raised before any write
+        raise SystemExit(f"speed.py: {runs} is not a speed.py measurement ({type(e).__name__}: {e})") from None
+    print(table(rows, len({r["run"] for r in every})), end="")
     return 0
 
 

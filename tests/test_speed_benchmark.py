@@ -68,6 +68,13 @@ def test_report_only_rewrites_the_same_summary_and_draws_each_task(tmp_path):
     bad = subprocess.run([sys.executable, script, "--report-only", "--out-dir", str(tmp_path)], capture_output=True,
                          text=True, cwd=ROOT)  # fmt: skip
     assert bad.returncode != 0 and "speed-runs.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "speed-runs.jsonl").write_text('{"run": 1, "codec": "mutual"}\n')  # not speed.py's rows
+    bad = subprocess.run([sys.executable, script, "--report-only", "--out-dir", str(foreign)], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert bad.returncode != 0 and "not a speed.py measurement" in bad.stderr and "Traceback" not in bad.stderr
+    assert [f.name for f in foreign.iterdir()] == ["speed-runs.jsonl"]  # nothing written
 
 
 def test_the_plot_draws_nothing_without_an_anchor(tmp_path):
