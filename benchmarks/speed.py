@@ -158,8 +158,9 @@ def plot(rows: list[dict], out: Path) -> bool:
     return True
 
 
-def report(every: list[dict], meta: dict, out: Path) -> list[dict]:
-    """Every run's rows -> speed.json, speed-runs.jsonl, speed.md and speed.png in ``out``; -> the summary rows."""
+def report(every: list[dict], meta: dict, out: Path) -> tuple[list[dict], str]:
+    """Every run's rows -> speed.json, speed-runs.jsonl, speed.md and speed.png in ``out``; -> the summary rows and
+    the Markdown table."""
     rows = summarise(every)
     markdown = table(rows, len({r["run"] for r in every}))  # both before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,7 @@ def report(every: list[dict], meta: dict, out: Path) -> list[dict]:
     atomic_write_text(out / "speed-runs.jsonl", "".join(json.dumps(r) + "\n" for r in every))
     atomic_write_text(out / "speed.md", markdown)
     plot(rows, out / "speed.png")
-    return rows
+    return rows, markdown
 
 
 def _read(path: Path, parse):
@@ -185,10 +186,10 @@ def _report_only(out: Path) -> int:
         raise SystemExit(f"speed.py: {runs} holds no measured runs")
     meta = _read(summary, lambda text: json.loads(text)["meta"]) if summary.is_file() else {}
     try:
-        rows = report(every, meta, out)
+        markdown = report(every, meta, out)[1]
     except (KeyError, TypeError, ValueError) as e:  # rows that are not speed.py's: raised before any write
         raise SystemExit(f"speed.py: {runs} is not a speed.py measurement ({type(e).__name__}: {e})") from None
-    print(table(rows, len({r["run"] for r in every})), end="")
+    print(markdown, end="")
     return 0
 
 
@@ -248,10 +249,10 @@ def main() -> int:
             "statistic": "mean over images of the fastest of `repeat` passes; with runs > 1, the median of the runs",
             "passes": "each pass times every codec in turn",
             "ratio": f"codec_ms / {ANCHOR}'s in the same run"}  # fmt: skip
-    rows = report(every, meta, Path(args.out_dir))
+    rows, markdown = report(every, meta, Path(args.out_dir))
     for row in rows:
         print(json.dumps(row), flush=True)
-    print(table(rows, args.runs), end="")
+    print(markdown, end="")
     return 0
 
 

@@ -53,7 +53,7 @@ def test_report_only_rewrites_the_same_summary_and_draws_each_task(tmp_path):
                 _row("b", "hevc-image", anchor)]  # fmt: skip
         every += [dict(r, run=k + 1) for r in speed.with_ratios(rows)]
     meta = {"cpu": "test", "runs": 2}
-    rows = speed.report(every, meta, tmp_path)
+    rows, _ = speed.report(every, meta, tmp_path)
     first = {name: (tmp_path / name).read_bytes() for name in ("speed.md", "speed.json", "speed-runs.jsonl")}
     assert json.loads(first["speed.json"])["meta"] == meta and len(rows) == 4
     png = tmp_path / "speed.png"
