@@ -92,11 +92,11 @@ def code_group(
             continue
         if step:  # the non-anchors read the anchors decoded into ``out``
             ctx = grouped_context(ymap, reads.src.numpy(), reads.live, w.ctx_weights, w.ctx_bias, limit)
-            acc = torch.addmm(side[:, lo:hi], w.first, torch.from_numpy(ctx).T)
+            acc = torch.addmm(side[:, lo:hi].T, torch.from_numpy(ctx), w.first.T)  # rows (K, C_hidden)
         else:
-            acc = side[:, lo:hi].clone(memory_format=torch.contiguous_format)
+            acc = side[:, lo:hi].T.contiguous()
         exact.floor_flat(acc.view(-1).numpy(), gap, act_lo, limit, w.gelu)
-        gauss = torch.mm(w.last, acc).add_(w.last_bias).numpy()
+        gauss = torch.mm(acc, w.last.T).add_(w.last_bias.view(1, -1)).numpy().T  # (2 C, K), a view of rows
         if reader:
             coder.run(decode_at, gauss, w.scales_first, w.index_table, *w.tables, *FLAT_FLAG_TABLES, ymap, at[lo:hi])
             continue

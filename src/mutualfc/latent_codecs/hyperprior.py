@@ -111,7 +111,7 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                     channel_ctx = cell_stack.stack_at_cells(layers, y_cols[:start], cells, (h, w), memo)
                 else:
                     channel_ctx = stack_at(layers, y_hat[:, :start], cells, memo)
-                side_acc = side_acc.addmm(w_side[:, : channel_ctx.shape[0]], channel_ctx)
+                side_acc = torch.addmm(side_acc.T, channel_ctx.T, w_side[:, : channel_ctx.shape[0]].T).T
             weights = group_weights(cb, side_acc)
             if weights is not None:  # both steps in few calls (``group_pass``): the same symbols and values
                 out = y_cols[start : start + g]
