@@ -196,6 +196,9 @@ def main() -> int:
                 time.sleep(0.5)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         assert post(conn, bodies[0]) == 200  # warm-up
+        # every worker's first requests load its model and kernels: a few seconds of load before measuring, on
+        # enough connections to reach each worker (measured, a cold second worker halved a 20 s run's figure)
+        load(port, bodies, 4 * args.workers, 5.0)
         rows = []
         for c in (int(x) for x in args.clients.split(",")):
             row = load(port, bodies, c, args.seconds)
