@@ -94,7 +94,7 @@ def code_group(
             ctx = grouped_context(ymap, reads.src.numpy(), reads.live, w.ctx_weights, w.ctx_bias, limit)
             acc = torch.addmm(side[:, lo:hi].T, torch.from_numpy(ctx), w.first.T)  # rows (K, C_hidden)
         else:
-            acc = side[:, lo:hi].T.contiguous()
+            acc = side[:, lo:hi].T.clone(memory_format=torch.contiguous_format)  # rows, a copy: floored in place
         exact.floor_flat(acc.view(-1).numpy(), gap, act_lo, limit, w.gelu)
         gauss = torch.mm(acc, w.last.T).add_(w.last_bias.view(1, -1)).numpy().T  # (2 C, K), a view of rows
         if reader:
