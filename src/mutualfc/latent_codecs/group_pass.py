@@ -2,11 +2,12 @@
 
 Each step runs the context convolution, the entropy parameters' two exact layers and the Gaussian coding; at the
 tens of cells a step codes at low rates, the step-by-step loop's layers of calls cost more than their arithmetic.
-Here each step is the compiled context convolution, two torch products (MKL, on the caller's threads) and the
-compiled activation and coding kernels: the same exact integer operations (float64 products of integers, exact in
-any order; the same floors, clamps and GELU table), so the same symbols and decoded values as the step-by-step loop
-(tested). That loop still runs where this does not apply: another device, a MAC counter, another layer structure.
-(Products inside the compiled kernels would call SciPy's OpenBLAS, whose own threads compete with torch's.)
+Here each step is the compiled context convolution, two torch products (MKL, on the caller's threads, with the
+cells as rows: faster at a few tens of cells) and the compiled activation and coding kernels: the same exact integer
+operations (float64 products of integers, exact in any order; the same floors, clamps and GELU table), so the same
+symbols and decoded values as the step-by-step loop (tested). That loop still runs where this does not apply:
+another device, a MAC counter, another layer structure. (Products inside the compiled kernels would call SciPy's
+OpenBLAS, whose own threads compete with torch's.)
 """
 
 from __future__ import annotations
