@@ -477,10 +477,14 @@ def test_channel_context_from_the_coded_columns_equals_the_whole_map():
         x = torch.zeros(1, 7, 9, 11, dtype=torch.float64)
         x.view(7, -1)[:, kept] = to_fixed(torch.randn(7, kept.numel()) * 30)
         a = exact.activation(layers[1], exact.conv2d(layers[0], x))
-        whole = exact.conv2d(layers[4], exact.activation(layers[3], exact.conv2d(layers[2], a))).flatten(2)[0]
+        hidden = exact.activation(layers[3], exact.conv2d(layers[2], a))
+        whole = exact.conv2d(layers[4], hidden).flatten(2)[0]
         cols = x.view(7, -1)[:, kept].contiguous()
         assert cell_stack.applies(layers, cols)
         assert torch.equal(cell_stack.stack_at_cells(layers, cols, kept, (9, 11)), whole[:, kept])
+        # without the last layer (composed with the next one, bitstream version 6): the hidden channels
+        got = cell_stack.stack_at_cells(layers, cols, kept, (9, 11), with_last=False)
+        assert torch.equal(got, hidden.flatten(2)[0][:, kept])
     assert not cell_stack.applies(layers[:3], cols)
     assert not cell_stack.applies(layers, cols.float())
 

@@ -13,8 +13,9 @@ from mutualfc.errors import BitstreamError
 MAGIC = b"MFC"
 # 2: learned codecs' payloads start with the skip mask; 3: one rANS stream per latent; 4: learned codecs' entropy
 # parameters computed at the coded cells only (other float summation order) and floor-scale latents not coded;
-# 5: learned codecs decode in exact integer arithmetic (fixed-point entropy models, synthesis and prediction)
-VERSION = 5
+# 5: learned codecs decode in exact integer arithmetic (fixed-point entropy models, synthesis and prediction);
+# 6: a channel context's last 1x1 layer and the entropy parameters' first compose into one exact layer
+VERSION = 6
 _FIXED = struct.Struct("<3sBBBeIHHB")  # magic, version, codec id, task id, param (f16), model tag, w, h, n streams
 MAX_STREAMS = 64
 MAX_SIDE = 16384

@@ -20,6 +20,7 @@ from mutualfc.latent_codecs.group_pass import code_group, group_weights
 from mutualfc.latent_codecs.hyper import MaskedHyperLatentCodec
 from mutualfc.nn import cell_stack, exact
 from mutualfc.nn.caching import cached
+from mutualfc.nn.composed import composed_weights, composes
 from mutualfc.nn.context import context_at
 from mutualfc.nn.layers import conv, upconv
 from mutualfc.nn.sparse import (
@@ -106,13 +107,8 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
             w_ctx, w_side, _ = affine_parts(first, cb.context_prediction.out_channels)
             side_acc, start = sides[k], sum(cg.groups[:k])
             if k:
-                layers = cg.channel_context[f"y{k}"]
-                if cell_stack.applies(layers, y_cols):  # from the decoded columns: y_hat is 0 off the kept cells
-                    channel_ctx = cell_stack.stack_at_cells(layers, y_cols[:start], cells, (h, w), memo)
-                else:
-                    channel_ctx = stack_at(layers, y_hat[:, :start], cells, memo)
-                # as rows (transposed views, no copies): the same exact sums, faster at a few tens of cells
-                side_acc = torch.addmm(side_acc.T, channel_ctx.T, w_side[:, : channel_ctx.shape[0]].T).T
+                side_acc = _with_channel_context(cg.channel_context[f"y{k}"], first, w_side, side_acc, y_hat,
+                                                 y_cols[:start], cells, memo)  # fmt: skip
             weights = group_weights(cb, side_acc)
             if weights is not None:  # both steps in few calls (``group_pass``): the same symbols and values
                 out = y_cols[start : start + g]
@@ -131,6 +127,35 @@ class MaskedHyperpriorLatentCodec(HyperpriorLatentCodec):
                 code_gaussian_at(coder, gcl, values, gauss, y_hat_[k], idx)
             y_cols[start : start + g] = take_columns(y_hat_[k], cells)
         return y_hat
+
+
+def _with_channel_context(
+    layers: nn.Sequential, first: nn.Conv2d, w_side: torch.Tensor, side: torch.Tensor, y_hat: torch.Tensor,
+    cols: torch.Tensor, cells: torch.Tensor, memo: dict,
+) -> torch.Tensor:  # fmt: skip
+    """A channel group's entropy-parameter accumulator ``side`` (C, K) plus its channel context at ``cells``, from
+    the groups before it (their decoded ``cols`` at ``cells``; ``y_hat`` 0 off the kept cells). When the context
+    network ends in a 1x1 layer, that layer and the first layer's context inputs are one composed layer
+    (``composed``, bitstream version 6, where its sums stay exact): the network's hidden channels go straight into
+    the accumulator. Products as rows (transposed views, no copies): the same exact sums, faster at a few tens of
+    cells."""
+    h, w = y_hat.shape[-2:]
+    lo = first.in_channels - w_side.shape[1]  # the spatial context's channels come first
+    last = layers[-1] if isinstance(layers, nn.Sequential) else None
+    weights = composed_weights(last, first, lo) if last is not None and composes(last, first) else None
+    if weights is not None:
+        if cell_stack.applies(layers, cols):  # from the decoded columns
+            hidden = cell_stack.stack_at_cells(layers, cols, cells, (h, w), memo, with_last=False)
+        elif len(layers) == 1:  # the composed layer reads the decoded groups themselves
+            hidden = cols
+        else:
+            hidden = stack_at(layers[:-1], y_hat[:, : cols.shape[0]], cells, memo)
+        return torch.addmm(side.T, hidden.T, weights.weight.T).T.add_(weights.bias.view(-1, 1))
+    if cell_stack.applies(layers, cols):
+        ctx = cell_stack.stack_at_cells(layers, cols, cells, (h, w), memo)
+    else:
+        ctx = stack_at(layers, y_hat[:, : cols.shape[0]], cells, memo)
+    return torch.addmm(side.T, ctx.T, w_side[:, : ctx.shape[0]].T).T
 
 
 def _hyper_parts(cg: nn.Module, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:

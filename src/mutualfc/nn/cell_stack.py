@@ -53,11 +53,12 @@ def applies(layers: nn.Module, cols: torch.Tensor) -> bool:
 
 
 def stack_at_cells(
-    layers: nn.Sequential, cols: torch.Tensor, kept: torch.Tensor, size: tuple[int, int], memo: dict | None = None
-) -> torch.Tensor:
+    layers: nn.Sequential, cols: torch.Tensor, kept: torch.Tensor, size: tuple[int, int], memo: dict | None = None,
+    with_last: bool = True,
+) -> torch.Tensor:  # fmt: skip
     """``layers`` (see ``applies``) on the map of ``size`` that holds the fixed-point columns ``cols`` (C, K) at the
     raster positions ``kept`` and 0 elsewhere, evaluated at ``kept`` -> (C_out, K): what ``sparse.stack_at`` gives
-    on the whole map."""
+    on the whole map. Not ``with_last``: the hidden channels before the last layer (``composed`` reads them)."""
     first, act_a, mid, act_b, last = layers
     k = mid.kernel_size[0]
     h, w = size
@@ -71,6 +72,8 @@ def stack_at_cells(
     a = exact.activations(a, act_a)
     wb, bb = exact.scaled_params(mid)
     b = exact.activations_from_rows(F.linear(patch_rows(a, src, k * k), wb, bb), act_b)
+    if not with_last:
+        return b
     wc, bc = exact.scaled_params(last)
     return exact.affine_activations(wc, b, bc, None)
 
