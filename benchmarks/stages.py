@@ -29,6 +29,9 @@ _PARAMS = (
     "activations",
     *(f"<method '{m}' of 'torch._C.TensorBase' objects>" for m in ("addmm", "addmm_")),
 )
+# the channel groups' context networks, with the layer composed into the entropy parameters (bitstream version 6)
+_CHANNEL_CONTEXT = ("  channel context (exact, its composed layer included)", "latent_codecs/hyperprior.py",
+                    "_with_channel_context")  # fmt: skip
 # each group's checkerboard steps (``latent_codecs.group_pass``): cProfile sees them whole
 _GROUPS = "  channel groups' steps (spatial context, entropy parameters, Gaussian coding)"
 # stage -> (file suffix, function name(s)[, "file:function" that calls it]): cumulative time of the function (only
@@ -40,7 +43,7 @@ STAGES = {
         ("analysis (float, 1 thread)", "models/bfc.py", "analysis"),
         ("latent coding (hyperprior, groups)", "latent_codecs/hyperprior.py", "compress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
-        ("  channel context (exact)", "mutualfc/nn/", ("stack_at", "stack_at_cells"), _IN_LATENT),
+        _CHANNEL_CONTEXT,
         ("  entropy parameters' shared part (exact)", "", _PARAMS, _IN_LATENT),
         (_GROUPS, "latent_codecs/group_pass.py", "code_group"),
         ("  rANS encoder", "entropy/ans.py", "encode"),
@@ -55,7 +58,7 @@ STAGES = {
     "decode": [
         ("latent decoding (hyperprior, groups)", "latent_codecs/hyperprior.py", "decompress"),
         ("  hyper-latent and hyper synthesis", "latent_codecs/hyper.py", "code"),
-        ("  channel context (exact)", "mutualfc/nn/", ("stack_at", "stack_at_cells"), _IN_LATENT),
+        _CHANNEL_CONTEXT,
         ("  entropy parameters' shared part (exact)", "", _PARAMS, _IN_LATENT),
         (_GROUPS, "latent_codecs/group_pass.py", "code_group"),
         ("base synthesis (exact)", "models/bfc.py", "packed_cells"),
