@@ -17,7 +17,7 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # CompressAI's package import pulls in torch_geometric, which calls the deprecated torch.jit.script at import time;
 # the warning says nothing about mutualfc, so it is kept off the user's terminal (only that message, from torch.jit).
