@@ -60,8 +60,8 @@ def _build(inner: nn.Conv2d, outer: nn.Conv2d, lo: int) -> ComposedWeights | Non
     f = _exponents(c_inv)  # inner output j: W_j * 2**-f_j
     e = _exponents(a_inv)  # outer output o
     offset = [1 << (k - 1) if k >= 1 else 0 for k in f]  # the rounding offset int_params adds to inner's bias
-    a = _ints(a_int.flatten(1)[:, lo:hi])
-    c = _ints(c_int.flatten(1))
+    a = a_int.flatten(1)[:, lo:hi].to(torch.int64).numpy()  # |integer weights| < 2**11
+    c = c_int.flatten(1).to(torch.int64).numpy()
     c_b = [int(v) - o for v, o in zip(c_bias.tolist(), offset, strict=True)]
     top = max(f)
     # G * 2**top = sum_j A[o, j] C[j, i] 2**(top - f_j), H * 2**top likewise: exact (Python integers). Rows of C
@@ -69,9 +69,9 @@ def _build(inner: nn.Conv2d, outer: nn.Conv2d, lo: int) -> ComposedWeights | Non
     g = np.zeros((a.shape[0], c.shape[1]), dtype=object)
     for k in sorted(set(f)):
         rows = [j for j, fj in enumerate(f) if fj == k]
-        part = (a[:, rows].astype(np.int64) @ c[rows].astype(np.int64)).astype(object)
-        g += part * (1 << (top - k))
-    h = [sum(int(a[o, j]) * c_b[j] << (top - f[j]) for j in range(len(f))) for o in range(a.shape[0])]
+        g += (a[:, rows] @ c[rows]).astype(object) * (1 << (top - k))
+    a_rows = a.tolist()
+    h = [sum(row[j] * c_b[j] << (top - f[j]) for j in range(len(f))) for row in a_rows]
     others = a_int.flatten(1).abs()
     others[:, lo:hi] = 0
     other_sum = [int(v) for v in others.sum(1).tolist()]  # sum of |W| over the outer layer's other inputs
@@ -101,11 +101,6 @@ def _build(inner: nn.Conv2d, outer: nn.Conv2d, lo: int) -> ComposedWeights | Non
 def _exponents(inv: torch.Tensor) -> list[int]:
     """``int_params``' per-output scale 2**-e -> the integers e."""
     return [-int(np.frexp(v)[1] - 1) for v in inv.view(-1).tolist()]
-
-
-def _ints(t: torch.Tensor) -> np.ndarray:
-    """Integer-valued float64 weights -> Python integers (object array): exact whatever their size."""
-    return np.array([[int(v) for v in row] for row in t.tolist()], dtype=object).reshape(t.shape)
 
 
 def _round_shift(v: int, n: int) -> int:
