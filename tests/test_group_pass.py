@@ -44,6 +44,20 @@ def test_group_pass_codes_what_the_step_by_step_loop_codes(net, keep, quality):
     assert all(torch.equal(compiled[k], stepwise[k]) and torch.equal(compiled[k], meta["levels"][k]) for k in lv)
 
 
+def test_channel_context_on_the_whole_map_path_codes_what_the_cell_path_codes(net, monkeypatch):
+    """Where the context network's cell path does not apply (another device), ``stack_at`` on every layer but the
+    last one feeds the composed layer (bitstream version 6): the same streams and decoded levels."""
+    from mutualfc.nn import cell_stack
+
+    lv = random_levels(12, h=H, w=W)
+    keep = _keeps()[4]
+    strings, meta = net.compress(lv, 2.5, keep=keep)
+    monkeypatch.setattr(cell_stack, "applies", lambda layers, cols: False)
+    reference, ref_meta = net.compress(lv, 2.5, keep=keep)
+    assert strings == reference
+    assert all(torch.equal(meta["levels"][k], ref_meta["levels"][k]) for k in lv)
+
+
 def test_compiled_index_maps_equal_their_tensor_forms():
     """The compiled reads of the context convolution (``context_sources``) and the cell blocks' raster indices
     (``block_indexes``) equal the tensor forms (which int32 positions take), cells at the map's edges included.

@@ -143,19 +143,15 @@ def _with_channel_context(
     lo = first.in_channels - w_side.shape[1]  # the spatial context's channels come first
     last = layers[-1] if isinstance(layers, nn.Sequential) else None
     weights = composed_weights(last, first, lo) if last is not None and composes(last, first) else None
-    if weights is not None:
-        if cell_stack.applies(layers, cols):  # from the decoded columns
-            hidden = cell_stack.stack_at_cells(layers, cols, cells, (h, w), memo, with_last=False)
-        elif len(layers) == 1:  # the composed layer reads the decoded groups themselves
-            hidden = cols
-        else:
-            hidden = stack_at(layers[:-1], y_hat[:, : cols.shape[0]], cells, memo)
-        return torch.addmm(side.T, hidden.T, weights.weight.T).T.add_(weights.bias.view(-1, 1))
-    if cell_stack.applies(layers, cols):
-        ctx = cell_stack.stack_at_cells(layers, cols, cells, (h, w), memo)
+    if cell_stack.applies(layers, cols):  # from the decoded columns
+        ctx = cell_stack.stack_at_cells(layers, cols, cells, (h, w), memo, with_last=weights is None)
+    elif weights is not None and len(layers) == 1:  # the composed layer reads the decoded groups themselves
+        ctx = cols
     else:
-        ctx = stack_at(layers, y_hat[:, : cols.shape[0]], cells, memo)
-    return torch.addmm(side.T, ctx.T, w_side[:, : ctx.shape[0]].T).T
+        ctx = stack_at(layers if weights is None else layers[:-1], y_hat[:, : cols.shape[0]], cells, memo)
+    if weights is None:
+        return torch.addmm(side.T, ctx.T, w_side[:, : ctx.shape[0]].T).T
+    return torch.addmm(side.T, ctx.T, weights.weight.T).T.add_(weights.bias.view(-1, 1))
 
 
 def _hyper_parts(cg: nn.Module, n_params: int) -> tuple[torch.Tensor, torch.Tensor]:
